@@ -1,0 +1,127 @@
+"""The Task model: every other part of medmtl is keyed by task name.
+
+A task is declared once (in a data spec or a bundle config). Head sizes, loss functions, metric
+handlers, output keys and MLflow metric names are all derived from it, so no Python code ever
+names a particular task.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["TaskKind", "LabelQuality", "Task", "present_key", "num_outputs"]
+
+
+class TaskKind(str, Enum):
+    """What a task predicts, which fixes the head, the loss and the metrics."""
+
+    SEGMENTATION = "segmentation"  # dense label map, (B, C, *spatial) logits
+    BINARY = "binary"  # one yes/no per case, (B, 1) logits
+    MULTILABEL = "multilabel"  # several independent yes/no per case, (B, K) logits
+    MULTICLASS = "multiclass"  # one of K classes per case, (B, K) logits
+
+
+class LabelQuality(str, Enum):
+    """Where a label comes from: a human reader (strong) or an algorithm / report mining (weak)."""
+
+    STRONG = "strong"
+    WEAK = "weak"
+
+
+class Task(BaseModel):
+    """One question asked of every case.
+
+    Args:
+        name: key of the task everywhere (datalist, network output, loss, metrics, MLflow).
+        kind: segmentation, binary, multilabel or multiclass.
+        classes: class names. Segmentation and multiclass: one per class, background first for
+            segmentation (``[background, lesion]``). Multilabel: one per label. Binary: optional
+            ``[negative, positive]`` names.
+        pos_weight: for binary / multilabel BCE: ``"auto"`` (negatives / positives counted on the
+            training split, as MRNet does), a number, one number per label, or ``None``.
+        class_weights: for multiclass CE, optional weight per class.
+        description: free text shown in reports and bundle metadata.
+
+    Example::
+
+        Task(name="lesion", kind="segmentation", classes=["background", "lesion"])
+        Task(name="malignant", kind="binary", pos_weight="auto")
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    kind: TaskKind
+    classes: tuple[str, ...] | None = None
+    pos_weight: Literal["auto"] | float | tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | None = None
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in {"image", "case_id", "group", "split"} or name.endswith("_present"):
+            raise ValueError(f"task name '{name}' is reserved (image, case_id, group, split, *_present): rename the task")
+        return name
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> Task:
+        n = len(self.classes) if self.classes is not None else None
+        if self.kind in (TaskKind.SEGMENTATION, TaskKind.MULTICLASS, TaskKind.MULTILABEL):
+            if n is None:
+                raise ValueError(f"task '{self.name}' ({self.kind.value}) needs 'classes' (a list of class names)")
+            minimum = 1 if self.kind == TaskKind.MULTILABEL else 2
+            if n < minimum:
+                raise ValueError(f"task '{self.name}' ({self.kind.value}) needs at least {minimum} classes, got {n}")
+        if self.kind == TaskKind.BINARY and n is not None and n != 2:
+            raise ValueError(f"binary task '{self.name}' takes 2 class names [negative, positive], got {n}")
+        if len(set(self.classes or ())) != len(self.classes or ()):
+            raise ValueError(f"task '{self.name}' has duplicate class names: {list(self.classes)}")
+        if self.pos_weight is not None and self.kind not in (TaskKind.BINARY, TaskKind.MULTILABEL):
+            raise ValueError(f"pos_weight is for binary/multilabel tasks; task '{self.name}' is {self.kind.value}")
+        if isinstance(self.pos_weight, tuple) and len(self.pos_weight) != self.num_outputs:
+            raise ValueError(f"task '{self.name}': pos_weight has {len(self.pos_weight)} values for {self.num_outputs} labels")
+        if self.class_weights is not None:
+            if self.kind not in (TaskKind.MULTICLASS, TaskKind.SEGMENTATION):
+                raise ValueError(f"class_weights is for multiclass/segmentation tasks; task '{self.name}' is {self.kind.value}")
+            if len(self.class_weights) != self.num_outputs:
+                raise ValueError(
+                    f"task '{self.name}': class_weights has {len(self.class_weights)} values for {self.num_outputs} classes"
+                )
+        return self
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels of this task's logits: 1 for binary, K otherwise."""
+        if self.kind == TaskKind.BINARY:
+            return 1
+        return len(self.classes or ())
+
+    @property
+    def is_dense(self) -> bool:
+        """True for tasks predicted per voxel (segmentation), False for per-case labels."""
+        return self.kind == TaskKind.SEGMENTATION
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, with defaults for a binary task without names."""
+        if self.classes is not None:
+            return self.classes
+        return ("negative", "positive")
+
+    @property
+    def present_key(self) -> str:
+        return present_key(self.name)
+
+
+def present_key(task_name: str) -> str:
+    """Datalist/batch key of the per-sample flag saying whether ``task_name`` is labelled."""
+    return f"{task_name}_present"
+
+
+def num_outputs(tasks: list[Task] | tuple[Task, ...]) -> dict[str, int]:
+    """``{task name: logits channels}``: what a network needs to size its heads."""
+    return {t.name: t.num_outputs for t in tasks}
