@@ -64,7 +64,9 @@ class Task(BaseModel):
     @classmethod
     def _not_reserved(cls, name: str) -> str:
         if name in {"image", "case_id", "group", "split"} or name.endswith("_present"):
-            raise ValueError(f"task name '{name}' is reserved (image, case_id, group, split, *_present): rename the task")
+            raise ValueError(
+                f"task name '{name}' is reserved (image, case_id, group, split, *_present): rename the task"
+            )
         return name
 
     @model_validator(mode="after")
@@ -83,10 +85,14 @@ class Task(BaseModel):
         if self.pos_weight is not None and self.kind not in (TaskKind.BINARY, TaskKind.MULTILABEL):
             raise ValueError(f"pos_weight is for binary/multilabel tasks; task '{self.name}' is {self.kind.value}")
         if isinstance(self.pos_weight, tuple) and len(self.pos_weight) != self.num_outputs:
-            raise ValueError(f"task '{self.name}': pos_weight has {len(self.pos_weight)} values for {self.num_outputs} labels")
+            raise ValueError(
+                f"task '{self.name}': pos_weight has {len(self.pos_weight)} values for {self.num_outputs} labels"
+            )
         if self.class_weights is not None:
             if self.kind not in (TaskKind.MULTICLASS, TaskKind.SEGMENTATION):
-                raise ValueError(f"class_weights is for multiclass/segmentation tasks; task '{self.name}' is {self.kind.value}")
+                raise ValueError(
+                    f"class_weights is for multiclass/segmentation tasks; task '{self.name}' is {self.kind.value}"
+                )
             if len(self.class_weights) != self.num_outputs:
                 raise ValueError(
                     f"task '{self.name}': class_weights has {len(self.class_weights)} values for {self.num_outputs} classes"

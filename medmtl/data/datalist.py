@@ -1,0 +1,570 @@
+"""From a spec to a table of cases: find files, read label tables, resolve templates, split.
+
+Everything a spec describes is resolved here, once, with every problem collected (duplicate ids,
+unmapped label values, missing CSV columns, paths escaping the data root...). Reading image
+contents is left to :mod:`medmtl.data.validate` and the MONAI loaders; the only files opened here
+are label tables and, for ``mask_nonempty`` labels, the masks themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as globlib
+import json
+import math
+import os
+import re
+import string
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmtl.data.problems import DataError, Problem, Severity
+from medmtl.data.spec import CsvCases, CsvLookup, DatasetSpec, DecathlonCases, GlobCases, LabelSource, TaskSpec
+from medmtl.data.splits import SPLIT_NAMES, assign_splits
+from medmtl.data.tasks import LabelQuality, TaskKind, present_key
+
+__all__ = ["CaseTable", "build_cases", "stem_of", "read_label_array"]
+
+_MISSING_VALUES = {"", "nan", "na", "n/a", "none", "null", "?", "-"}
+
+
+def stem_of(name: str) -> str:
+    """File name without its extension(s): ``case_01.nii.gz`` -> ``case_01``, ``benign (3).png`` -> ``benign (3)``."""
+    stem, suffix = os.path.splitext(name)
+    if suffix.lower() in {".gz", ".bz2", ".xz", ".zip"}:
+        stem = os.path.splitext(stem)[0]
+    return stem
+
+
+@dataclass
+class CaseTable:
+    """Every case of a dataset with inputs, labels and split; problems found while building it.
+
+    ``cases`` holds one dict per case in datalist form plus ``split`` (and ``group`` when the spec
+    groups cases by patient).
+    """
+
+    spec: DatasetSpec
+    root: Path
+    cases: list[dict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == Severity.ERROR]
+
+    def raise_for_errors(self) -> None:
+        if self.errors:
+            raise DataError(self.problems, f"dataset '{self.spec.name}' under {self.root}")
+
+    def datalist(self, split: str = "all") -> list[dict]:
+        """The cases of one split as MONAI dicts (``split`` and ``group`` keys removed); raises on errors."""
+        self.raise_for_errors()
+        if split not in (*SPLIT_NAMES, "all", "labelled"):
+            raise ValueError(f"unknown split '{split}': use one of {[*SPLIT_NAMES, 'labelled', 'all']}")
+        keep = [
+            c
+            for c in self.cases
+            if split == "all" or c["split"] == split or (split == "labelled" and c["split"] != "unlabelled")
+        ]
+        return [{k: v for k, v in c.items() if k not in ("split",)} for c in keep]
+
+    def label_counts(self, split: str = "all") -> dict[str, dict[str, int]]:
+        """Per task: labelled cases and cases per class (segmentation: labelled cases only)."""
+        rows = self.cases if split == "all" else [c for c in self.cases if c["split"] == split]
+        counts: dict[str, dict[str, int]] = {}
+        for task in self.spec.tasks:
+            labelled = [c for c in rows if c[present_key(task.name)]]
+            entry = {"labelled": len(labelled), "missing": len(rows) - len(labelled)}
+            if task.kind != TaskKind.SEGMENTATION:
+                for i, cls in enumerate(task.class_names):
+                    if task.kind == TaskKind.MULTILABEL:
+                        entry[cls] = sum(int(c[task.name][i]) for c in labelled)
+                    elif task.kind == TaskKind.BINARY:
+                        entry[cls] = sum(int(c[task.name]) == i for c in labelled)
+                    else:
+                        entry[cls] = sum(c[task.name] == i for c in labelled)
+            counts[task.name] = entry
+        return counts
+
+    def split_counts(self) -> dict[str, int]:
+        return dict(Counter(c["split"] for c in self.cases))
+
+    def pos_weights(self, split: str = "train") -> dict[str, list[float]]:
+        """``negatives / positives`` per binary/multilabel task, counted on ``split`` (MRNet's weighting).
+
+        Tasks whose spec sets a number keep it; a label with no positive gets 1.0.
+        """
+        rows = [c for c in self.cases if c["split"] == split]
+        weights: dict[str, list[float]] = {}
+        for task in self.spec.tasks:
+            if task.kind not in (TaskKind.BINARY, TaskKind.MULTILABEL) or task.pos_weight is None:
+                continue
+            if task.pos_weight != "auto":
+                given = task.pos_weight
+                weights[task.name] = list(given) if isinstance(given, tuple) else [float(given)] * task.num_outputs
+                continue
+            labels = np.array(
+                [np.atleast_1d(c[task.name]) for c in rows if c[present_key(task.name)]], dtype=float
+            ).reshape(-1, task.num_outputs)
+            pos = labels.sum(axis=0)
+            neg = len(labels) - pos
+            weights[task.name] = [float(n / p) if p > 0 else 1.0 for n, p in zip(neg, pos, strict=True)]
+        return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_quality: str = "strong") -> CaseTable:
+    """Resolve a spec against its data root: every case, label and split, every problem collected.
+
+    Args:
+        spec: the dataset spec.
+        root: data root overriding the spec's.
+        label_quality: ``strong`` uses each task's ``label``; ``weak`` uses ``weak_label`` where a task
+            has one (weak-label pre-training), ``label`` otherwise.
+    """
+    quality = LabelQuality(label_quality)
+    root_path = spec.resolved_root(root)
+    table = CaseTable(spec=spec, root=root_path)
+    if not root_path.is_dir():
+        table.problems.append(
+            Problem(
+                "missing_root",
+                "data root folder does not exist",
+                "pass --root DIR or set the spec's root",
+                path=str(root_path),
+            )
+        )
+        return table
+    resolver = _Resolver(root_path, table.problems)
+    seen: dict[str, str] = {}
+    for source, fields in _iter_records(spec, root_path, table.problems):
+        case = _build_case(spec, source, fields, resolver, quality, table.problems)
+        if case is None:
+            continue
+        if case["case_id"] in seen:
+            first = seen[case["case_id"]]
+            table.problems.append(
+                Problem(
+                    "duplicate_case_id",
+                    f"case id '{case['case_id']}' is produced by both {first!r} and {fields.get('path')!r}",
+                    "make the spec's case_id template unique (add the folder or split field)",
+                    case_id=case["case_id"],
+                )
+            )
+            continue
+        seen[case["case_id"]] = fields.get("path", "")
+        table.cases.append(case)
+    if not table.cases and not table.errors:
+        patterns = [
+            getattr(s, "glob", None) or getattr(s, "csv", None) or getattr(s, "decathlon", None)
+            for s in spec.case_sources
+        ]
+        table.problems.append(
+            Problem(
+                "no_cases",
+                f"no case found with {patterns}",
+                "check the root and the cases glob/regex",
+                path=str(root_path),
+            )
+        )
+    assign_splits(table.cases, spec, table.problems)
+    return table
+
+
+def _iter_records(spec: DatasetSpec, root: Path, problems: list[Problem]) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Yield ``(source, fields)`` for every entry of every case source that matches its regex."""
+    for source in spec.case_sources:
+        if isinstance(source, GlobCases):
+            patterns = (source.glob,) if isinstance(source.glob, str) else source.glob
+            entries = sorted({p for pattern in patterns for p in root.glob(pattern)})
+            raw = [{"path": p.relative_to(root).as_posix()} for p in entries]
+        elif isinstance(source, CsvCases):
+            raw = _read_case_csv(root, source, problems)
+        else:
+            raw = _read_decathlon(root, source, problems)
+        for fields in raw:
+            path = fields.get("path", "")
+            if source.regex is not None:
+                match = re.fullmatch(source.regex, path)
+                if match is None:
+                    continue
+                fields.update({k: v for k, v in match.groupdict().items() if v is not None})
+            if path:
+                name = path.rstrip("/").split("/")[-1]
+                fields.setdefault("name", name)
+                fields.setdefault("stem", stem_of(name))
+                fields.setdefault("parent", path.rstrip("/").split("/")[-2] if "/" in path.rstrip("/") else "")
+            fields.update(source.fields)
+            yield source, fields
+
+
+def _read_case_csv(root: Path, source: CsvCases, problems: list[Problem]) -> list[dict[str, str]]:
+    path = root / source.csv
+    rows = _read_csv(path, source.header, problems)
+    if rows is None:
+        return []
+    if source.path_column is not None:
+        if rows and source.path_column not in rows[0]:
+            problems.append(_missing_column(path, source.path_column, rows[0]))
+            return []
+        for row in rows:
+            row["path"] = row[source.path_column].strip().removeprefix("./")
+    return rows
+
+
+def _read_decathlon(root: Path, source: DecathlonCases, problems: list[Problem]) -> list[dict[str, str]]:
+    path = root / source.decathlon
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        problems.append(Problem("missing_file", "dataset.json not found", "check cases.decathlon", path=str(path)))
+        return []
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problems.append(Problem("corrupt_file", f"not valid JSON: {err}", "fix the JSON syntax", path=str(path)))
+        return []
+    entries = content.get(source.section)
+    if not isinstance(entries, list):
+        problems.append(
+            Problem(
+                "missing_key",
+                f"no list '{source.section}' in dataset.json",
+                f"keys are {sorted(content)}",
+                path=str(path),
+            )
+        )
+        return []
+    rows = []
+    for entry in entries:
+        entry = {"image": entry} if isinstance(entry, str) else dict(entry)
+        row = {k: str(v).removeprefix("./") for k, v in entry.items()}
+        row["path"] = row.get("image", "")
+        rows.append(row)
+    return rows
+
+
+def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[dict[str, str]] | None:
+    try:
+        rows = _read_csv_cached(str(path), header)
+    except FileNotFoundError:
+        problems.append(Problem("missing_file", "CSV file not found", "check the path in the spec", path=str(path)))
+        return None
+    except (UnicodeDecodeError, csv.Error) as err:
+        problems.append(
+            Problem("corrupt_file", f"cannot parse CSV: {err}", "save it as UTF-8 comma-separated text", path=str(path))
+        )
+        return None
+    return [dict(r) for r in rows]
+
+
+@lru_cache(maxsize=64)
+def _read_csv_cached(path: str, header: bool) -> tuple[dict[str, str], ...]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        if header:
+            return tuple({(k or "").strip(): (v or "") for k, v in row.items()} for row in csv.DictReader(handle))
+        return tuple({f"col{i}": v for i, v in enumerate(row)} for row in csv.reader(handle) if row)
+
+
+def _missing_column(path: Path, column: str | int, example_row: dict[str, str]) -> Problem:
+    return Problem(
+        "missing_column",
+        f"column {column!r} not in CSV (columns: {list(example_row)})",
+        "fix the column name in the spec or add the column to the CSV",
+        path=str(path),
+    )
+
+
+def _column_name(column: str | int) -> str:
+    return f"col{column}" if isinstance(column, int) else column
+
+
+class _Resolver:
+    """Turns templates into paths under the root, reporting paths that escape it."""
+
+    def __init__(self, root: Path, problems: list[Problem]):
+        self.root = root
+        self.problems = problems
+        self._tables: dict[tuple[str, str, bool], dict[str, dict[str, str]] | None] = {}
+
+    def format(self, template: str, fields: dict[str, str], case_id: str | None, escape: bool = False) -> str | None:
+        values = {k: globlib.escape(v) for k, v in fields.items()} if escape else fields
+        try:
+            return template.format_map(values)
+        except KeyError as err:
+            self.problems.append(
+                Problem(
+                    "unknown_field",
+                    f"template {template!r} uses field {err} but the case has only {sorted(fields)}",
+                    "add a named group to the cases regex or fix the template",
+                    case_id=case_id,
+                )
+            )
+            return None
+
+    def paths(self, template: str, fields: dict[str, str], case_id: str) -> list[Path] | None:
+        """Existing files/folders the template names (a glob may name several); None on a bad template."""
+        literal = "".join(part[0] for part in string.Formatter().parse(template))
+        if globlib.has_magic(literal):
+            pattern = self.format(template, fields, case_id, escape=True)
+            if pattern is None:
+                return None
+            found = (
+                sorted(self.root.glob(pattern))
+                if not Path(pattern).is_absolute()
+                else sorted(map(Path, globlib.glob(pattern)))
+            )
+        else:
+            name = self.format(template, fields, case_id)
+            if name is None:
+                return None
+            candidate = self.root / name
+            found = [candidate] if candidate.exists() or candidate.is_symlink() else []
+        inside = []
+        for path in found:
+            if not path.resolve().is_relative_to(self.root):
+                self.problems.append(
+                    Problem(
+                        "path_outside_root",
+                        f"resolves to {path.resolve()}, outside the data root {self.root}",
+                        "copy the file under the data root (symlinks and '..' may not leave it)",
+                        path=str(path),
+                        case_id=case_id,
+                    )
+                )
+            else:
+                inside.append(path)
+        if len(inside) < len(found):
+            return None
+        return inside
+
+    def lookup(self, spec: CsvLookup, fields: dict[str, str], case_id: str) -> str | list[str] | None:
+        """A case's value(s) in a label table; ``None`` when the table has no row for it."""
+        file = self.format(spec.file, fields, case_id)
+        key = self.format(spec.key, fields, case_id)
+        if file is None or key is None:
+            return None
+        table = self._table(self.root / file, spec)
+        if table is None:
+            return None
+        row = table.get(_normalise_key(key))
+        if row is None:
+            return None
+        columns = spec.value_column if isinstance(spec.value_column, tuple) else (spec.value_column,)
+        values = [row.get(_column_name(c)) for c in columns]
+        return values if isinstance(spec.value_column, tuple) else values[0]
+
+    def _table(self, path: Path, spec: CsvLookup) -> dict[str, dict[str, str]] | None:
+        cache_key = (str(path), str((spec.key_column, spec.value_column)), spec.header)
+        if cache_key in self._tables:
+            return self._tables[cache_key]
+        table = None
+        rows = _read_csv(path, spec.header, self.problems)
+        if rows is not None:
+            key_col = _column_name(spec.key_column)
+            value_cols = spec.value_column if isinstance(spec.value_column, tuple) else (spec.value_column,)
+            missing = [c for c in (key_col, *map(_column_name, value_cols)) if rows and c not in rows[0]]
+            if missing:
+                for column in missing:
+                    self.problems.append(_missing_column(path, column, rows[0]))
+            else:
+                table = {}
+                for row in rows:
+                    key = _normalise_key(row[key_col])
+                    if key in table:
+                        self.problems.append(
+                            Problem(
+                                "duplicate_case_id",
+                                f"key {row[key_col]!r} appears twice in column {key_col!r}",
+                                "remove the duplicate row",
+                                path=str(path),
+                            )
+                        )
+                    table[key] = row
+        self._tables[cache_key] = table
+        return table
+
+
+def _normalise_key(key: str) -> str:
+    """Keys compare as text, except that numbers ignore leading zeros (MRNet ``0007`` == ``7``)."""
+    key = key.strip()
+    return str(int(key)) if key.isdigit() else key
+
+
+def _build_case(
+    spec: DatasetSpec,
+    source: Any,
+    fields: dict[str, str],
+    resolver: _Resolver,
+    quality: LabelQuality,
+    problems: list[Problem],
+) -> dict | None:
+    case_id = resolver.format(spec.case_id, fields, None)
+    if case_id is None:
+        return None
+    fields = {**fields, "case_id": case_id}
+    case: dict[str, Any] = {"case_id": case_id}
+    if spec.splits.method == "field":
+        case["split"] = fields.get(spec.splits.field)  # raw value, mapped by assign_splits
+    if spec.group is not None:
+        group = resolver.format(spec.group, fields, case_id)
+        if group is None:
+            return None
+        case["group"] = group
+    for key, template in spec.inputs.items():
+        paths = resolver.paths(template, fields, case_id)
+        if paths is None:
+            return None
+        if not paths:
+            problems.append(
+                Problem(
+                    "missing_file",
+                    f"input '{key}' not found ({template!r})",
+                    "restore the file, or fix the spec's inputs template",
+                    path=str(resolver.root / (resolver.format(template, fields, case_id) or template)),
+                    case_id=case_id,
+                )
+            )
+            return None
+        case[key] = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+    for task in spec.tasks:
+        source_label = task.weak_label if quality == LabelQuality.WEAK and task.weak_label is not None else task.label
+        value = None
+        if source_label is not None and not getattr(source, "unlabelled", False):
+            value = _label_value(task, source_label, fields, resolver, case_id, problems)
+        case[present_key(task.name)] = int(value is not None)
+        if value is not None:
+            case[task.name] = value
+    return case
+
+
+def _label_value(
+    task: TaskSpec,
+    source: LabelSource,
+    fields: dict[str, str],
+    resolver: _Resolver,
+    case_id: str,
+    problems: list[Problem],
+) -> Any:
+    """The task's label for one case: a path (or paths) for masks, a number/list for classes, or None."""
+    if source.mask is not None:
+        paths = resolver.paths(source.mask, fields, case_id)
+        if not paths:
+            return None
+        return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+    if source.mask_nonempty is not None:
+        paths = resolver.paths(source.mask_nonempty, fields, case_id)
+        if not paths:
+            return None
+        try:
+            return int(any(bool(np.any(read_label_array(str(p)))) for p in paths))
+        except Exception as err:  # noqa: BLE001 - any reader failure is reported, not raised
+            problems.append(
+                Problem(
+                    "unreadable_file",
+                    f"cannot read mask: {err}",
+                    "replace the file",
+                    path=str(paths[0]),
+                    case_id=case_id,
+                )
+            )
+            return None
+    if source.field is not None:
+        if source.field not in fields:
+            problems.append(
+                Problem(
+                    "unknown_field",
+                    f"label field '{source.field}' of task '{task.name}' is not among the case fields {sorted(fields)}",
+                    "add a named group to the cases regex or a column to the case CSV",
+                    case_id=case_id,
+                )
+            )
+            return None
+        raw: Any = fields[source.field]
+    else:
+        raw = resolver.lookup(source.csv, fields, case_id)
+    if raw is None:
+        return None
+    return _convert(task, source, raw, case_id, problems)
+
+
+def _convert(task: TaskSpec, source: LabelSource, raw: Any, case_id: str, problems: list[Problem]) -> Any:
+    """Raw table/field text -> class index (multiclass), 0/1 (binary) or multi-hot list (multilabel)."""
+    if isinstance(raw, list):
+        items = [_convert_one(task, source, r, case_id, problems, binary=True) for r in raw]
+        if any(i is None for i in items):
+            return None
+        return items
+    if task.kind == TaskKind.MULTILABEL:
+        text = str(raw).strip()
+        if text.lower() in _MISSING_VALUES:
+            return None
+        names = [n.strip() for n in re.split(r"[;|]", text) if n.strip()]
+        unknown = [n for n in names if n not in task.class_names]
+        if unknown:
+            problems.append(
+                _bad_label(task, raw, case_id, f"label names {unknown} are not in {list(task.class_names)}")
+            )
+            return None
+        return [int(c in names) for c in task.class_names]
+    return _convert_one(task, source, raw, case_id, problems, binary=task.kind == TaskKind.BINARY)
+
+
+def _convert_one(
+    task: TaskSpec, source: LabelSource, raw: Any, case_id: str, problems: list[Problem], binary: bool
+) -> Any:
+    text = str(raw).strip()
+    if text.lower() in _MISSING_VALUES:
+        return None
+    value: Any = text
+    if source.map is not None:
+        if text not in source.map:
+            problems.append(
+                _bad_label(task, raw, case_id, f"value {text!r} is not in the spec's map {sorted(source.map)}")
+            )
+            return None
+        value = source.map[text]
+    if isinstance(value, str) and value in task.class_names:
+        return task.class_names.index(value)
+    if isinstance(value, str) and binary and value.lower() in {"true", "false", "yes", "no"}:
+        return int(value.lower() in {"true", "yes"})
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        problems.append(
+            _bad_label(
+                task, raw, case_id, f"value {text!r} is neither a class name {list(task.class_names)} nor a number"
+            )
+        )
+        return None
+    if math.isnan(number):
+        return None
+    limit = 2 if binary else task.num_outputs
+    if number != int(number) or not 0 <= number < limit:
+        problems.append(_bad_label(task, raw, case_id, f"value {text!r} is outside the classes 0..{limit - 1}"))
+        return None
+    return int(number)
+
+
+def _bad_label(task: TaskSpec, raw: Any, case_id: str, message: str) -> Problem:
+    return Problem(
+        "invalid_label",
+        f"task '{task.name}': {message}",
+        "fix the label, or add the value to the task's classes / label map in the spec",
+        case_id=case_id,
+    )
+
+
+def read_label_array(path: str) -> np.ndarray:
+    """Voxel array of a mask in any supported format (used for derived labels and validation)."""
+    from medmtl.data.readers import load_array
+
+    return load_array(path)
