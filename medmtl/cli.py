@@ -1,0 +1,108 @@
+"""``medmtl`` command line: thin argument parsing over library functions.
+
+Each subcommand only parses arguments and calls one function (nnU-Net's ``*_entrypoints`` over
+``*_api`` split), so everything the CLI does is also a Python call and testable without a shell.
+Exit codes: 0 success, 1 the data/input has problems (all printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from medmtl.data.problems import DataError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from medmtl.data.validate import validate_dataset
+
+    report = validate_dataset(args.spec, root=args.root, workers=args.workers, check_files=not args.no_files)
+    print(report.to_json() if args.json else report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_splits(args: argparse.Namespace) -> int:
+    from medmtl.data.spec import load_spec
+    from medmtl.data.splits import write_splits
+
+    table = load_spec(args.spec).build_cases(root=args.root)
+    table.raise_for_errors()
+    path = write_splits(table.cases, args.out)
+    counts = table.split_counts()
+    print(json.dumps(counts) if args.json else f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def _cmd_convert_dicom(args: argparse.Namespace) -> int:
+    from medmtl.data.dicom import convert_dicom
+
+    written = convert_dicom(args.input, args.output)
+    for path in written if isinstance(written, list | tuple) else [written]:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from medmtl.data.demo import generate_demo_data
+
+    summary = generate_demo_data(args.out, num_cases=args.cases, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medmtl", description="Multi-task learning on medical images (MONAI).")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check every case of a dataset spec and print all problems at once")
+    p.add_argument("spec", help="data spec YAML (data_specs/*.yaml)")
+    p.add_argument("--root", help="data root (overrides the spec's root)")
+    p.add_argument("--workers", type=int, default=0, help="processes for per-case checks (0: all cores)")
+    p.add_argument("--no-files", action="store_true", help="only check the spec and the case table, do not open images")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("make-splits", help="write splits.json (train/val/test case ids) once, to reuse later")
+    p.add_argument("spec")
+    p.add_argument("--root")
+    p.add_argument("--out", default="splits.json")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_splits)
+
+    p = sub.add_parser("convert-dicom", help="DICOM series/file to NIfTI with geometry, de-identified")
+    p.add_argument("input", help="DICOM file or folder of one series")
+    p.add_argument("output", help="output .nii.gz file, or a folder (one file per series)")
+    p.set_defaults(func=_cmd_convert_dicom)
+
+    p = sub.add_parser("demo-data", help="generate the small deterministic demo dataset (2D and 3D)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--cases", type=int, default=None, help="cases per dataset (default: the generator's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DataError as err:  # every problem, one per line, no traceback
+        print(str(err), file=sys.stderr)
+        return 1
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures: the real data folder (skipped cleanly when absent) and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDMTL_SHARED_DATA", REPO.parent / "shared" / "data"))
+SPECS = REPO / "data_specs"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real images); tests using it are skipped when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def specs_dir() -> Path:
+    return SPECS
