@@ -1,0 +1,40 @@
+# medmtl: two commands on a fresh machine: `make demo` and `make test` (both set up what they need).
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned and overridable: CPU build here; e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medmtl-installed
+DEMO_DIR ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q $(TORCH_SPEC)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) -m medmtl.demo_job --out $(DEMO_DIR)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# pytest exit code 5 means "no tests collected": not a failure of the setup.
+test: lint
+	$(PY) -m pytest -q --timeout=600 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+bench: venv
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache mlflow.db mlruns
