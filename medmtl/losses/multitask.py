@@ -1,0 +1,313 @@
+"""``MultiTaskLoss``: masked per-task losses combined by a weighting strategy.
+
+One module that the trainer sees as an ordinary loss function: it builds one masked loss per
+task from the ``Task`` objects (kind decides the loss, never the name), scores the tasks each
+batch is labelled for, and hands those to a :class:`~medmtl.losses.weighting.Weighting`. It
+returns a scalar, because MONAI's ``SupervisedTrainer`` calls ``.mean()`` on whatever the loss
+function returns, and keeps detached per-task values and the weights for logging.
+
+Wiring into MONAI's trainer: ``MultiTaskPrepareBatch`` returns ``(image, targets)`` where
+``targets`` holds ``{task: target, "<task>_present": flags}``; the trainer calls
+``loss_function(pred_dict, targets)``, and this module reads the presence flags from the
+``<task>_present`` keys (``medmtl.data.present_key``). A three-argument call
+``loss(preds, targets, present)`` is accepted as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmtl.data.tasks import Task, present_key
+from medmtl.losses.task_losses import as_present_mask, build_task_loss
+from medmtl.losses.weighting import Weighting, build_weighting
+
+__all__ = ["MultiTaskLoss"]
+
+
+def _as_task(task: Task | Mapping[str, Any]) -> Task:
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, Mapping):
+        return Task.model_validate(dict(task))
+    raise TypeError(f"MultiTaskLoss: tasks must be Task objects or dicts, got {type(task).__name__}")
+
+
+class MultiTaskLoss(nn.Module):
+    """Masked per-task losses plus a weighting strategy, returning one scalar.
+
+    Per task (see ``medmtl.losses.task_losses``): segmentation Dice+CE (or Dice+focal), binary /
+    multilabel BCE with ``pos_weight``, multiclass CE with class weights, each averaged over the
+    samples whose ``<task>_present`` flag is set. Tasks labelled in no sample of the batch are
+    left out of the dict given to the weighting and add ``pred.sum() * 0`` to the total, which
+    keeps every head in the graph (DDP) without changing the value.
+
+    After each call:
+
+    - ``last_components``: ``{task: detached loss}`` for the tasks labelled in the batch;
+    - ``last_num_labelled``: ``{task: number of labelled samples}`` for every task;
+    - ``last_weights``: ``{task: weight}`` the weighting used;
+    - ``last_losses``: ``{task: loss}`` still attached to the graph, for gradient-based
+      strategies (:meth:`backward`).
+
+    Args:
+        tasks: the tasks (``Task`` objects or dicts of their fields).
+        weighting: a :class:`Weighting` built for the same task names, a registry name
+            (``fixed``, ``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad``, ``scheduled``) or
+            ``None`` for ``fixed`` with all weights 1.
+        seg_loss: ``"dicece"`` (default) or ``"dicefocal"`` for segmentation tasks.
+        pos_weight: ``{task: number or one number per label}`` for binary / multilabel tasks, e.g.
+            ``CaseTable.pos_weights()``; tasks not listed use the task's numeric ``pos_weight``.
+        class_weights: ``{task: weights}`` overriding ``Task.class_weights``.
+        seg_kwargs: extra arguments of the MONAI segmentation loss (``lambda_dice``, ``batch``...).
+        weighting_kwargs: hyperparameters when ``weighting`` is a registry name.
+
+    Raises:
+        ValueError: for duplicate task names, dict keys naming unknown tasks, a weighting built
+            for other tasks, or arguments that do not fit a task's kind.
+
+    Example::
+
+        loss = MultiTaskLoss(tasks, weighting="dwa", pos_weight=case_table.pos_weights())
+        total = loss(net(image), {"lesion": mask, "lesion_present": flags, ...})
+
+    Bundle config (``_target_`` syntax)::
+
+        "loss": {"_target_": "medmtl.losses.MultiTaskLoss", "tasks": "@tasks",
+                 "weighting": "uncertainty", "seg_loss": "dicefocal"},
+        "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-4,
+                      "params": "$@loss.param_groups(@network.parameters(), 1e-5)"}
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task | Mapping[str, Any]],
+        weighting: Weighting | str | None = None,
+        seg_loss: str = "dicece",
+        pos_weight: Mapping[str, float | Sequence[float] | torch.Tensor] | None = None,
+        class_weights: Mapping[str, Sequence[float] | torch.Tensor] | None = None,
+        seg_kwargs: Mapping[str, Any] | None = None,
+        weighting_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        task_list = [_as_task(t) for t in tasks]
+        names = [t.name for t in task_list]
+        if not names:
+            raise ValueError("MultiTaskLoss: got no task; pass the tasks of the data spec or bundle config")
+        if len(set(names)) != len(names):
+            raise ValueError(f"MultiTaskLoss: duplicate task names {names}")
+        for what, given in (("pos_weight", pos_weight), ("class_weights", class_weights)):
+            unknown = sorted(set(given or {}) - set(names))
+            if unknown:
+                raise ValueError(f"MultiTaskLoss: {what} names unknown tasks {unknown}; tasks are {names}")
+        self.tasks = tuple(task_list)
+        self.task_losses = nn.ModuleDict()
+        for task in task_list:
+            module = build_task_loss(
+                task,
+                seg_loss=seg_loss,
+                seg_kwargs=seg_kwargs,
+                pos_weight=(pos_weight or {}).get(task.name),
+                class_weights=(class_weights or {}).get(task.name),
+            )
+            try:
+                self.task_losses[task.name] = module
+            except KeyError as err:
+                raise ValueError(
+                    f"task name '{task.name}' clashes with a torch.nn.Module attribute; rename the task"
+                ) from err
+
+        if weighting is None or isinstance(weighting, str):
+            weighting = build_weighting(weighting or "fixed", names, **dict(weighting_kwargs or {}))
+        elif weighting_kwargs:
+            raise ValueError("MultiTaskLoss: weighting_kwargs only applies when weighting is a registry name")
+        if not isinstance(weighting, Weighting):
+            raise TypeError(
+                f"MultiTaskLoss: weighting must be a Weighting, a name or None, got {type(weighting).__name__}"
+            )
+        if set(weighting.task_names) != set(names):
+            raise ValueError(
+                f"MultiTaskLoss: the weighting was built for tasks {list(weighting.task_names)} but the loss has {names}"
+            )
+        self.weighting = weighting
+        self.last_components: dict[str, torch.Tensor] = {}
+        self.last_weights: dict[str, float] = {}
+        self.last_num_labelled: dict[str, int] = {}
+        self.last_losses: dict[str, torch.Tensor] = {}
+        self._last_absent: torch.Tensor | None = None
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def compute_task_losses(
+        self,
+        preds: Mapping[str, torch.Tensor],
+        targets: Mapping[str, Any],
+        present: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Per-task masked losses, without weighting.
+
+        Args:
+            preds: ``{task: logits}`` (other keys are ignored).
+            targets: ``{task: target}``, optionally with ``<task>_present`` flags.
+            present: ``{task: (B,) flags}``; when ``None`` or missing a task, the flags are read
+                from ``targets["<task>_present"]``, and without either every sample counts as labelled.
+
+        Returns:
+            ``(losses, absent)``: ``{task: loss}`` for tasks labelled in at least one sample, and
+            the sum of ``pred.sum() * 0`` over the other tasks (``None`` when there is none).
+
+        Raises:
+            KeyError: when ``preds`` or ``targets`` lack a task.
+            ValueError: on shape mismatches (naming the task, the shape received and the one expected).
+        """
+        losses: dict[str, torch.Tensor] = {}
+        absent: torch.Tensor | None = None
+        self.last_num_labelled = {}
+        for name, loss_fn in self.task_losses.items():
+            if name not in preds:
+                raise KeyError(f"MultiTaskLoss: the network returned no output for task '{name}' (got {sorted(preds)})")
+            if name not in targets:
+                raise KeyError(
+                    f"MultiTaskLoss: the batch has no target for task '{name}' (got {sorted(targets)}); "
+                    "fill a placeholder and a False '<task>_present' flag for unlabelled cases"
+                )
+            flags = (present or {}).get(name)
+            if flags is None:
+                flags = targets.get(present_key(name))
+            pred = preds[name]
+            mask = as_present_mask(flags, pred.shape[0], pred.device, name)
+            target = targets[name]
+            if not isinstance(target, torch.Tensor):
+                target = torch.as_tensor(target, device=pred.device)
+            value = loss_fn(pred, target, mask)
+            count = int(mask.sum())
+            self.last_num_labelled[name] = count
+            if count:
+                losses[name] = value
+            else:
+                absent = value if absent is None else absent + value
+        return losses, absent
+
+    def forward(
+        self,
+        preds: Mapping[str, torch.Tensor],
+        targets: Mapping[str, Any],
+        present: Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Weighted multi-task loss.
+
+        Args:
+            preds: ``{task: logits}``: segmentation ``(B, C, *spatial)``, binary ``(B, 1)``,
+                multilabel / multiclass ``(B, K)``.
+            targets: ``{task: target}``: segmentation ``(B, 1, *spatial)`` class map, binary float
+                ``(B, 1)``, multilabel float ``(B, K)``, multiclass long ``(B,)``; may also hold
+                ``<task>_present`` flags (the single-dict style MONAI's trainer uses).
+            present: optional ``{task: (B,) flags}``; takes precedence over the flags in ``targets``.
+
+        Returns:
+            scalar tensor, graph-connected even when no task is labelled (then exactly 0).
+
+        Raises:
+            KeyError: when ``preds`` or ``targets`` lack a task.
+            ValueError: on shape mismatches.
+        """
+        losses, absent = self.compute_task_losses(preds, targets, present)
+        self.last_weights = self.weighting.current_weights()
+        total = self.weighting(losses)
+        if absent is not None:
+            total = total + absent.to(total.device)
+        self.last_losses = losses
+        self._last_absent = absent
+        self.last_components = {k: v.detach() for k, v in losses.items()}
+        return total
+
+    # -- trainer hooks ----------------------------------------------------------------------------
+    @property
+    def manipulates_gradients(self) -> bool:
+        """True when :meth:`backward` must replace ``loss.backward()`` (PCGrad-like weightings)."""
+        return bool(self.weighting.manipulates_gradients)
+
+    @property
+    def needs_shared_params(self) -> bool:
+        """True when :meth:`before_backward` / :meth:`backward` need the shared parameters (GradNorm, PCGrad)."""
+        return bool(self.weighting.requires_shared_grads or self.weighting.manipulates_gradients)
+
+    def before_backward(self, shared_params: Iterable[torch.Tensor] | None = None) -> None:
+        """Extra step between loss and backward (GradNorm's weight update); no-op otherwise.
+
+        Fits a handler on ``IterationEvents.LOSS_COMPLETED`` of MONAI's stock ``SupervisedTrainer``.
+
+        Raises:
+            ValueError: when the weighting needs ``shared_params`` and none are given.
+        """
+        if self.weighting.requires_shared_grads:
+            if shared_params is None:
+                raise ValueError(f"{type(self.weighting).__name__} needs the shared parameters: pass shared_params")
+            self.weighting.gradnorm_step(self.last_losses, shared_params)
+
+    def backward(
+        self,
+        loss: torch.Tensor,
+        shared_params: Iterable[torch.Tensor] | None = None,
+        scale: float | None = None,
+    ) -> None:
+        """Backward for any weighting: call instead of ``loss.backward()`` in an iteration.
+
+        Runs :meth:`before_backward`, then either the weighting's own ``backward`` (PCGrad-like)
+        or ``loss.backward()``.
+
+        Args:
+            loss: the value returned by :meth:`forward` for this batch.
+            shared_params: the network's shared parameters (needed by GradNorm and PCGrad).
+            scale: multiplies what is backpropagated (AMP scaler factor, ``1 / accumulation_steps``).
+
+        Raises:
+            ValueError: when the weighting needs ``shared_params`` and none are given.
+        """
+        params = list(shared_params) if shared_params is not None else None
+        self.before_backward(params)
+        if self.weighting.manipulates_gradients:
+            if params is None:
+                raise ValueError(f"{type(self.weighting).__name__} needs the shared parameters: pass shared_params")
+            factor = 1.0 if scale is None else scale
+            losses = {k: v * factor for k, v in self.last_losses.items()}
+            extra = None if self._last_absent is None else self._last_absent * factor
+            self.weighting.backward(losses, params, extra=extra)
+        else:
+            (loss if scale is None else loss * scale).backward()
+
+    def sync_gradients(self) -> None:
+        """Average the weighting's learnable parameters' gradients across DDP ranks (before the step)."""
+        self.weighting.sync_gradients()
+
+    def on_epoch_end(self, epoch_losses: Mapping[str, float] | None = None) -> None:
+        """Epoch hook, forwarded to the weighting (DWA history, schedules)."""
+        self.weighting.on_epoch_end(epoch_losses)
+
+    def param_groups(
+        self, network_params: Iterable[torch.nn.Parameter] | None = None, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the network's with ``weight_decay``, this loss's without.
+
+        Args:
+            network_params: the network's parameters (omitted: only the loss's group).
+            weight_decay: weight decay of the network group.
+
+        Returns:
+            list of groups for ``torch.optim`` (the loss group is left out when it is empty).
+        """
+        groups: list[dict[str, Any]] = []
+        if network_params is not None:
+            groups.append({"params": list(network_params), "weight_decay": weight_decay})
+        own = [p for p in self.parameters() if p.requires_grad]
+        if own:
+            groups.append({"params": own, "weight_decay": 0.0})
+        return groups
+
+    def extra_repr(self) -> str:
+        return f"tasks={list(self.task_names)}"
