@@ -1,0 +1,52 @@
+"""Networks: multi-task networks returning ``{task_name: logits}``, their backbones, heads and bridges.
+
+Why: one package holds everything a bundle's ``network_def`` can name with ``_target_``. Hard
+sharing (:class:`MultiTaskNet`, :class:`MultiTaskClassifier`, :class:`MultiPlaneNet`), soft sharing
+(:class:`CrossStitchNet`) and the MultiMix saliency bridge (:class:`SaliencyBridgeNet`) all size their
+heads from :class:`~medmtl.data.Task` objects and the channels their backbone reports. Backbones wrap
+MONAI networks (or implement MeshNet, which MONAI lacks) behind the small :class:`Backbone`
+interface, and are also reachable by name through :func:`build_backbone`.
+"""
+
+from __future__ import annotations
+
+from medmtl.networks.backbones import (
+    Backbone,
+    BasicUNetBackbone,
+    DenseNetBackbone,
+    ResNetBackbone,
+    ResUNetBackbone,
+    SegResNetBackbone,
+)
+from medmtl.networks.cross_stitch import CrossStitchNet, CrossStitchUnit
+from medmtl.networks.heads import ClassificationHead, SegmentationHead, build_head
+from medmtl.networks.meshnet import DILATION_SCHEDULES, MeshNet, MeshNetBackbone
+from medmtl.networks.multiplane import MultiPlaneNet
+from medmtl.networks.multitask import MultiTaskClassifier, MultiTaskModule, MultiTaskNet
+from medmtl.networks.registry import build_backbone, list_backbones, register_backbone
+from medmtl.networks.saliency import SaliencyBridgeNet
+
+__all__ = [
+    "Backbone",
+    "BasicUNetBackbone",
+    "ResUNetBackbone",
+    "SegResNetBackbone",
+    "ResNetBackbone",
+    "DenseNetBackbone",
+    "MeshNetBackbone",
+    "MeshNet",
+    "DILATION_SCHEDULES",
+    "SegmentationHead",
+    "ClassificationHead",
+    "build_head",
+    "MultiTaskModule",
+    "MultiTaskNet",
+    "MultiTaskClassifier",
+    "SaliencyBridgeNet",
+    "CrossStitchUnit",
+    "CrossStitchNet",
+    "MultiPlaneNet",
+    "register_backbone",
+    "build_backbone",
+    "list_backbones",
+]
