@@ -151,18 +151,21 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
         case = _build_case(spec, source, fields, resolver, quality, table.problems)
         if case is None:
             continue
+        origin = fields.get("path") or getattr(source, "csv", None) or getattr(source, "decathlon", None) or ""
         if case["case_id"] in seen:
             first = seen[case["case_id"]]
             table.problems.append(
                 Problem(
                     "duplicate_case_id",
-                    f"case id '{case['case_id']}' is produced by both {first!r} and {fields.get('path')!r}",
-                    "make the spec's case_id template unique (add the folder or split field)",
+                    f"case id '{case['case_id']}' is produced by both {first!r} and {origin!r}",
+                    "make the spec's case_id template unique (add the folder or split field), "
+                    "or remove the duplicate entry",
+                    path=str(root_path / origin) if origin else None,
                     case_id=case["case_id"],
                 )
             )
             continue
-        seen[case["case_id"]] = fields.get("path", "")
+        seen[case["case_id"]] = origin
         table.cases.append(case)
     if not table.cases and not table.errors:
         patterns = [
@@ -327,7 +330,8 @@ class _Resolver:
             if name is None:
                 return None
             candidate = self.root / name
-            found = [candidate] if candidate.exists() or candidate.is_symlink() else []
+            # an empty field (blank CSV cell) must not turn into the root folder itself
+            found = [candidate] if name.strip() and (candidate.exists() or candidate.is_symlink()) else []
         inside = []
         for path in found:
             if not path.resolve().is_relative_to(self.root):
@@ -414,7 +418,10 @@ def _build_case(
     case: dict[str, Any] = {"case_id": case_id}
     if spec.splits.method == "field":
         case["split"] = fields.get(spec.splits.field)  # raw value, mapped by assign_splits
-    if spec.group is not None:
+    if isinstance(spec.group, CsvLookup):  # patient id from a table (hospital labels.csv)
+        group = resolver.lookup(spec.group, fields, case_id)
+        case["group"] = str(group).strip() if group is not None and str(group).strip() else case_id
+    elif spec.group is not None:
         group = resolver.format(spec.group, fields, case_id)
         if group is None:
             return None

@@ -13,7 +13,8 @@ Layout of a spec (see ``data_specs/*.yaml`` for complete examples)::
       glob: "*/*.png"            # files (or folders) relative to root
       regex: '^(?P<cls>\\w+)/(?P<stem>(?P=cls) \\((?P<num>\\d+)\\))\\.png$'   # named groups -> fields
     case_id: "{cls}_{num}"       # templates use the fields
-    group: null                  # e.g. "{patient}": no patient crosses splits
+    group: null                  # e.g. "{patient}": no patient crosses splits, or a CSV lookup
+                                 # {file: labels.csv, key_column: case_id, value_column: patient_id}
     inputs: {image: "{path}"}    # or named views: {axial: ..., coronal: ...}
     tasks:
       - name: lesion
@@ -285,7 +286,8 @@ class DatasetSpec(BaseModel):
     root: str = "."
     cases: CaseSource | tuple[CaseSource, ...]
     case_id: str = "{stem}"
-    group: str | None = None
+    group: str | CsvLookup | None = None
+    """Patient of a case: a template (``"{patient}"``) or a CSV lookup by case (a case without a row is its own group)."""
     inputs: dict[str, str] = Field(default_factory=lambda: {"image": "{path}"})
     tasks: tuple[TaskSpec, ...]
     splits: SplitSpec = Field(default_factory=SplitSpec)
@@ -408,7 +410,22 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
         return DatasetSpec.model_validate(raw)
     except ValidationError as err:
         problems = [_problem_from_pydantic(e, path) for e in err.errors()]
+        if all(e["loc"] for e in err.errors()):  # field errors stop pydantic before the cross-field checks
+            problems += _cross_field_problems(raw, path)
         raise SpecError(problems, str(path)) from None
+
+
+def _cross_field_problems(raw: dict, path: Path) -> list[Problem]:
+    """``DatasetSpec._consistent`` checks that can be made on the raw YAML, so they come with the field errors."""
+    tasks = raw.get("tasks")
+    splits = raw.get("splits")
+    if not isinstance(tasks, list) or not isinstance(splits, dict) or splits.get("stratify") is None:
+        return []
+    names = [t.get("name") for t in tasks if isinstance(t, dict)]
+    if splits["stratify"] in names:
+        return []
+    message = f"'splits.stratify': names task {splits['stratify']!r}, which is not one of {names}"
+    return [Problem("invalid_value", message, "name one of the spec's classification tasks", path=str(path))]
 
 
 def _problem_from_pydantic(error: dict, path: Path) -> Problem:
