@@ -1,0 +1,28 @@
+"""Engines: MONAI's SupervisedTrainer/Evaluator made multi-task through prepare_batch, handlers and hooks."""
+
+from __future__ import annotations
+
+from medmtl.engines.handlers import MultiTaskLossHandler, ResumableCheckpoint, atomic_torch_save, unwrap
+from medmtl.engines.iteration import GradientSurgeryIteration
+from medmtl.engines.prepare_batch import (
+    FlattenTaskOutputsd,
+    MultiTaskPrepareBatch,
+    as_tasks,
+    label_key,
+    pred_key,
+    probabilities,
+)
+
+__all__ = [
+    "FlattenTaskOutputsd",
+    "GradientSurgeryIteration",
+    "MultiTaskLossHandler",
+    "MultiTaskPrepareBatch",
+    "ResumableCheckpoint",
+    "as_tasks",
+    "atomic_torch_save",
+    "label_key",
+    "pred_key",
+    "probabilities",
+    "unwrap",
+]

@@ -1,0 +1,136 @@
+"""Batch preparation and output flattening: how MONAI's stock engines carry several tasks.
+
+MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator`` stay unchanged (STYLE: assembled, not
+subclassed). Two small pieces make them multi-task:
+
+- :class:`MultiTaskPrepareBatch` turns a collated batch into ``(inputs, targets)`` where
+  ``targets`` holds ``{task: target, "<task>_present": flags}``; the trainer then calls
+  ``loss_function(pred_dict, targets)``, which :class:`medmtl.losses.MultiTaskLoss` understands.
+- :class:`FlattenTaskOutputsd` (evaluator ``postprocessing``) copies the nested ``pred`` / ``label``
+  dicts of each decollated sample to flat keys ``pred_<task>``, ``label_<task>``, ``<task>_present``,
+  because MONAI's key-based transforms and ``from_engine`` only see top-level keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.engines.utils import PrepareBatch
+from monai.utils import CommonKeys
+
+from medmtl.data.tasks import Task, present_key
+
+__all__ = ["MultiTaskPrepareBatch", "FlattenTaskOutputsd", "as_tasks", "pred_key", "label_key"]
+
+
+def as_tasks(tasks: Sequence[Task | Mapping[str, Any]]) -> list[Task]:
+    """Tasks from ``Task`` objects or plain dicts (bundle configs write dicts)."""
+    return [t if isinstance(t, Task) else Task.model_validate(dict(t)) for t in tasks]
+
+
+def pred_key(task: str) -> str:
+    return f"pred_{task}"
+
+
+def label_key(task: str) -> str:
+    return f"label_{task}"
+
+
+def _target(task: Task, value: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Targets in the shapes the losses expect: binary ``(B, 1)`` float, multiclass ``(B,)`` long."""
+    value = torch.as_tensor(value)
+    if task.is_dense:
+        return value
+    if task.kind.value == "multiclass":
+        return value.reshape(batch_size).long()
+    return value.reshape(batch_size, task.num_outputs).float()
+
+
+class MultiTaskPrepareBatch(PrepareBatch):
+    """``(inputs, {task: target, task_present: flags})`` from a collated medmtl batch.
+
+    Args:
+        tasks: the tasks (``Task`` or dicts).
+        input_keys: batch keys holding the network input. One key gives a tensor; several (MRNet's
+            ``axial``/``coronal``/``sagittal`` views) give ``{key: tensor}``.
+
+    Raises:
+        KeyError: naming the missing key when the batch lacks an input, a task or a present flag
+            (usually a transform chain without ``EnsureTaskLabelsd`` at its end).
+    """
+
+    def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], input_keys: str | Sequence[str] = "image") -> None:
+        self.tasks = as_tasks(tasks)
+        self.input_keys = (input_keys,) if isinstance(input_keys, str) else tuple(input_keys)
+
+    def __call__(
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        missing = [k for k in self.input_keys if k not in batchdata]
+        missing += [k for t in self.tasks for k in (t.name, present_key(t.name)) if k not in batchdata]
+        if missing:
+            raise KeyError(
+                f"batch lacks keys {missing} (has {sorted(batchdata)}); end the transform chain with "
+                "medmtl.transforms.EnsureTaskLabelsd so every task has a target and a present flag"
+            )
+
+        def move(x: Any) -> torch.Tensor:
+            return torch.as_tensor(x).to(device=device, non_blocking=non_blocking, **kwargs)
+
+        inputs: Any
+        if len(self.input_keys) == 1:
+            inputs = move(batchdata[self.input_keys[0]])
+        else:
+            inputs = {k: move(batchdata[k]) for k in self.input_keys}
+        first = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))
+        batch_size = first.shape[0]
+        targets: dict[str, torch.Tensor] = {}
+        for task in self.tasks:
+            targets[task.name] = move(_target(task, batchdata[task.name], batch_size))
+            targets[present_key(task.name)] = move(
+                torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1)
+            ).bool()
+        return inputs, targets
+
+
+class FlattenTaskOutputsd:
+    """Per-sample postprocessing: nested ``pred``/``label`` dicts -> flat ``pred_<task>``/``label_<task>``.
+
+    Args:
+        tasks: the tasks.
+        activation: also store probabilities as ``prob_<task>`` (softmax for segmentation and
+            multiclass, sigmoid for binary / multilabel).
+    """
+
+    def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], activation: bool = True) -> None:
+        self.tasks = as_tasks(tasks)
+        self.activation = activation
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        preds = data.get(CommonKeys.PRED) or {}
+        labels = data.get(CommonKeys.LABEL) or {}
+        for task in self.tasks:
+            if task.name in preds:
+                out[pred_key(task.name)] = preds[task.name]
+                if self.activation:
+                    out[f"prob_{task.name}"] = probabilities(task, preds[task.name])
+            if task.name in labels:
+                out[label_key(task.name)] = torch.as_tensor(labels[task.name])  # decollate turns 0-d into numbers
+            flag = labels.get(present_key(task.name), data.get(present_key(task.name)))
+            if flag is not None:
+                out[present_key(task.name)] = bool(torch.as_tensor(flag).reshape(-1)[0])
+        return out
+
+
+def probabilities(task: Task, logits: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+    """Softmax (segmentation, multiclass) or sigmoid (binary, multilabel) of one sample's logits."""
+    if task.kind.value in ("segmentation", "multiclass"):
+        return torch.softmax(logits.float(), dim=channel_dim)
+    return torch.sigmoid(logits.float())
