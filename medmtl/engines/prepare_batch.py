@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.engines.utils import PrepareBatch
+from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils import CommonKeys
 
 from medmtl.data.tasks import Task, present_key
@@ -100,7 +100,12 @@ class MultiTaskPrepareBatch(PrepareBatch):
 
 
 class FlattenTaskOutputsd:
-    """Per-sample postprocessing: nested ``pred``/``label`` dicts -> flat ``pred_<task>``/``label_<task>``.
+    """Nested ``pred``/``label`` dicts of each sample -> flat ``pred_<task>``, ``label_<task>``, ``<task>_present``.
+
+    Use it as a handler (``FlattenTaskOutputsd(tasks).attach(evaluator)``): it runs after MONAI's
+    decollation and writes every flat key into ``engine.state.output`` together with ``case_id``.
+    As a plain ``postprocessing`` transform, MONAI routes keys that already exist in the batch
+    (``<task>_present``, ``case_id``) back into ``engine.state.batch`` instead of the output.
 
     Args:
         tasks: the tasks.
@@ -111,6 +116,18 @@ class FlattenTaskOutputsd:
     def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], activation: bool = True) -> None:
         self.tasks = as_tasks(tasks)
         self.activation = activation
+
+    def attach(self, engine: Any) -> None:
+        if not engine.has_event_handler(self._flatten_engine_output, IterationEvents.MODEL_COMPLETED):
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._flatten_engine_output)
+
+    def _flatten_engine_output(self, engine: Any) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch] * len(outputs)
+        for output, batch in zip(outputs, batches, strict=True):
+            output.update(self(output))
+            if isinstance(batch, Mapping) and "case_id" in batch:
+                output.setdefault("case_id", batch["case_id"])
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(data)

@@ -158,8 +158,8 @@ def test_evaluator_flattens_outputs_per_task() -> None:
         val_data_loader=loader,
         network=net,
         prepare_batch=MultiTaskPrepareBatch(TASKS),
-        postprocessing=FlattenTaskOutputsd(TASKS),
     )
+    FlattenTaskOutputsd(TASKS).attach(evaluator)
     seen = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.extend(e.state.output))
     evaluator.run()
