@@ -404,7 +404,7 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
             "yaml_structure", f"expected a mapping at top level, got {type(raw).__name__}", path=str(path)
         )
         raise SpecError([problem], str(path))
-    raw.update(overrides)
+    raw.update({k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items()})
     raw["spec_path"] = str(path.resolve())
     try:
         return DatasetSpec.model_validate(raw)
