@@ -1,0 +1,59 @@
+"""Metrics: per-task scores on an evaluator, bootstrap intervals and the evaluation report.
+
+Every score is derived from the ``Task`` objects (kind decides the metrics, never the name) and
+skips cases that lack the task's label. :class:`MultiTaskMetricHandler` puts
+``<task>/<metric>`` values and the checkpoint-selecting ``mean_primary`` into an evaluator's
+``state.metrics``; :func:`write_report` / :func:`report_from_dir` write ``summary.json``,
+``predictions.npz`` and an HTML report with plots.
+"""
+
+from __future__ import annotations
+
+from medmtl.metrics.cumulative import TaskMetric, as_samples, collect_results, update_from_samples
+from medmtl.metrics.functional import (
+    LABEL_METRICS,
+    MULTICLASS_METRICS,
+    SEGMENTATION_METRICS,
+    bootstrap_ci,
+    higher_is_better,
+    metric_names,
+    primary_metric,
+)
+from medmtl.metrics.handler import KEY_METRIC, MultiTaskMetricHandler
+from medmtl.metrics.report import (
+    OVERLAYS_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    Overlay,
+    build_summary,
+    report_from_dir,
+    write_report,
+)
+from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, TaskResult, mean_primary
+
+__all__ = [
+    "TaskMetric",
+    "TaskResult",
+    "EvaluationResults",
+    "MultiTaskMetricHandler",
+    "KEY_METRIC",
+    "collect_results",
+    "as_samples",
+    "update_from_samples",
+    "primary_metric",
+    "higher_is_better",
+    "metric_names",
+    "mean_primary",
+    "bootstrap_ci",
+    "SEGMENTATION_METRICS",
+    "LABEL_METRICS",
+    "MULTICLASS_METRICS",
+    "Overlay",
+    "write_report",
+    "report_from_dir",
+    "build_summary",
+    "SUMMARY_FILE",
+    "REPORT_FILE",
+    "PREDICTIONS_FILE",
+    "OVERLAYS_FILE",
+]

@@ -1,0 +1,420 @@
+"""The evaluation report: ``summary.json`` (nnU-Net style), ``predictions.npz`` and ``report.html``.
+
+A run ends with files a person and a program can both read, from one place:
+
+- ``summary.json``: the tasks, labelled-case counts, every score (``mean``), a bootstrap
+  confidence interval of each task's primary metric (``ci``), confusion matrices and
+  ``metric_per_case``, as nnU-Net's ``summary.json`` (NaN written as ``null``);
+- ``predictions.npz``: the per-case arrays everything is computed from
+  (:meth:`EvaluationResults.save`), plus ``overlays.npz`` with the overlay slices when given;
+- ``report.html`` with PNGs in ``figures/``: tables, ROC curves, confusion matrices, Dice box
+  plots, mask overlays and training curves.
+
+:func:`report_from_dir` rebuilds all of it from the first two files, so the CLI (``medmtl
+report RUN_DIR``) and a re-styled report never need the model again.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from medmtl.data.tasks import Task, TaskKind
+from medmtl.metrics import functional as F
+from medmtl.metrics import plots
+from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, mean_primary
+
+__all__ = [
+    "Overlay",
+    "write_report",
+    "report_from_dir",
+    "build_summary",
+    "SUMMARY_FILE",
+    "REPORT_FILE",
+    "OVERLAYS_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+OVERLAYS_FILE = "overlays.npz"
+FIGURES_DIR = "figures"
+
+
+class Overlay(NamedTuple):
+    """One sample overlay: an image and its true / predicted masks (2D, or 3D: middle slice).
+
+    ``task`` names the segmentation task the masks belong to; ``None`` puts the overlay under
+    the only segmentation task, or in a section of its own when there are several.
+    """
+
+    case_id: str
+    image: np.ndarray
+    true_mask: np.ndarray
+    pred_mask: np.ndarray
+    task: str | None = None
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> ``None`` and NumPy scalars / arrays -> Python, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _counts(result: Any) -> dict[str, Any]:
+    t = result.task
+    out: dict[str, Any] = {"labelled": result.num_cases}
+    if t.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
+        pos = result.labels.sum(axis=0).astype(int).tolist()
+        out["positive"] = pos[0] if t.kind == TaskKind.BINARY else dict(zip(t.class_names, pos, strict=True))
+    elif t.kind == TaskKind.MULTICLASS:
+        out["per_class"] = dict(
+            zip(t.class_names, np.bincount(result.labels, minlength=t.num_outputs).tolist(), strict=True)
+        )
+    return out
+
+
+def build_summary(
+    results: EvaluationResults,
+    tasks: Sequence[Task] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    primary: Mapping[str, str] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """The content of ``summary.json`` (NaN still as float NaN; written as ``null``).
+
+    Keys: ``tasks`` (their definitions), ``settings``, ``counts`` (labelled cases per task, and
+    positives / per-class counts), ``mean`` (``{task: {metric: value}}``), ``ci`` (primary
+    metric with bootstrap interval), ``mean_primary``, ``confusion_matrix``,
+    ``metric_per_case`` (``[{case_id, metrics: {task: {...}}}]``) and ``history`` when given.
+    """
+    tasks = list(tasks) if tasks is not None else results.tasks
+    means, cis, counts, matrices = {}, {}, {}, {}
+    flat: dict[str, float] = {}
+    for task in tasks:
+        r = results[task.name]
+        metrics = r.metrics()
+        means[task.name] = metrics
+        flat.update({f"{task.name}/{k}": v for k, v in metrics.items()})
+        counts[task.name] = _counts(r)
+        name, _ = F.primary_metric(task)
+        low, high = r.bootstrap_ci(n_resamples=n_resamples, confidence=confidence, seed=seed)
+        cis[task.name] = {
+            "metric": name,
+            "higher_is_better": F.higher_is_better(name),
+            "value": metrics.get(name, math.nan),
+            "low": low,
+            "high": high,
+        }
+        cm = r.confusion_matrix()
+        if cm is not None:
+            matrices[task.name] = {"classes": list(task.class_names), "matrix": cm.tolist()}
+    per_case: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        for case, record in results[task.name].case_records().items():
+            per_case.setdefault(case, {})[task.name] = record
+    summary: dict[str, Any] = {
+        "tasks": [t.model_dump(mode="json") for t in tasks],
+        "settings": {
+            "n_resamples": n_resamples,
+            "confidence": confidence,
+            "seed": seed,
+            "primary": dict(primary or {}),
+            "threshold": {
+                t.name: results[t.name].threshold for t in tasks if t.kind in (TaskKind.BINARY, TaskKind.MULTILABEL)
+            },
+        },
+        "counts": counts,
+        "mean": means,
+        "ci": cis,
+        "mean_primary": mean_primary(flat, tasks, primary),
+        "confusion_matrix": matrices,
+        "metric_per_case": [{"case_id": c, "metrics": m} for c, m in per_case.items()],
+    }
+    if history is not None:
+        summary["history"] = {k: [float(v) for v in vals] for k, vals in history.items()}
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path | None, out_dir: Path, alt: str) -> str:
+    if path is None:
+        return ""
+    return f'<img src="{html.escape(path.relative_to(out_dir).as_posix())}" alt="{html.escape(alt)}">'
+
+
+def _group_overlays(overlays: Sequence[Overlay], tasks: Sequence[Task]) -> dict[str | None, list[Overlay]]:
+    seg = [t.name for t in tasks if t.is_dense]
+    grouped: dict[str | None, list[Overlay]] = {}
+    for ov in overlays:
+        ov = Overlay(*ov)
+        if ov.task is not None and ov.task not in seg:
+            raise ValueError(f"overlay of case {ov.case_id} names task '{ov.task}', not a segmentation task of {seg}")
+        grouped.setdefault(ov.task if ov.task is not None else (seg[0] if len(seg) == 1 else None), []).append(ov)
+    return grouped
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}img{max-width:100%;margin:.3em}
+.task{border-top:2px solid #ddd;margin-top:1.5em}.muted{color:#777}
+"""
+
+
+def write_report(
+    results: EvaluationResults,
+    out_dir: str | Path,
+    tasks: Sequence[Task] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
+    overlays: Sequence[Overlay | tuple] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    primary: Mapping[str, str] | None = None,
+    title: str = "medmtl evaluation",
+) -> Path:
+    """Write ``summary.json``, ``predictions.npz``, ``figures/*.png`` and ``report.html``.
+
+    Args:
+        results: per-case data (:func:`~medmtl.metrics.cumulative.collect_results` or
+            :meth:`MultiTaskMetricHandler.results`).
+        out_dir: folder to write into (created).
+        tasks: tasks to report, in this order (default: all in ``results``).
+        history: training curves, ``{metric: [value per epoch]}``.
+        overlays: ``(case_id, image, true_mask, pred_mask[, task])`` items; 3D arrays are shown
+            at their middle slice.
+        n_resamples: bootstrap resamples for the confidence intervals.
+        confidence: interval coverage.
+        seed: bootstrap seed.
+        primary: optional ``{task: metric}`` override of the primary metrics in ``mean_primary``.
+        title: report title.
+
+    Returns:
+        Path of ``report.html``.
+
+    Raises:
+        KeyError: when a task has no results.
+        ValueError: for an overlay naming an unknown task or with mismatched shapes.
+
+    Example::
+
+        path = write_report(collect_results(tasks, outputs), "runs/eval", history={"loss": [0.9, 0.5]})
+    """
+    out = Path(out_dir)
+    fig_dir = out / FIGURES_DIR
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    tasks = list(tasks) if tasks is not None else results.tasks
+    missing = [t.name for t in tasks if t.name not in results.results]
+    if missing:
+        raise KeyError(f"no results for tasks {missing}; results hold {list(results.results)}")
+    overlay_items = [Overlay(*o) for o in (overlays or [])]
+    summary = build_summary(results, tasks, n_resamples, confidence, seed, primary, history)
+    summary["settings"]["title"] = title
+
+    sections = []
+    overview = []
+    for task in tasks:
+        ci = summary["ci"][task.name]
+        overview.append(
+            [
+                task.name,
+                task.kind.value,
+                summary["counts"][task.name]["labelled"],
+                ci["metric"],
+                ci["value"],
+                ci["low"],
+                ci["high"],
+            ]
+        )
+    pct = f"{100 * confidence:g}%"
+    sections.append("<h2>Overview</h2>")
+    sections.append(
+        _table(
+            ["task", "kind", "labelled cases", "primary metric", "value", f"{pct} CI low", f"{pct} CI high"], overview
+        )
+    )
+    sections.append(f"<p>mean of primary metrics (<code>mean_primary</code>): {_fmt(summary['mean_primary'])}</p>")
+
+    grouped = _group_overlays(overlay_items, tasks)
+    for task in tasks:
+        r = results[task.name]
+        metrics = summary["mean"][task.name]
+        parts = [
+            f'<section class="task"><h2>{html.escape(task.name)} <span class="muted">({task.kind.value})</span></h2>'
+        ]
+        if task.description:
+            parts.append(f"<p>{html.escape(task.description)}</p>")
+        parts.append(f"<p>labelled cases: {r.num_cases}</p>")
+        counted = {k: int(v) for k, v in metrics.items() if k.endswith("_not_nans")}
+        for name, values in r.case_metrics.items():  # per-class counts of cases with a defined value
+            for cls, col in zip(task.class_names[1:], values.T, strict=True):
+                counted.setdefault(f"{name}_{F.safe_key(cls)}_not_nans", int((~np.isnan(col)).sum()))
+        rows = [
+            [key, value, counted.get(f"{key}_not_nans")]
+            for key, value in metrics.items()
+            if key != "num_cases" and not key.endswith("_not_nans")
+        ]
+        if task.is_dense:  # how many cases had a defined value (empty ground truth gives NaN)
+            parts.append(_table(["metric", "value", "cases counted"], rows))
+        else:
+            parts.append(_table(["metric", "value"], [row[:2] for row in rows]))
+        ci = summary["ci"][task.name]
+        parts.append(
+            f"<p>{html.escape(ci['metric'])}: {_fmt(ci['value'])} ({pct} bootstrap CI {_fmt(ci['low'])} – "
+            f"{_fmt(ci['high'])}, {n_resamples} resamples of cases)</p>"
+        )
+        figs: list[str] = []
+        if task.is_dense:
+            figs.append(_img(plots.plot_dice_box(r, fig_dir / f"dice_{task.name}.png"), out, f"{task.name} Dice"))
+        else:
+            if task.kind != TaskKind.MULTICLASS:
+                figs.append(_img(plots.plot_roc(r, fig_dir / f"roc_{task.name}.png"), out, f"{task.name} ROC"))
+            cm = r.confusion_matrix()
+            names = task.class_names
+            if task.kind == TaskKind.BINARY:  # one 2 x 2 matrix, ticks named [negative, positive]
+                cm = cm[0]
+            cm_title = task.name if task.kind == TaskKind.MULTICLASS else f"{task.name} at {r.threshold:g}"
+            figs.append(
+                _img(
+                    plots.plot_confusion(cm, names, cm_title, fig_dir / f"confusion_{task.name}.png"), out, "confusion"
+                )
+            )
+        for i, ov in enumerate(grouped.get(task.name, [])):
+            figs.append(_overlay_img(ov, i, task.name, r, fig_dir, out))
+        parts.append("<div>" + "".join(figs) + "</div></section>")
+        sections.append("".join(parts))
+    if grouped.get(None):
+        imgs = "".join(_overlay_img(ov, i, "samples", None, fig_dir, out) for i, ov in enumerate(grouped[None]))
+        sections.append(f'<section class="task"><h2>Sample overlays</h2><div>{imgs}</div></section>')
+    if history:
+        sections.append("<h2>Training curves</h2>")
+        sections.append(_img(plots.plot_history(history, fig_dir / "history.png"), out, "training curves"))
+
+    with (out / SUMMARY_FILE).open("w") as fh:
+        json.dump(_json_safe(summary), fh, indent=2)
+    results.save(out / PREDICTIONS_FILE)
+    _save_overlays(overlay_items, out / OVERLAYS_FILE)
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
+        f"<p class='muted'>Files: {SUMMARY_FILE}, {PREDICTIONS_FILE}. Rebuild with "
+        "<code>medmtl.metrics.report_from_dir</code>.</p></body></html>"
+    )
+    path = out / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    logger.info("evaluation report written to %s", path)
+    return path
+
+
+def _overlay_img(ov: Overlay, i: int, group: str, result: Any, fig_dir: Path, out: Path) -> str:
+    title = ""
+    if result is not None and ov.case_id in result.case_ids:
+        dice = result.dice_per_case()[result.case_ids.index(ov.case_id)]
+        title = f"Dice {dice:.3f}" if not math.isnan(dice) else "Dice undefined (empty ground truth)"
+    path = plots.plot_overlay(
+        str(ov.case_id), ov.image, ov.true_mask, ov.pred_mask, fig_dir / f"overlay_{group}_{i}.png", title
+    )
+    return _img(path, out, f"overlay {ov.case_id}")
+
+
+def _save_overlays(overlays: Sequence[Overlay], path: Path) -> None:
+    if not overlays:
+        path.unlink(missing_ok=True)
+        return
+    arrays: dict[str, np.ndarray] = {
+        "case_ids": np.asarray([str(o.case_id) for o in overlays], dtype=np.str_),
+        "tasks": np.asarray([o.task or "" for o in overlays], dtype=np.str_),
+    }
+    for i, o in enumerate(overlays):
+        arrays[f"{i}.image"] = plots.middle_slice(o.image, "image")
+        arrays[f"{i}.true_mask"] = plots.middle_slice(o.true_mask, "true mask")
+        arrays[f"{i}.pred_mask"] = plots.middle_slice(o.pred_mask, "predicted mask")
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def _load_overlays(path: Path) -> list[Overlay]:
+    if not path.is_file():
+        return []
+    with np.load(path, allow_pickle=False) as data:
+        ids, tasks = data["case_ids"].tolist(), data["tasks"].tolist()
+        return [
+            Overlay(c, data[f"{i}.image"], data[f"{i}.true_mask"], data[f"{i}.pred_mask"], t or None)
+            for i, (c, t) in enumerate(zip(ids, tasks, strict=True))
+        ]
+
+
+def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Path:
+    """Rebuild the report from a folder holding ``summary.json`` and ``predictions.npz``.
+
+    Tasks, bootstrap settings, primary overrides and training history come from
+    ``summary.json``; the per-case arrays from ``predictions.npz``; overlays from
+    ``overlays.npz`` when present.
+
+    Args:
+        run_dir: folder written by :func:`write_report`.
+        out_dir: where to write (default: ``run_dir``).
+        title: report title (default: the one stored in ``summary.json``).
+
+    Returns:
+        Path of the new ``report.html``.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: when ``summary.json`` lacks the task definitions.
+    """
+    run = Path(run_dir)
+    summary_path = run / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found; expected a folder written by medmtl.metrics.write_report")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if not summary.get("tasks"):
+        raise ValueError(f"{summary_path} has no 'tasks' list; it was not written by medmtl.metrics.write_report")
+    tasks = [Task.model_validate(t) for t in summary["tasks"]]
+    settings = summary.get("settings", {})
+    results = EvaluationResults.load(run / PREDICTIONS_FILE, tasks)
+    return write_report(
+        results,
+        out_dir if out_dir is not None else run,
+        tasks,
+        history=summary.get("history"),
+        overlays=_load_overlays(run / OVERLAYS_FILE),
+        n_resamples=int(settings.get("n_resamples", 1000)),
+        confidence=float(settings.get("confidence", 0.95)),
+        seed=int(settings.get("seed", 0)),
+        primary=settings.get("primary") or None,
+        title=title or settings.get("title", "medmtl evaluation"),
+    )
