@@ -34,7 +34,11 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     table.raise_for_errors()
     path = write_splits(table.cases, args.out)
     counts = table.split_counts()
-    print(json.dumps(counts) if args.json else f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(
+        json.dumps(counts)
+        if args.json
+        else f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
     return 0
 
 
@@ -51,7 +55,17 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     from medmtl.data.demo import generate_demo_data
 
     summary = generate_demo_data(args.out, num_cases=args.cases, seed=args.seed)
-    print(json.dumps(summary, indent=2, default=str) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    print(
+        json.dumps(summary, indent=2, default=str) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items())
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from medmtl.metrics import report_from_dir
+
+    path = report_from_dir(args.run_dir, out_dir=args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -63,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check every case of a dataset spec and print all problems at once")
     p.add_argument("spec", help="data spec YAML (data_specs/*.yaml)")
     p.add_argument("--root", help="data root (overrides the spec's root)")
-    p.add_argument("--workers", type=int, default=0, help="processes for per-case checks (0: all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes for per-case checks, the main one included (0: all cores, 1: in-process)",
+    )
     p.add_argument("--no-files", action="store_true", help="only check the spec and the case table, do not open images")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_validate)
@@ -86,13 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_demo_data)
+    p = sub.add_parser(
+        "report", help="(re)build the HTML evaluation report of a run folder (summary.json + predictions.npz)"
+    )
+    p.add_argument("run_dir", help="folder written by an evaluation (holds summary.json and predictions.npz)")
+    p.add_argument("--out", default=None, help="output folder (default: run_dir)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
