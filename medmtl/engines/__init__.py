@@ -12,8 +12,12 @@ from medmtl.engines.prepare_batch import (
     pred_key,
     probabilities,
 )
+from medmtl.engines.progress import EpochProgress, log_run_summary, run_summary
 
 __all__ = [
+    "EpochProgress",
+    "log_run_summary",
+    "run_summary",
     "FlattenTaskOutputsd",
     "GradientSurgeryIteration",
     "MultiTaskLossHandler",

@@ -1,0 +1,123 @@
+"""What a user sees while a run goes: a progress bar per epoch and one readable line per epoch.
+
+A radiologist running a bundle wants to know, without opening MLflow, whether every task is
+learning: the line shows the total loss, each task's loss and weight, and the latest validation
+figures with the best so far. The bar is tqdm (through ignite's ``ProgressBar``), shown only on a
+terminal so CI logs stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+
+from medmtl.engines.prepare_batch import as_tasks
+from medmtl.metrics import primary_metric
+
+__all__ = ["EpochProgress", "log_run_summary", "run_summary"]
+
+logger = logging.getLogger("medmtl")
+
+
+def _loss_of(output: Any) -> dict[str, float]:
+    first = output[0] if isinstance(output, list) and output else output
+    value = first.get("loss") if isinstance(first, Mapping) else None
+    return {"loss": float(value)} if value is not None else {}
+
+
+def _fmt(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "nan" if math.isnan(number) else f"{number:.4g}"
+
+
+class EpochProgress:
+    """Progress bar over iterations (terminal only) and an INFO line per epoch.
+
+    Args:
+        tasks: the tasks (their primary validation metric is shown).
+        evaluator: the validation engine, whose latest metrics are shown (optional).
+        bar: ``None`` shows the bar only when stderr is a terminal.
+    """
+
+    def __init__(self, tasks: Sequence[Any], evaluator: Engine | None = None, bar: bool | None = None) -> None:
+        self.tasks = as_tasks(tasks)
+        self.evaluator = evaluator
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self.best: tuple[float, int] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
+            return
+        if self.bar:
+            ProgressBar(persist=False).attach(engine, output_transform=_loss_of)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        metrics = engine.state.metrics
+        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
+        loss = _loss_of(engine.state.output).get("loss")
+        if loss is not None:
+            parts.append(f"loss {_fmt(loss)}")
+        task_parts = []
+        for task in self.tasks:
+            key = f"train_loss/{task.name}"
+            if key in metrics:
+                weight = metrics.get(f"train_weight/{task.name}")
+                task_parts.append(
+                    f"{task.name} {_fmt(metrics[key])}" + (f" (w {_fmt(weight)})" if weight is not None else "")
+                )
+        if task_parts:
+            parts.append("train " + ", ".join(task_parts))
+        if self.evaluator is not None and self.evaluator.state.metrics:
+            val = self.evaluator.state.metrics
+            shown = []
+            for task in self.tasks:
+                name, _ = primary_metric(task)
+                if f"{task.name}/{name}" in val:
+                    shown.append(f"{task.name}/{name} {_fmt(val[f'{task.name}/{name}'])}")
+            score = val.get("mean_primary")
+            if score is not None and not math.isnan(float(score)):
+                if self.best is None or float(score) > self.best[0]:
+                    self.best = (float(score), engine.state.epoch)
+                shown.append(f"mean {_fmt(score)} (best {_fmt(self.best[0])} @ {self.best[1]})")
+            parts.append("val " + ", ".join(shown))
+        logger.info(" | ".join(parts))
+
+
+def run_summary(trainer: Engine, evaluator: Engine | None, ckpt_dir: str | Path) -> dict[str, Any]:
+    """Where a finished run left its results, as a dict (also what :func:`log_run_summary` prints)."""
+    ckpt_dir = Path(ckpt_dir)
+    summary: dict[str, Any] = {
+        "epochs": trainer.state.epoch,
+        "last_checkpoint": str(ckpt_dir / "last.pt"),
+        "best_checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
+    }
+    if evaluator is not None:
+        summary["best_metric"] = getattr(evaluator.state, "best_metric", None)
+        summary["best_metric_epoch"] = getattr(evaluator.state, "best_metric_epoch", None)
+        summary["last_validation"] = {k: v for k, v in evaluator.state.metrics.items() if isinstance(v, int | float)}
+    return summary
+
+
+def log_run_summary(trainer: Engine, evaluator: Engine | None, ckpt_dir: str | Path) -> dict[str, Any]:
+    """Log the run summary at the end of a bundle's ``finalize``."""
+    summary = run_summary(trainer, evaluator, ckpt_dir)
+    logger.info(
+        "training finished after %d epochs; best mean primary metric %s at epoch %s; checkpoints: %s, %s",
+        summary["epochs"],
+        _fmt(summary.get("best_metric")),
+        summary.get("best_metric_epoch"),
+        summary["last_checkpoint"],
+        summary["best_checkpoint"],
+    )
+    return summary
