@@ -5,7 +5,6 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medmtl-installed
-DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint format bench clean
@@ -18,8 +17,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+BUNDLE := $(PY) -m monai.bundle run
+DEMO_CONFIGS := bundles/demo/configs
+DEMO_RUN := runs/demo
+DEMO_EPOCHS ?= 40
+
+# generate data -> validate it -> train (MLflow) -> evaluate on the test split (report) -> infer -> summary
 demo: venv
-	$(PY) -m medmtl.demo_job --out $(DEMO_DIR)
+	$(PY) -m medmtl.cli demo-data demo_data
+	$(PY) -m medmtl.cli validate data_specs/demo.yaml --root demo_data/demo2d
+	rm -rf $(DEMO_RUN)
+	$(BUNDLE) --config_file $(DEMO_CONFIGS)/train.json --epochs $(DEMO_EPOCHS) --output_dir $(DEMO_RUN) --tracking mlflow
+	$(BUNDLE) --config_file "['$(DEMO_CONFIGS)/train.json','$(DEMO_CONFIGS)/evaluate.json']" --output_dir $(DEMO_RUN) --tracking mlflow
+	$(BUNDLE) --config_file "['$(DEMO_CONFIGS)/train.json','$(DEMO_CONFIGS)/inference.json']" --output_dir $(DEMO_RUN) --infer_split all
+	$(PY) -m medmtl.cli summary $(DEMO_RUN)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -37,4 +48,4 @@ bench: venv
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache mlflow.db mlruns
+	rm -rf $(VENV) demo_data runs .pytest_cache .ruff_cache mlflow.db mlruns

@@ -69,6 +69,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from medmtl.summary import run_summary_text
+
+    print(run_summary_text(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmtl", description="Multi-task learning on medical images (MONAI).")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -111,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="folder written by an evaluation (holds summary.json and predictions.npz)")
     p.add_argument("--out", default=None, help="output folder (default: run_dir)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")
+    p.add_argument("run_dir", help="the bundle's output_dir (e.g. runs/demo)")
+    p.set_defaults(func=_cmd_summary)
     return parser
 
 

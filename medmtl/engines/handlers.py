@@ -53,7 +53,8 @@ class MultiTaskLossHandler:
     Args:
         loss_function: the trainer's :class:`medmtl.losses.MultiTaskLoss`.
         network: the trained network (needed by GradNorm: its ``shared_parameters()``).
-        prefix: metric name prefix; keys are ``<prefix>loss/<task>`` and ``<prefix>weight/<task>``.
+        prefix: metric name prefix; keys are ``<prefix>loss/<task>``, ``<prefix>weight/<task>`` and
+            ``<prefix>loss_epoch`` (mean weighted total).
     """
 
     def __init__(self, loss_function: Any, network: torch.nn.Module | None = None, prefix: str = "train_") -> None:
@@ -62,6 +63,7 @@ class MultiTaskLossHandler:
         self.prefix = prefix
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self._total: list[float] = []
 
     def attach(self, engine: Engine) -> None:
         if engine.has_event_handler(self.iteration_completed, IterationEvents.LOSS_COMPLETED):
@@ -76,6 +78,9 @@ class MultiTaskLossHandler:
             if self.network is None:
                 raise ValueError("MultiTaskLossHandler needs `network` for a gradient-based weighting (GradNorm)")
             loss.before_backward(_shared_parameters(self.network))
+        total = engine.state.output.get("loss") if isinstance(engine.state.output, dict) else None
+        if total is not None:
+            self._total.append(float(total))
         for task, value in loss.last_components.items():
             count = loss.last_num_labelled.get(task, 1)
             self._sums[task] += float(value) * count
@@ -90,11 +95,14 @@ class MultiTaskLossHandler:
         means = {t: self._sums[t] / self._counts[t] for t in self._sums if self._counts[t]}
         for task, value in means.items():
             engine.state.metrics[f"{self.prefix}loss/{task}"] = value
+        if self._total:
+            engine.state.metrics[f"{self.prefix}loss_epoch"] = sum(self._total) / len(self._total)
         for task, weight in self.loss_function.weighting.current_weights().items():
             engine.state.metrics[f"{self.prefix}weight/{task}"] = float(weight)
         self.loss_function.on_epoch_end(means or None)
         self._sums.clear()
         self._counts.clear()
+        self._total.clear()
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -8,8 +8,10 @@ terminal so CI logs stay clean.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,12 +49,21 @@ class EpochProgress:
         tasks: the tasks (their primary validation metric is shown).
         evaluator: the validation engine, whose latest metrics are shown (optional).
         bar: ``None`` shows the bar only when stderr is a terminal.
+        history_file: JSON file updated every epoch with one record of scalars per epoch (training
+            losses, task weights, validation metrics), read by the evaluation report's curves.
     """
 
-    def __init__(self, tasks: Sequence[Any], evaluator: Engine | None = None, bar: bool | None = None) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        evaluator: Engine | None = None,
+        bar: bool | None = None,
+        history_file: str | Path | None = None,
+    ) -> None:
         self.tasks = as_tasks(tasks)
         self.evaluator = evaluator
         self.bar = sys.stderr.isatty() if bar is None else bar
+        self.history_file = Path(history_file) if history_file else None
         self.best: tuple[float, int] | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -92,6 +103,30 @@ class EpochProgress:
                 shown.append(f"mean {_fmt(score)} (best {_fmt(self.best[0])} @ {self.best[1]})")
             parts.append("val " + ", ".join(shown))
         logger.info(" | ".join(parts))
+        if self.history_file is not None:
+            self._save_history(engine)
+
+    def _save_history(self, engine: Engine) -> None:
+        """One record per epoch in a JSON list; a resumed run replaces the epochs it redoes."""
+        records = json.loads(self.history_file.read_text()) if self.history_file.is_file() else []
+        epoch = engine.state.epoch
+        record = {"epoch": epoch}
+        record.update({k: _finite(v) for k, v in engine.state.metrics.items() if isinstance(v, int | float)})
+        if self.evaluator is not None:
+            val = self.evaluator.state.metrics
+            record.update({f"val_{k}": _finite(v) for k, v in val.items() if isinstance(v, int | float)})
+        records = [r for r in records if r.get("epoch", 0) < epoch] + [record]
+        self.history_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.history_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(records))
+        os.replace(tmp, self.history_file)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def run_summary(trainer: Engine, evaluator: Engine | None, ckpt_dir: str | Path) -> dict[str, Any]:

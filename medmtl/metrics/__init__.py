@@ -29,9 +29,11 @@ from medmtl.metrics.report import (
     report_from_dir,
     write_report,
 )
+from medmtl.metrics.report_handler import EvaluationReportHandler
 from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, TaskResult, mean_primary
 
 __all__ = [
+    "EvaluationReportHandler",
     "TaskMetric",
     "TaskResult",
     "EvaluationResults",
