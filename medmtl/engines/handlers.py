@@ -80,7 +80,7 @@ class MultiTaskLossHandler:
             loss.before_backward(_shared_parameters(self.network))
         total = engine.state.output.get("loss") if isinstance(engine.state.output, dict) else None
         if total is not None:
-            self._total.append(float(total))
+            self._total.append(float(total.detach()) if isinstance(total, torch.Tensor) else float(total))
         for task, value in loss.last_components.items():
             count = loss.last_num_labelled.get(task, 1)
             self._sums[task] += float(value) * count
