@@ -1,0 +1,123 @@
+"""The demo bundle end to end through ``python -m monai.bundle run``: train, resume, evaluate, infer, MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medmtl.data.demo import generate_demo_data
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "demo" / "configs"
+SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+
+
+def _bundle(*configs: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
+    files = [str(CONFIGS / c) for c in configs]
+    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> dict:
+    """Demo data, then a 3-epoch training with MLflow into a temporary SQLite store."""
+    work = tmp_path_factory.mktemp("demo")
+    generate_demo_data(work / "data", seed=0)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    common = {
+        "data_spec": REPO / "data_specs" / "demo.yaml",
+        "dataset_dir": work / "data" / "demo2d",
+        "output_dir": work / "run",
+        "val_interval": 1,
+    }
+    train = _bundle("train.json", cwd=work, env=env, epochs=3, tracking="mlflow", **common)
+    return {"work": work, "env": env, "common": common, "train_log": train.stdout + train.stderr}
+
+
+def test_training_writes_checkpoints_history_and_splits(demo_run) -> None:
+    run = demo_run["work"] / "run"
+    assert (run / "models" / "last.pt").is_file() and (run / "models" / "best.pt").is_file()
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert all(r["train_loss/lesion"] > 0 and r["train_loss/malignant"] > 0 for r in history)
+    splits = json.loads((run / "splits.json").read_text())
+    assert set(splits) == {"train", "val", "test", "unlabelled"}
+    assert "epoch 3/3" in demo_run["train_log"]
+
+
+def test_mlflow_run_has_task_metrics_params_and_artifacts(demo_run) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(demo_run["env"]["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("medmtl_demo")
+    (run,) = client.search_runs([experiment.experiment_id])
+    metrics = run.data.metrics
+    for key in ("train_loss/lesion", "train_weight/malignant", "lesion/dice", "malignant/auroc", "mean_primary"):
+        assert key in metrics, sorted(metrics)
+    history = client.get_metric_history(run.info.run_id, "train_loss/lesion")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert run.data.params["weighting"] == "uncertainty"
+    assert run.data.params["tasks"] == "['lesion', 'malignant']"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"demo.yaml", "splits.json", "best.pt"} <= artifacts
+
+
+def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
+    log = _bundle("train.json", cwd=demo_run["work"], env=demo_run["env"], epochs=4, **demo_run["common"])
+    text = log.stdout + log.stderr
+    assert "resumed from" in text
+    assert "epoch 1/4" not in text and "epoch 4/4" in text  # epochs 1-3 are not trained again
+    history = json.loads((demo_run["work"] / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+def test_evaluate_writes_report_with_every_task(demo_run) -> None:
+    _bundle("train.json", "evaluate.json", cwd=demo_run["work"], env=demo_run["env"], **demo_run["common"])
+    eval_dir = demo_run["work"] / "run" / "eval"
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert set(summary["mean"]) == {"lesion", "malignant"}
+    assert 0.0 <= summary["mean"]["lesion"]["dice"] <= 1.0
+    low, high = summary["ci"]["malignant"]["low"], summary["ci"]["malignant"]["high"]
+    assert low <= summary["ci"]["malignant"]["value"] <= high
+    html = (eval_dir / "report.html").read_text()
+    assert "lesion" in html and "malignant" in html
+    assert (eval_dir / "figures" / "roc_malignant.png").is_file()
+    assert (eval_dir / "figures" / "history.png").is_file()
+
+
+def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
+    _bundle(
+        "train.json",
+        "inference.json",
+        cwd=demo_run["work"],
+        env=demo_run["env"],
+        infer_split="all",
+        **demo_run["common"],
+    )
+    out = demo_run["work"] / "run" / "predictions"
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60
+    assert all(0.0 <= float(r["malignant_probability"]) <= 1.0 for r in rows)
+    masks = sorted((out / "lesion").glob("*.png"))
+    assert len(masks) == 60 and masks[0].stem == rows[0]["case_id"]
+
+
+def test_metadata_is_valid_against_monai_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI bundle schema copy {SCHEMA} is absent")
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    jsonschema.validate(metadata, json.loads(SCHEMA.read_text()))
+    assert set(metadata["network_data_format"]["outputs"]) == {"lesion", "malignant"}
