@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from medmtl.data.tasks import LabelQuality, Task, TaskKind, num_outputs, present_key
+from medmtl.data.tasks import LabelQuality, Task, TaskKind, as_tasks, num_outputs, present_key
 
-__all__ = ["LabelQuality", "Task", "TaskKind", "num_outputs", "present_key"]
+__all__ = ["LabelQuality", "Task", "TaskKind", "as_tasks", "num_outputs", "present_key"]

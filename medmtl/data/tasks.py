@@ -7,12 +7,13 @@ names a particular task.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["TaskKind", "LabelQuality", "Task", "present_key", "num_outputs"]
+__all__ = ["TaskKind", "LabelQuality", "Task", "as_tasks", "present_key", "num_outputs"]
 
 
 class TaskKind(str, Enum):
@@ -131,3 +132,49 @@ def present_key(task_name: str) -> str:
 def num_outputs(tasks: list[Task] | tuple[Task, ...]) -> dict[str, int]:
     """``{task name: logits channels}``: what a network needs to size its heads."""
     return {t.name: t.num_outputs for t in tasks}
+
+
+def as_tasks(tasks: Iterable[Task | Mapping[str, Any]], owner: str = "tasks") -> tuple[Task, ...]:
+    """Turn ``Task`` objects or plain dicts (bundle configs) into a tuple of validated tasks.
+
+    Args:
+        tasks: ``Task`` objects or dicts such as ``{"name": "lesion", "kind": "segmentation",
+            "classes": ["background", "lesion"]}``.
+        owner: name of the component asking (network, loss, metric...), used in error messages.
+
+    Returns:
+        The tasks, in the given order.
+
+    Raises:
+        TypeError: if ``tasks`` is a single task/str or an item is neither a ``Task`` nor a mapping.
+        ValueError: if no task is given, a dict is not a valid task, or two tasks share a name.
+
+    Example::
+
+        as_tasks([{"name": "malignant", "kind": "binary"}], owner="MultiTaskNet")
+    """
+    if isinstance(tasks, (str, bytes, Task, Mapping)):
+        raise TypeError(
+            f"{owner}: 'tasks' must be a list of tasks, got a single {type(tasks).__name__}; wrap it in [...]"
+        )
+    result: list[Task] = []
+    for i, item in enumerate(tasks):
+        if isinstance(item, Task):
+            result.append(item)
+        elif isinstance(item, Mapping):
+            try:
+                result.append(Task.model_validate(dict(item)))
+            except ValidationError as err:
+                raise ValueError(f"{owner}: tasks[{i}] = {dict(item)!r} is not a valid task:\n{err}") from err
+        else:
+            raise TypeError(
+                f"{owner}: tasks[{i}] is a {type(item).__name__}; expected a medmtl.data.Task or a dict with "
+                "'name', 'kind' and 'classes'"
+            )
+    if not result:
+        raise ValueError(f"{owner}: 'tasks' is empty; give at least one task (name, kind, classes)")
+    names = [t.name for t in result]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{owner}: task names must be unique, got {names} (duplicated: {duplicates})")
+    return tuple(result)

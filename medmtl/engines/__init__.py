@@ -7,7 +7,6 @@ from medmtl.engines.iteration import GradientSurgeryIteration
 from medmtl.engines.prepare_batch import (
     FlattenTaskOutputsd,
     MultiTaskPrepareBatch,
-    as_tasks,
     label_key,
     pred_key,
     probabilities,
@@ -23,7 +22,6 @@ __all__ = [
     "MultiTaskLossHandler",
     "MultiTaskPrepareBatch",
     "ResumableCheckpoint",
-    "as_tasks",
     "atomic_torch_save",
     "label_key",
     "pred_key",

@@ -20,14 +20,9 @@ import torch
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils import CommonKeys
 
-from medmtl.data.tasks import Task, present_key
+from medmtl.data.tasks import Task, as_tasks, present_key
 
 __all__ = ["MultiTaskPrepareBatch", "FlattenTaskOutputsd", "as_tasks", "pred_key", "label_key"]
-
-
-def as_tasks(tasks: Sequence[Task | Mapping[str, Any]]) -> list[Task]:
-    """Tasks from ``Task`` objects or plain dicts (bundle configs write dicts)."""
-    return [t if isinstance(t, Task) else Task.model_validate(dict(t)) for t in tasks]
 
 
 def pred_key(task: str) -> str:
@@ -62,7 +57,7 @@ class MultiTaskPrepareBatch(PrepareBatch):
     """
 
     def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], input_keys: str | Sequence[str] = "image") -> None:
-        self.tasks = as_tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.input_keys = (input_keys,) if isinstance(input_keys, str) else tuple(input_keys)
 
     def __call__(
@@ -114,7 +109,7 @@ class FlattenTaskOutputsd:
     """
 
     def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], activation: bool = True) -> None:
-        self.tasks = as_tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.activation = activation
 
     def attach(self, engine: Any) -> None:

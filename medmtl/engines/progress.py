@@ -20,7 +20,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-from medmtl.engines.prepare_batch import as_tasks
+from medmtl.data.tasks import as_tasks
 from medmtl.metrics import primary_metric
 
 __all__ = ["EpochProgress", "log_run_summary", "run_summary"]
@@ -60,7 +60,7 @@ class EpochProgress:
         bar: bool | None = None,
         history_file: str | Path | None = None,
     ) -> None:
-        self.tasks = as_tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.evaluator = evaluator
         self.bar = sys.stderr.isatty() if bar is None else bar
         self.history_file = Path(history_file) if history_file else None

@@ -21,8 +21,8 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.transforms import SaveImage
 
-from medmtl.data.tasks import Task, TaskKind
-from medmtl.engines.prepare_batch import as_tasks, pred_key
+from medmtl.data.tasks import Task, TaskKind, as_tasks
+from medmtl.engines.prepare_batch import pred_key
 
 __all__ = ["MultiTaskPredictionWriter"]
 
@@ -52,7 +52,7 @@ class MultiTaskPredictionWriter:
         threshold: float = 0.5,
         resample: bool = False,
     ) -> None:
-        self.tasks = as_tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.mask_ext = mask_ext

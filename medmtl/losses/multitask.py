@@ -21,19 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmtl.data.tasks import Task, present_key
+from medmtl.data.tasks import Task, as_tasks, present_key
 from medmtl.losses.task_losses import as_present_mask, build_task_loss
 from medmtl.losses.weighting import Weighting, build_weighting
 
 __all__ = ["MultiTaskLoss"]
-
-
-def _as_task(task: Task | Mapping[str, Any]) -> Task:
-    if isinstance(task, Task):
-        return task
-    if isinstance(task, Mapping):
-        return Task.model_validate(dict(task))
-    raise TypeError(f"MultiTaskLoss: tasks must be Task objects or dicts, got {type(task).__name__}")
 
 
 class MultiTaskLoss(nn.Module):
@@ -93,7 +85,7 @@ class MultiTaskLoss(nn.Module):
         weighting_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        task_list = [_as_task(t) for t in tasks]
+        task_list = list(as_tasks(tasks, owner="MultiTaskLoss"))
         names = [t.name for t in task_list]
         if not names:
             raise ValueError("MultiTaskLoss: got no task; pass the tasks of the data spec or bundle config")

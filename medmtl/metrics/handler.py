@@ -26,7 +26,7 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 from ignite.metrics.metric import EpochWise, MetricUsage, reinit__is_reduced
 
-from medmtl.data.tasks import Task
+from medmtl.data.tasks import Task, as_tasks
 from medmtl.metrics import functional as F
 from medmtl.metrics.cumulative import TaskMetric, as_samples, update_from_samples
 from medmtl.metrics.results import EvaluationResults, mean_primary
@@ -37,16 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: default name of the checkpoint-selecting score.
 KEY_METRIC = "mean_primary"
-
-
-def _as_tasks(tasks: Sequence[Task | Mapping[str, Any]]) -> list[Task]:
-    out = [t if isinstance(t, Task) else Task.model_validate(dict(t)) for t in tasks]
-    if not out:
-        raise ValueError("MultiTaskMetricHandler needs at least one task, got none")
-    names = [t.name for t in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"MultiTaskMetricHandler: duplicate task names in {names}")
-    return out
 
 
 class MultiTaskMetricHandler(Metric):
@@ -91,7 +81,7 @@ class MultiTaskMetricHandler(Metric):
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.tasks = _as_tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner="MultiTaskMetricHandler"))
         unknown = sorted(set(primary or {}) - {t.name for t in self.tasks})
         if unknown:
             raise ValueError(f"primary names tasks {unknown} that are not among {[t.name for t in self.tasks]}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medmtl.data.tasks import Task, TaskKind, present_key
+from medmtl.data.tasks import Task, TaskKind, as_tasks, present_key
 from medmtl.metrics.functional import primary_metric
 from medmtl.metrics.handler import MultiTaskMetricHandler
 from medmtl.metrics.report import Overlay, write_report
@@ -26,10 +26,6 @@ from medmtl.metrics.report import Overlay, write_report
 __all__ = ["EvaluationReportHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-def _tasks(tasks: Sequence[Task | Mapping[str, Any]]) -> list[Task]:
-    return [t if isinstance(t, Task) else Task.model_validate(dict(t)) for t in tasks]
 
 
 class EvaluationReportHandler:
@@ -57,7 +53,7 @@ class EvaluationReportHandler:
         n_resamples: int = 1000,
         title: str = "medmtl evaluation",
     ) -> None:
-        self.tasks = _tasks(tasks)
+        self.tasks = list(as_tasks(tasks, owner="EvaluationReportHandler"))
         self.metric = metric
         self.output_dir = Path(output_dir)
         self.num_overlays = num_overlays

@@ -1,4 +1,4 @@
-"""Small helpers shared by the medmtl networks: task coercion, padding/cropping, preset merging.
+"""Small helpers shared by the medmtl networks: padding/cropping, preset merging.
 
 Why: every multi-task network takes its tasks either as :class:`~medmtl.data.Task` objects (Python)
 or as plain dicts (a MONAI bundle config), pads inputs to what its backbone can divide and crops
@@ -10,63 +10,14 @@ padding helpers are TorchScript-compatible so exported models keep the same beha
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import nn
 
-from medmtl.data.tasks import Task
-
-__all__ = ["coerce_tasks", "pad_to_multiple", "crop_to", "merge_preset", "reinitialised_copy"]
-
-
-def coerce_tasks(tasks: Iterable[Task | Mapping[str, Any]], owner: str) -> tuple[Task, ...]:
-    """Turn ``Task`` objects or plain dicts (bundle configs) into a tuple of validated tasks.
-
-    Args:
-        tasks: ``Task`` objects or dicts such as ``{"name": "lesion", "kind": "segmentation",
-            "classes": ["background", "lesion"]}``.
-        owner: name of the network asking, used in error messages.
-
-    Returns:
-        The tasks, in the given order.
-
-    Raises:
-        TypeError: if ``tasks`` is a single task/str or an item is neither a ``Task`` nor a mapping.
-        ValueError: if no task is given, a dict is not a valid task, or two tasks share a name.
-
-    Example::
-
-        coerce_tasks([{"name": "malignant", "kind": "binary"}], owner="MultiTaskNet")
-    """
-    if isinstance(tasks, (str, bytes, Task, Mapping)):
-        raise TypeError(
-            f"{owner}: 'tasks' must be a list of tasks, got a single {type(tasks).__name__}; wrap it in [...]"
-        )
-    result: list[Task] = []
-    for i, item in enumerate(tasks):
-        if isinstance(item, Task):
-            result.append(item)
-        elif isinstance(item, Mapping):
-            try:
-                result.append(Task.model_validate(dict(item)))
-            except ValidationError as err:
-                raise ValueError(f"{owner}: tasks[{i}] = {dict(item)!r} is not a valid task:\n{err}") from err
-        else:
-            raise TypeError(
-                f"{owner}: tasks[{i}] is a {type(item).__name__}; expected a medmtl.data.Task or a dict with "
-                "'name', 'kind' and 'classes'"
-            )
-    if not result:
-        raise ValueError(f"{owner}: 'tasks' is empty; give at least one task (name, kind, classes)")
-    names = [t.name for t in result]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{owner}: task names must be unique, got {names} (duplicated: {duplicates})")
-    return tuple(result)
+__all__ = ["pad_to_multiple", "crop_to", "merge_preset", "reinitialised_copy"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[int]]:

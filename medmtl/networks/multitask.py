@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmtl.data.tasks import Task
-from medmtl.networks._utils import coerce_tasks, crop_to, merge_preset, pad_to_multiple
+from medmtl.data.tasks import Task, as_tasks
+from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
 from medmtl.networks.backbones import Backbone
 from medmtl.networks.heads import build_head
 from medmtl.networks.registry import build_backbone
@@ -70,7 +70,7 @@ class MultiTaskModule(nn.Module):
     """
 
     def _set_tasks(self, tasks: Iterable[Task | Mapping[str, Any]]) -> tuple[Task, ...]:
-        coerced = coerce_tasks(tasks, owner=type(self).__name__)
+        coerced = as_tasks(tasks, owner=type(self).__name__)
         self.tasks = coerced
         self.task_names = [t.name for t in coerced]
         return coerced
@@ -263,7 +263,7 @@ class MultiTaskClassifier(MultiTaskNet):
         pooling: str = "avgmax",
         head_dropout: float = 0.0,
     ) -> None:
-        tasks = coerce_tasks(tasks, owner="MultiTaskClassifier")
+        tasks = as_tasks(tasks, owner="MultiTaskClassifier")
         dense = [t.name for t in tasks if t.is_dense]
         if dense:
             raise ValueError(

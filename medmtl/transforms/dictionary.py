@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Spacingd
 
-from medmtl.data.tasks import Task, TaskKind, present_key
+from medmtl.data.tasks import Task, TaskKind, as_tasks, present_key
 from medmtl.transforms.array import MergeMasks, ToGrey
 
 __all__ = ["ToGreyd", "MergeMasksd", "EnsureTaskLabelsd", "FlagSafeSpacingd"]
@@ -147,7 +147,7 @@ class EnsureTaskLabelsd(MapTransform):
         image_key: str = "image",
         seg_dtype: torch.dtype | str = torch.float32,
     ) -> None:
-        self.tasks = [t if isinstance(t, Task) else Task.model_validate(dict(t)) for t in tasks]
+        self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         if not self.tasks:
             raise ValueError("EnsureTaskLabelsd needs at least one task, got none")
         super().__init__([t.name for t in self.tasks], allow_missing_keys=True)

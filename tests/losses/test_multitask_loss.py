@@ -152,7 +152,7 @@ def test_construction_and_call_errors_are_clear():
         MultiTaskLoss(TASKS, weighting=FixedWeighting(["lesion"]))
     with pytest.raises(ValueError, match="weighting_kwargs only applies"):
         MultiTaskLoss(TASKS, weighting=FixedWeighting(NAMES), weighting_kwargs={"weights": 1.0})
-    with pytest.raises(ValueError, match="duplicate task names"):
+    with pytest.raises(ValueError, match="task names must be unique"):
         MultiTaskLoss([TASKS[0], TASKS[0]])
     from_dicts = MultiTaskLoss([{"name": "grade", "kind": "multiclass", "classes": ["low", "high"]}])
     assert from_dicts.tasks == (Task(name="grade", kind="multiclass", classes=("low", "high")),)
