@@ -121,3 +121,12 @@ def test_metadata_is_valid_against_monai_schema() -> None:
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     jsonschema.validate(metadata, json.loads(SCHEMA.read_text()))
     assert set(metadata["network_data_format"]["outputs"]) == {"lesion", "malignant"}
+
+
+def test_same_seed_gives_the_same_run(demo_run) -> None:
+    """Determinism on CPU: a second 3-epoch run with the same seed reproduces every logged value."""
+    common = {**demo_run["common"], "output_dir": demo_run["work"] / "run_again"}
+    _bundle("train.json", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common)
+    first = json.loads((demo_run["work"] / "run" / "history.json").read_text())[:3]
+    again = json.loads((demo_run["work"] / "run_again" / "history.json").read_text())
+    assert again == first
