@@ -62,9 +62,16 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medmtl.metrics import report_from_dir
 
-    path = report_from_dir(args.run_dir, out_dir=args.out)
+    source = Path(args.run_dir)
+    if not source.is_dir():  # an MLflow run id: fetch its evaluation artifacts first
+        from medmtl.tracking import download_evaluation
+
+        source = download_evaluation(args.run_dir, args.out or f"report_{args.run_dir}", args.tracking_uri)
+    path = report_from_dir(source, out_dir=args.out)
     print(f"wrote {path}")
     return 0
 
@@ -116,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="(re)build the HTML evaluation report of a run folder (summary.json + predictions.npz)"
     )
     p.add_argument("run_dir", help="folder written by an evaluation (holds summary.json and predictions.npz)")
-    p.add_argument("--out", default=None, help="output folder (default: run_dir)")
+    p.add_argument("--out", default=None, help="output folder (default: run_dir, or report_<run id>)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow store of the run (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")

@@ -102,3 +102,33 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _param_text(value: Any) -> str:
     text = str(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 500 else text[:497] + "..."
+
+
+def download_evaluation(run_id: str, dst_dir: str | os.PathLike, tracking_uri: str | None = None) -> Path:
+    """Fetch the ``evaluation`` artifacts (summary.json, predictions.npz...) of an MLflow run into ``dst_dir``.
+
+    Raises:
+        FileNotFoundError: when the run has no evaluation artifacts (it is a training run, or the
+            evaluation ran without ``--tracking mlflow``).
+    """
+    import mlflow
+
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    try:
+        names = {a.path for a in client.list_artifacts(run_id)}
+    except mlflow.exceptions.MlflowException as err:
+        raise FileNotFoundError(
+            f"no MLflow run {run_id} at {uri}: run the command where mlflow.db is, or set MLFLOW_TRACKING_URI "
+            "(or --tracking-uri) to the store that holds the run"
+        ) from err
+    if "evaluation" not in names:
+        raise FileNotFoundError(
+            f"MLflow run {run_id} at {uri} has no 'evaluation' artifacts (it has {sorted(names)}); "
+            "give the id of an evaluation run (evaluate.json with --tracking mlflow) or a run folder"
+        )
+    Path(dst_dir).mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="evaluation", dst_path=str(dst_dir), tracking_uri=uri
+    )
+    return Path(local)

@@ -23,10 +23,10 @@ import hashlib
 import logging
 import os
 import secrets
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,13 @@ _GAP_ATOL = 1e-3
 
 class DicomError(DataError):
     """A DICOM input that cannot be read; ``problems`` lists every reason, ``checks`` their names."""
+
+    def __init__(self, problems: Iterable[Problem], context: str = "the DICOM input"):
+        super().__init__(problems, context)
+        self.context = context
+
+    def __reduce__(self):  # picklable across process pools (validator workers, DataLoader workers)
+        return type(self), (self.problems, self.context)
 
     @property
     def checks(self) -> set[str]:
@@ -273,12 +280,11 @@ def _plane(ds: Dataset, frame: int | None = None) -> _Plane:
     return _Plane(row_cos, col_cos, spacing, ipp, thickness)
 
 
-def _affine(plane: _Plane, step: np.ndarray | None, ndim_step_default: float | None = None) -> np.ndarray:
+def _affine(plane: _Plane, step: np.ndarray | None) -> np.ndarray:
     """RAS affine of a (columns, rows, slices) array whose first plane is ``plane``; ``step`` in LPS mm."""
     spacing = plane.spacing if plane.spacing is not None else np.ones(2)
     if not plane.oriented:  # no patient space: spacing only, identity orientation in the array's own frame
-        z = ndim_step_default or (plane.thickness or 1.0)
-        return np.diag([spacing[1], spacing[0], z, 1.0])
+        return np.diag([spacing[1], spacing[0], plane.thickness or 1.0, 1.0])
     lps = np.eye(4)
     lps[:3, 0] = plane.row_cos * spacing[1]
     lps[:3, 1] = plane.col_cos * spacing[0]
@@ -341,6 +347,7 @@ def _gap_problems(
 # ------------------------------------------------------------------------------- per-file checks
 
 
+@lru_cache(maxsize=64)
 def _decoder_available(transfer_syntax: str) -> bool:
     """Whether pydicom can decode pixels in ``transfer_syntax`` with the installed plug-ins."""
     try:
@@ -477,7 +484,7 @@ def _single_file(path: Path, ds: Dataset) -> tuple[DicomSeries | None, list[Prob
                 ]
             step = (positions[-1] - positions[0]) / (n - 1)
             problems += _tilt_warning(first, step, str(path))
-    affine = _affine(first, step, ndim_step_default=first.thickness or 1.0)
+    affine = _affine(first, step)
     series = DicomSeries([path], [ds], "multiframe", affine, (cols, rows, n), first.oriented)
     return series, problems
 
@@ -514,6 +521,25 @@ def _tilt_warning(plane: _Plane, step: np.ndarray, where: str) -> list[Problem]:
     return []
 
 
+def _one_warning_per_check(problems: list[Problem], n_files: int, where: str) -> list[Problem]:
+    """One warning per check for a whole series (not 300 identical lines), saying how many files have it."""
+    by_check: dict[str, list[Problem]] = defaultdict(list)
+    for p in problems:
+        by_check[p.check].append(p)
+    return [
+        found[0]
+        if len(found) == 1
+        else Problem(
+            check,
+            f"{len(found)} of {n_files} files (e.g. {Path(found[0].path or '').name}): {found[0].message}",
+            found[0].fix,
+            path=where,
+            severity=found[0].severity,
+        )
+        for check, found in by_check.items()
+    ]
+
+
 def _describe(headers: Sequence[Dataset]) -> str:
     ds = headers[0]
     desc = str(ds.get("SeriesDescription", "") or "").strip()
@@ -531,6 +557,7 @@ def _series_from_files(where: Path, items: list[tuple[Path, Dataset]]) -> tuple[
     if any(p.severity == Severity.ERROR for p in problems):
         return None, problems
     w = str(where)
+    problems = _one_warning_per_check(problems, len(items), w)
 
     def differ(what: str, values: list, fix: str) -> Problem:
         counts = Counter(values)
@@ -971,7 +998,7 @@ def deidentify_dataset(ds: Dataset, *, salt: str | None = None) -> Dataset:
     if meta is not None and "MediaStorageSOPInstanceUID" in meta:
         meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or _new_uid(meta.MediaStorageSOPInstanceUID, salt)
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "DICOM PS3.15 basic application level confidentiality profile (medmtl)"
+    ds.DeidentificationMethod = "DICOM PS3.15 basic profile (medmtl)"
     ds.LongitudinalTemporalInformationModified = "REMOVED"
     return ds
 
@@ -1013,8 +1040,8 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, spatial: int, out: Path) -
     if intent:
         img.header.set_intent(intent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".medmtl-", suffix=".nii.gz")
-    os.close(fd)
+    # a unique hidden name next to the target (same file system, so the rename is atomic), normal permissions
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp.nii.gz"
     try:
         nib.save(img, tmp)
         os.replace(tmp, out)

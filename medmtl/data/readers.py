@@ -1,12 +1,12 @@
 """Reading any supported file into arrays with geometry, through MONAI's ``LoadImage``.
 
-MONAI's ``LoadImage`` picks a reader by file suffix, but out of the box it sends TIFF and any
+MONAI's ``LoadImage`` picks a reader by file suffix, but out of the box it sends TIFF, GIF and any
 unknown suffix to ``PydicomReader`` (which fails with pydicom's own error), reads DICOM series
 without checking them, and, when given explicit readers, buries a reader's error in a
 ``RuntimeError`` holding tracebacks. medmtl users get instead:
 
-* :func:`reader_for`: one MONAI reader per format: NIfTI -> ``NibabelReader``, PNG/JPEG/BMP/TIFF
-  -> ``PILReader`` (TIFF added), ``.npy``/``.npz`` -> ``NumpyReader``, DICOM file or series folder ->
+* :func:`reader_for`: one MONAI reader per format: NIfTI -> ``NibabelReader``, PNG/JPEG/BMP/GIF/TIFF
+  -> ``PILReader`` (GIF, TIFF added), ``.npy``/``.npz`` -> ``NumpyReader``, DICOM file or series folder ->
   :class:`MedmtlDicomReader` (checked series, multi-frame, colour, MONOCHROME1; see
   :mod:`medmtl.data.dicom`).
 * :class:`MedmtlLoadImage` / :class:`MedmtlLoadImaged` (or :func:`make_loader`): ``LoadImage`` /
@@ -22,8 +22,11 @@ and ``.npy`` as stored. The affine (RAS) is in the MetaTensor's ``meta["affine"]
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Hashable, Sequence
+import warnings
+from collections.abc import Hashable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ __all__ = [
 
 SUPPORTED_SUFFIXES = {
     "nifti": (".nii", ".nii.gz"),
-    "pil": (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
+    "pil": (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"),
     "numpy": (".npy", ".npz"),
     "dicom": (".dcm", ".dicom", ".ima", "<folder of one DICOM series>", "<file with the DICM preamble>"),
 }
@@ -59,6 +62,13 @@ SUPPORTED_SUFFIXES = {
 
 class ImageReadError(DataError):
     """An image file that cannot be read: missing, of an unsupported format, or corrupt."""
+
+    def __init__(self, problems, context: str = "the image"):
+        super().__init__(problems, context)
+        self.context = context
+
+    def __reduce__(self):  # picklable across process pools
+        return type(self), (self.problems, self.context)
 
 
 def _names(data: Sequence[os.PathLike | str] | os.PathLike | str) -> list[str]:
@@ -107,7 +117,9 @@ class MedmtlDicomReader(ImageReader):
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         """True when every name is a folder or a DICOM file (by suffix or the ``DICM`` preamble)."""
-        return all(Path(n).is_dir() or is_dicom_file(n) or _suffix(n) in (".dcm", ".dicom", ".ima") for n in _names(filename))
+        return all(
+            Path(n).is_dir() or is_dicom_file(n) or _suffix(n) in (".dcm", ".dicom", ".ima") for n in _names(filename)
+        )
 
     def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs) -> list[Any]:
         """Scan and check every file or folder (headers only).
@@ -155,7 +167,10 @@ class MedmtlDicomReader(ImageReader):
 
 
 class MedmtlPILReader(PILReader):
-    """MONAI's ``PILReader`` that also claims ``.tif``/``.tiff`` (2D, first page), so TIFF is not sent to pydicom."""
+    """MONAI's ``PILReader`` that also claims ``.gif`` and ``.tif``/``.tiff`` (2D, first page), not sent to pydicom.
+
+    A palette image (GIF, "P" mode PNG) comes as its palette indices, which is what a mask means.
+    """
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         return all(_suffix(n) in SUPPORTED_SUFFIXES["pil"] for n in _names(filename))
@@ -168,7 +183,7 @@ def reader_for(path: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageRe
         path: a file, a DICOM series folder, or a list of files of one format (stacked as channels).
 
     Returns:
-        ``NibabelReader`` (``.nii``/``.nii.gz``), :class:`MedmtlPILReader` (PNG/JPEG/BMP/TIFF),
+        ``NibabelReader`` (``.nii``/``.nii.gz``), :class:`MedmtlPILReader` (PNG/JPEG/BMP/GIF/TIFF),
         ``NumpyReader`` (``.npy``/``.npz``) or :class:`MedmtlDicomReader` (``.dcm``, a folder, or a
         file with the ``DICM`` preamble).
 
@@ -256,6 +271,24 @@ class MedmtlReader(ImageReader):
             ) from None
 
 
+@contextlib.contextmanager
+def _quiet_default_readers() -> Iterator[None]:
+    """Silence MONAI 1.6's warning, on every ``LoadImage()``, that the GPU DICOM decoder (nvImageCodec) is absent.
+
+    ``LoadImage`` always builds its default readers, ``NvImgCodecPydicomReader`` included; medmtl never
+    uses them (it passes its reader at call time), so the warning is noise on CPU machines.
+    """
+    plugin_logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    drop = logging.Filter("nothing")  # a filter matching no logger name drops every record
+    plugin_logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            yield
+    finally:
+        plugin_logger.removeFilter(drop)
+
+
 class MedmtlLoadImage(LoadImage):
     """``LoadImage`` that reads every format with :func:`reader_for` and raises clear :class:`DataError` s.
 
@@ -268,7 +301,8 @@ class MedmtlLoadImage(LoadImage):
     """
 
     def __init__(self, *args, dicom_seg: str = "error", **kwargs):
-        super().__init__(None, *args, **kwargs)
+        with _quiet_default_readers():
+            super().__init__(None, *args, **kwargs)
         self._dispatch = MedmtlReader(dicom_seg=dicom_seg)
 
     def __call__(self, filename, reader: ImageReader | None = None):
@@ -288,7 +322,8 @@ class MedmtlLoadImaged(LoadImaged):
     """
 
     def __init__(self, keys, *args, dicom_seg: str = "error", **kwargs):
-        super().__init__(keys, None, *args, **kwargs)
+        with _quiet_default_readers():
+            super().__init__(keys, None, *args, **kwargs)
         self._dispatch = MedmtlReader(dicom_seg=dicom_seg)
 
     def __call__(self, data, reader: ImageReader | None = None):

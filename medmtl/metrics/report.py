@@ -151,7 +151,7 @@ def build_summary(
         "metric_per_case": [{"case_id": c, "metrics": m} for c, m in per_case.items()],
     }
     if history is not None:
-        summary["history"] = {k: [float(v) for v in vals] for k, vals in history.items()}
+        summary["history"] = {k: [float("nan") if v is None else float(v) for v in vals] for k, vals in history.items()}
     return summary
 
 

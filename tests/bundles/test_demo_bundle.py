@@ -83,7 +83,14 @@ def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
 
 
 def test_evaluate_writes_report_with_every_task(demo_run) -> None:
-    _bundle("train.json", "evaluate.json", cwd=demo_run["work"], env=demo_run["env"], **demo_run["common"])
+    _bundle(
+        "train.json",
+        "evaluate.json",
+        cwd=demo_run["work"],
+        env=demo_run["env"],
+        tracking="mlflow",
+        **demo_run["common"],
+    )
     eval_dir = demo_run["work"] / "run" / "eval"
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["mean"]) == {"lesion", "malignant"}
@@ -130,3 +137,21 @@ def test_same_seed_gives_the_same_run(demo_run) -> None:
     first = json.loads((demo_run["work"] / "run" / "history.json").read_text())[:3]
     again = json.loads((demo_run["work"] / "run_again" / "history.json").read_text())
     assert again == first
+
+
+def test_report_rebuilt_from_mlflow_evaluation_run(demo_run, tmp_path, monkeypatch) -> None:
+    import mlflow
+
+    from medmtl.cli import main
+
+    uri = demo_run["env"]["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medmtl_demo").experiment_id])
+    evaluation = [r for r in runs if r.info.run_name.startswith("evaluate_")]
+    assert evaluation, [r.info.run_name for r in runs]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["report", evaluation[0].info.run_id, "--out", str(tmp_path / "rebuilt")]) == 0
+    rebuilt = json.loads((tmp_path / "rebuilt" / "summary.json").read_text())
+    original = json.loads((demo_run["work"] / "run" / "eval" / "summary.json").read_text())
+    assert rebuilt["mean"] == original["mean"]
+    assert (tmp_path / "rebuilt" / "report.html").is_file()
