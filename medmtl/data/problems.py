@@ -72,6 +72,11 @@ class DataError(ValueError):
 
     def __init__(self, problems: Iterable[Problem], context: str = "the dataset"):
         self.problems = list(problems)
+        self.context = context
         errors = [p for p in self.problems if p.severity == Severity.ERROR]
         header = f"{len(errors)} problem(s) in {context}; fix them all, then run again:"
         super().__init__(header + "\n" + format_problems(self.problems, limit=200))
+
+    def __reduce__(self):
+        """Rebuild from the problems (not the message), so the error survives process pools."""
+        return (type(self), (self.problems, self.context))

@@ -37,6 +37,7 @@ from monai.transforms import LoadImage, LoadImaged
 
 from medmtl.data.dicom import DicomError, DicomSeries, decode_series, is_dicom_file, scan_dicom
 from medmtl.data.problems import DataError, Problem
+from medmtl.data.raw_reader import RawImageReader
 
 __all__ = [
     "ImageReadError",
@@ -56,6 +57,7 @@ SUPPORTED_SUFFIXES = {
     "nifti": (".nii", ".nii.gz"),
     "pil": (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"),
     "numpy": (".npy", ".npz"),
+    "raw": (".img", ".raw"),
     "dicom": (".dcm", ".dicom", ".ima", "<folder of one DICOM series>", "<file with the DICM preamble>"),
 }
 
@@ -184,8 +186,10 @@ def reader_for(path: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageRe
 
     Returns:
         ``NibabelReader`` (``.nii``/``.nii.gz``), :class:`MedmtlPILReader` (PNG/JPEG/BMP/GIF/TIFF),
-        ``NumpyReader`` (``.npy``/``.npz``) or :class:`MedmtlDicomReader` (``.dcm``, a folder, or a
-        file with the ``DICM`` preamble).
+        ``NumpyReader`` (``.npy``/``.npz``), :class:`~medmtl.data.raw_reader.RawImageReader`
+        (headerless ``.img``/``.raw``, JSRT's 2048x2048 big-endian by default; Analyze ``.img`` with a
+        ``.hdr`` goes to nibabel) or :class:`MedmtlDicomReader` (``.dcm``, a folder, or a file with
+        the ``DICM`` preamble).
 
     Raises:
         ImageReadError: ``missing_file``, or ``unsupported_format`` listing the supported suffixes.
@@ -221,6 +225,12 @@ def reader_for(path: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageRe
         return MedmtlPILReader()
     if kind == "numpy":
         return NumpyReader()
+    if kind == "raw":
+        # Analyze .img/.hdr pairs are NIfTI's ancestors; headerless .img are JSRT-style raw files
+        names = _names(path)
+        if all(os.path.exists(os.path.splitext(n)[0] + ".hdr") for n in names):
+            return NibabelReader()
+        return RawImageReader()
     return MedmtlDicomReader()
 
 

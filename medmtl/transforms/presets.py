@@ -33,7 +33,6 @@ from typing import Any
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
-    LoadImaged,
     NormalizeIntensityd,
     Orientationd,
     RandAdjustContrastd,
@@ -46,6 +45,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
+from medmtl.data.readers import MedmtlLoadImaged
 from medmtl.data.spec import DatasetSpec, load_spec
 from medmtl.data.tasks import LabelQuality, TaskKind
 from medmtl.transforms.dictionary import EnsureTaskLabelsd, FlagSafeSpacingd, MergeMasksd, ToGreyd
@@ -161,7 +161,7 @@ def build_transforms(
     images, spatial, modes = list(keys.images), list(keys.spatial), list(keys.modes)
 
     steps: list[Any] = [
-        LoadImaged(spatial, image_only=True, allow_missing_keys=True),
+        MedmtlLoadImaged(spatial, image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(spatial, allow_missing_keys=True),
     ]
     if grey and dims == 2:

@@ -15,14 +15,11 @@ import shutil
 import sys
 import types
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from monai.data import PILReader
-from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage
 from PIL import Image
 
@@ -76,39 +73,6 @@ def _groups_never_cross(cases: list[dict]) -> None:
     assert not crossing, f"groups in several splits: {crossing}"
 
 
-class _PILReaderTiffGif(PILReader):
-    """PIL reads TIFF and GIF, but MONAI's PILReader only claims png/jpg/bmp."""
-
-    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
-        return is_supported_format(filename, ["tif", "tiff", "gif"])
-
-
-def _reads_natively(path: Path) -> bool:
-    try:
-        readers.load_image(str(path))
-    except Exception:  # noqa: BLE001 - any failure means "not supported yet"
-        return False
-    return True
-
-
-@pytest.fixture
-def tiff_gif(monkeypatch, tmp_path):
-    """Let ``medmtl.data.readers`` read TIFF/GIF (nerve US masks, SCR masks) if it does not yet.
-
-    Without it MONAI hands these suffixes to its DICOM reader, which fails: see
-    ``test_readers_load_tiff_and_gif``. Once readers.py handles them this fixture does nothing.
-    """
-    probes = [tmp_path / "probe.tif", tmp_path / "probe.gif"]
-    for probe in probes:
-        Image.fromarray(np.zeros((3, 4), np.uint8)).save(probe)
-    if all(_reads_natively(p) for p in probes):
-        return
-    loader = LoadImage(image_only=True, ensure_channel_first=False)
-    loader.register(_PILReaderTiffGif())
-    monkeypatch.setattr(readers, "_loader", lambda: loader)
-
-
-@pytest.mark.xfail(reason="medmtl.data.readers has no TIFF/GIF reader yet (nerve_us, jsrt masks)", strict=False)
 def test_readers_load_tiff_and_gif(tmp_path):
     for suffix in ("tif", "gif"):
         path = tmp_path / f"mask.{suffix}"
@@ -356,7 +320,7 @@ def test_jsrt_case_without_scr_masks_lacks_the_segmentations(jsrt_root, tmp_path
     assert "lungs" not in case
 
 
-def test_jsrt_image_and_half_size_masks_line_up(jsrt_root, tiff_gif):
+def test_jsrt_image_and_half_size_masks_line_up(jsrt_root):
     case = _by_id(load_spec(SPECS / "jsrt.yaml").datalist(root=jsrt_root))["JPCLN002"]
     image = LoadImage(reader=RawImageReader(shape=(64, 64)), image_only=True)(case["image"])
     assert image.shape == (64, 64)
@@ -414,7 +378,7 @@ def nerve_root(tmp_path_factory) -> Path:
     return layouts.write_nerve_us(tmp_path_factory.mktemp("nerve"))
 
 
-def test_nerve_cases_masks_visibility_and_unlabelled_test(nerve_root, tiff_gif):
+def test_nerve_cases_masks_visibility_and_unlabelled_test(nerve_root):
     table = load_spec(SPECS / "nerve_us.yaml", root=str(nerve_root)).build_cases()
     assert table.errors == []
     cases = _by_id(table.cases)
@@ -437,7 +401,7 @@ def test_nerve_cases_masks_visibility_and_unlabelled_test(nerve_root, tiff_gif):
     assert table.pos_weights() == {"nerve_visible": [(len(train_rows) - positives) / positives]}
 
 
-def test_nerve_image_and_mask_load_on_one_grid(nerve_root, tiff_gif):
+def test_nerve_image_and_mask_load_on_one_grid(nerve_root):
     case = _by_id(load_spec(SPECS / "nerve_us.yaml").datalist(root=nerve_root))["train_1_3"]
     image, mask = readers.load_image(case["image"]), readers.load_image(case["nerve"])
     assert image.shape == mask.shape == (20, 14)  # (width, height), like the 580 x 420 originals
