@@ -118,6 +118,28 @@ class CaseTable:
             weights[task.name] = [float(n / p) if p > 0 else 1.0 for n, p in zip(neg, pos, strict=True)]
         return weights
 
+    def class_weights(self, split: str = "train") -> dict[str, list[float]]:
+        """Per multiclass task with ``class_weights: auto``: ``n / (K * n_k)`` counted on ``split``.
+
+        Tasks whose spec gives numbers keep them; a class absent from the split gets weight 1.0.
+        """
+        rows = [c for c in self.cases if c["split"] == split]
+        weights: dict[str, list[float]] = {}
+        for task in self.spec.tasks:
+            if task.class_weights is None:
+                continue
+            if task.class_weights != "auto":
+                weights[task.name] = list(task.class_weights)
+                continue
+            if task.kind != TaskKind.MULTICLASS:
+                raise ValueError(
+                    f"class_weights 'auto' is counted for multiclass tasks; task '{task.name}' is {task.kind.value}"
+                )
+            counts = Counter(int(c[task.name]) for c in rows if c[present_key(task.name)])
+            total, k = sum(counts.values()), task.num_outputs
+            weights[task.name] = [total / (k * counts[i]) if counts[i] else 1.0 for i in range(k)]
+        return weights
+
 
 # ---------------------------------------------------------------------------------------------
 # building

@@ -43,7 +43,8 @@ class Task(BaseModel):
             ``[negative, positive]`` names.
         pos_weight: for binary / multilabel BCE: ``"auto"`` (negatives / positives counted on the
             training split, as MRNet does), a number, one number per label, or ``None``.
-        class_weights: for multiclass CE, optional weight per class.
+        class_weights: for multiclass CE (or segmentation), a weight per class, or ``"auto"``
+            (``n / (K * n_k)`` counted on the training split, sklearn's "balanced").
         description: free text shown in reports and bundle metadata.
 
     Example::
@@ -58,7 +59,7 @@ class Task(BaseModel):
     kind: TaskKind
     classes: tuple[str, ...] | None = None
     pos_weight: Literal["auto"] | float | tuple[float, ...] | None = None
-    class_weights: tuple[float, ...] | None = None
+    class_weights: Literal["auto"] | tuple[float, ...] | None = None
     description: str = ""
 
     @field_validator("name")
@@ -94,7 +95,7 @@ class Task(BaseModel):
                 raise ValueError(
                     f"class_weights is for multiclass/segmentation tasks; task '{self.name}' is {self.kind.value}"
                 )
-            if len(self.class_weights) != self.num_outputs:
+            if self.class_weights != "auto" and len(self.class_weights) != self.num_outputs:
                 raise ValueError(
                     f"task '{self.name}': class_weights has {len(self.class_weights)} values for {self.num_outputs} classes"
                 )

@@ -138,8 +138,9 @@ def run_summary(trainer: Engine, evaluator: Engine | None, ckpt_dir: str | Path)
         "best_checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
     }
     if evaluator is not None:
-        summary["best_metric"] = getattr(evaluator.state, "best_metric", None)
-        summary["best_metric_epoch"] = getattr(evaluator.state, "best_metric_epoch", None)
+        ran = getattr(evaluator.state, "best_metric_epoch", -1) not in (-1, None)  # -1: never validated
+        summary["best_metric"] = evaluator.state.best_metric if ran else None
+        summary["best_metric_epoch"] = evaluator.state.best_metric_epoch if ran else None
         summary["last_validation"] = {k: v for k, v in evaluator.state.metrics.items() if isinstance(v, int | float)}
     return summary
 

@@ -184,7 +184,7 @@ class MaskedSegmentationLoss(MaskedTaskLoss):
                 f"MaskedSegmentationLoss needs a segmentation task, task '{task.name}' is {task.kind.value}"
             )
         loss_cls = look_up_option(seg_loss, SEGMENTATION_LOSSES)
-        weights = class_weights if class_weights is not None else task.class_weights
+        weights = class_weights if class_weights is not None else _given_class_weights(task)
         options: dict[str, Any] = {"softmax": True, "to_onehot_y": True, **kwargs}
         if weights is not None:
             options["weight"] = _vector(weights, task.num_outputs, task.name, "class_weights")
@@ -277,7 +277,7 @@ class MaskedCELoss(MaskedTaskLoss):
         super().__init__(task)
         if task.kind != TaskKind.MULTICLASS:
             raise ValueError(f"MaskedCELoss needs a multiclass task, task '{task.name}' is {task.kind.value}")
-        weights = class_weights if class_weights is not None else task.class_weights
+        weights = class_weights if class_weights is not None else _given_class_weights(task)
         weight = None if weights is None else _vector(weights, task.num_outputs, task.name, "class_weights")
         self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
@@ -310,6 +310,16 @@ def _vector(values: float | Sequence[float] | torch.Tensor, size: int, task: str
     if not bool(torch.isfinite(vec).all()) or bool((vec < 0).any()):
         raise ValueError(f"task '{task}': {what} must be finite and non-negative, got {vec.tolist()}")
     return vec
+
+
+def _given_class_weights(task: Task) -> Sequence[float] | None:
+    """The task's own class weights; ``"auto"`` must have been counted on the data by the caller."""
+    if task.class_weights == "auto":
+        raise ValueError(
+            f"task '{task.name}' has class_weights 'auto': pass the counted weights, e.g. "
+            "MultiTaskLoss(..., class_weights=case_table.class_weights())"
+        )
+    return task.class_weights
 
 
 def build_task_loss(
