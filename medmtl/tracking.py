@@ -6,6 +6,7 @@ local SQLite store ``sqlite:///<cwd>/mlflow.db`` (MLflow 3 refuses plain folders
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,8 @@ class RunArtifactsHandler:
 
     Args:
         params: flat or nested dict of hyperparameters (nested keys are joined with ``.``).
-        artifacts: files or folders logged when the engine completes (missing ones are skipped).
+        artifacts: files or folders logged when the engine completes (missing ones are skipped); a
+            glob pattern logs every match (e.g. MONAI's ``config_*.json`` of the executed config).
         artifact_path: folder inside the run's artifacts.
     """
 
@@ -78,8 +80,11 @@ class RunArtifactsHandler:
         if handler is None:
             return
         run_id = handler.cur_run.info.run_id
+        paths: list[Path] = []
         for item in self.artifacts:
-            path = Path(item)
+            text = os.fspath(item)
+            paths += [Path(p) for p in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        for path in paths:
             if path.is_file():
                 handler.client.log_artifact(run_id, str(path), self.artifact_path)
             elif path.is_dir():

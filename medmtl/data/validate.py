@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from medmtl.data.problems import DataError, Problem, Severity, format_problems
+from medmtl.data.problems import Problem, Severity, format_problems
 from medmtl.data.spec import DatasetSpec, SpecError, load_spec
 from medmtl.data.splits import SPLIT_NAMES
 from medmtl.data.tasks import TaskKind
@@ -386,10 +386,11 @@ def _read(path: str, role: str, case_id: str, problems: list[Problem]) -> Any:
             return None
     try:
         return load_image(path)
-    except DataError as err:  # the reader's own specific findings (decode_failed, unsupported_format...)
-        problems.extend(dataclasses.replace(p, case_id=p.case_id or case_id, path=p.path or path) for p in err.problems)
-        return None
     except Exception as err:  # noqa: BLE001 - every reader failure is a finding, not a crash
+        specific = [p for p in getattr(err, "problems", []) if p.check != "unreadable_file"]
+        if specific:  # the reader's own findings (decode_failed, unsupported_format...) say more
+            problems.extend(dataclasses.replace(p, case_id=p.case_id or case_id, path=p.path or path) for p in specific)
+            return None
         problems.append(
             Problem(
                 "unreadable_file",

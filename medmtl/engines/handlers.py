@@ -214,7 +214,7 @@ class ResumableCheckpoint:
     def load_last(self, trainer: Engine) -> None:
         if not self.last_path.is_file():
             return
-        checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
         max_epochs = trainer.state.max_epochs
         for name, obj in self.save_dict.items():
             if name not in checkpoint:

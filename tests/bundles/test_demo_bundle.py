@@ -71,6 +71,7 @@ def test_mlflow_run_has_task_metrics_params_and_artifacts(demo_run) -> None:
     assert run.data.params["tasks"] == "['lesion', 'malignant']"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"demo.yaml", "splits.json", "best.pt"} <= artifacts
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
 
 
 def test_restart_resumes_from_last_checkpoint(demo_run) -> None:

@@ -283,3 +283,27 @@ def test_busi_real_data_is_clean(shared_data, specs_dir):
     assert len(report.empty_masks["lesion"]) == 133
     assert report.files_checked == 780 + 798  # every image and every mask (some images have 2-3 masks)
     print(f"BUSI validation: {duration:.1f} s with 2 workers")
+
+
+def test_reader_specific_findings_reach_the_report(tmp_path) -> None:
+    """A format no reader handles is reported as such (with the supported list), not as a generic failure."""
+    from medmtl.data.spec import DatasetSpec
+    from medmtl.data.validate import validate_dataset
+
+    (tmp_path / "a.xyz").write_bytes(b"\x00" * 16)
+    (tmp_path / "labels.csv").write_text("case_id,label\na,1\n")
+    spec = DatasetSpec.model_validate(
+        {
+            "name": "odd",
+            "root": str(tmp_path),
+            "cases": {"csv": "labels.csv"},
+            "case_id": "{case_id}",
+            "inputs": {"image": "{case_id}.xyz"},
+            "tasks": [{"name": "finding", "kind": "binary", "label": {"field": "label"}}],
+            "splits": {"method": "none"},
+        }
+    )
+    report = validate_dataset(spec, workers=1)
+    assert not report.ok
+    (problem,) = [p for p in report.errors if p.case_id == "a"]
+    assert problem.check == "unsupported_format" and ".nii.gz" in problem.fix and problem.path.endswith("a.xyz")
