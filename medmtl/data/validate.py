@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from medmtl.data.problems import Problem, Severity, format_problems
+from medmtl.data.problems import DataError, Problem, Severity, format_problems
 from medmtl.data.spec import DatasetSpec, SpecError, load_spec
 from medmtl.data.splits import SPLIT_NAMES
 from medmtl.data.tasks import TaskKind
 
-__all__ = ["GeometryTolerance", "ValidationReport", "validate_dataset"]
+__all__ = ["GeometryTolerance", "ValidationReport", "require_valid_dataset", "validate_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -914,3 +914,19 @@ def _add_segmentation_counts(
             if entry is not None:
                 for index, name in enumerate(task.class_names):
                     entry[name] = tally[index]
+
+
+def require_valid_dataset(
+    spec: str | os.PathLike | DatasetSpec, root: str | os.PathLike | None = None, workers: int = 0
+) -> ValidationReport:
+    """Validate before a run starts; raise one :class:`DataError` listing every error, else log warnings.
+
+    What bundles call in ``initialize``, so a bad case stops the run before the first epoch (with
+    the file and the fix), never half-way through training.
+    """
+    report = validate_dataset(spec, root=root, workers=workers, progress=False)
+    if not report.ok:
+        raise DataError(report.problems, f"dataset '{report.dataset}' under {report.root}")
+    for problem in report.warnings:
+        logger.warning("%s", problem)
+    return report

@@ -156,3 +156,22 @@ def test_report_rebuilt_from_mlflow_evaluation_run(demo_run, tmp_path, monkeypat
     original = json.loads((demo_run["work"] / "run" / "eval" / "summary.json").read_text())
     assert rebuilt["mean"] == original["mean"]
     assert (tmp_path / "rebuilt" / "report.html").is_file()
+
+
+def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
+    """A corrupt image and a mask of the wrong size are both reported when the bundle starts; nothing trains."""
+    generate_demo_data(tmp_path / "data", seed=0)
+    root = tmp_path / "data" / "demo2d"
+    (root / "images" / "case_005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    from PIL import Image
+
+    Image.new("L", (32, 32)).save(root / "masks" / "case_007.png")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
+    cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(root)]
+    cmd += ["--output_dir", str(tmp_path / "run"), "--epochs", "1"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "unreadable_file" in output and "case_005.png" in output
+    assert "shape_mismatch" in output and "case_007" in output
+    assert not (tmp_path / "run" / "models" / "last.pt").exists()
