@@ -85,6 +85,8 @@ class EvaluationReportHandler:
                 image = np.asarray(torch.as_tensor(sample[self.image_key]).detach().cpu().float())[0]
                 truth = np.asarray(torch.as_tensor(sample[f"label_{task.name}"]).detach().cpu())[0]
                 pred = np.asarray(torch.as_tensor(sample[f"pred_{task.name}"]).detach().cpu().argmax(0))
+                if _read_by_pil(sample.get(self.image_key)):  # MONAI's PIL reader gives (W, H): show (H, W)
+                    image, truth, pred = image.T, truth.T, pred.T
                 self.overlays.append(Overlay(str(sample.get("case_id", have)), image, truth, pred, task.name))
                 have += 1
 
@@ -108,3 +110,10 @@ class EvaluationReportHandler:
         )
         logger.info("evaluation report: %s", self.report_path)
         return self.report_path
+
+
+def _read_by_pil(image: Any) -> bool:
+    """True for 2D images that MONAI's PIL reader loaded (stored transposed, as (W, H))."""
+    meta = getattr(image, "meta", None) or {}
+    name = str(meta.get("filename_or_obj", "")).lower()
+    return getattr(image, "ndim", 0) == 3 and name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"))
