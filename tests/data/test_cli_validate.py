@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
-from pathlib import Path
+
+import validate_fixtures as vf
 
 from medmtl.cli import main
-
-
-def _load_fixtures() -> types.ModuleType:
-    name = "medmtl_tests_validate_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("validate_fixtures.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-vf = _load_fixtures()
 
 
 def test_errors_exit_1_and_print_every_problem(tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import logging
 import pickle
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +12,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_factory import (
+    PLANTED_STRINGS,
+    expected_affine,
+    make_dataset,
+    save,
+    slice_pixels,
+    write_series,
+)
 from monai.data import PydicomReader
 from monai.transforms import LoadImage
 from pydicom.dataset import Dataset
@@ -32,16 +39,6 @@ from medmtl.data.dicom import (
 )
 from medmtl.data.problems import DataError, Severity
 from medmtl.data.readers import MedmtlDicomReader, load_image
-
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_factory import (  # noqa: E402
-    PLANTED_STRINGS,
-    expected_affine,
-    make_dataset,
-    save,
-    slice_pixels,
-    write_series,
-)
 
 OBLIQUE = (0.8660254, 0.5, 0.0, 0.0, 0.0, -1.0)  # rotated about z, columns running feet-ward: a tilted coronal
 

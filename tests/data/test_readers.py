@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
+from dicom_factory import expected_affine, write_series
 from monai.data import NibabelReader, NumpyReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage
 from PIL import Image
@@ -26,9 +24,6 @@ from medmtl.data.readers import (
     make_loader,
     reader_for,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_factory import expected_affine, write_series  # noqa: E402
 
 OBLIQUE_AFFINE = np.array(
     [

@@ -10,13 +10,11 @@ k-fold, seeding and spec errors on a CSV-listed dataset.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import shutil
-import sys
-import types
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import layouts
 import numpy as np
 import pytest
 import yaml
@@ -37,19 +35,6 @@ SHIPPED = {
     "nerve_us": "ultrasound-nerve-segmentation",
     "brain_nifti": "brain_nifti",
 }
-
-
-def _load_layouts() -> types.ModuleType:
-    name = "medmtl_tests_data_layouts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("layouts.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-layouts = _load_layouts()
 
 
 def _by_id(cases: list[dict]) -> dict[str, dict]:

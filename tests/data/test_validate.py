@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+import validate_fixtures as vf
 
 import medmtl.data.validate as validate_module
 from medmtl.data.problems import Problem, Severity
 from medmtl.data.spec import load_spec
 from medmtl.data.validate import ValidationReport, validate_dataset
-
-
-def _load_fixtures() -> types.ModuleType:
-    name = "medmtl_tests_validate_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("validate_fixtures.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-vf = _load_fixtures()
 
 
 def _find(report: ValidationReport, expected) -> list[Problem]:
