@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from medmtl.data.problems import DataError, Problem, Severity
+from medmtl.data.readers import load_array
 from medmtl.data.spec import CsvCases, CsvLookup, DatasetSpec, DecathlonCases, GlobCases, LabelSource, TaskSpec
 from medmtl.data.splits import SPLIT_NAMES, assign_splits
 from medmtl.data.tasks import LabelQuality, TaskKind, present_key
 
-__all__ = ["CaseTable", "build_cases", "stem_of", "read_label_array"]
+__all__ = ["CaseTable", "build_cases", "stem_of"]
 
 _MISSING_VALUES = {"", "nan", "na", "n/a", "none", "null", "?", "-"}
 
@@ -64,7 +65,7 @@ class CaseTable:
             raise DataError(self.problems, f"dataset '{self.spec.name}' under {self.root}")
 
     def datalist(self, split: str = "all") -> list[dict]:
-        """The cases of one split as MONAI dicts (``split`` and ``group`` keys removed); raises on errors."""
+        """The cases of one split as MONAI dicts (without the ``split`` key; ``group`` stays); raises on errors."""
         self.raise_for_errors()
         if split not in (*SPLIT_NAMES, "all", "labelled"):
             raise ValueError(f"unknown split '{split}': use one of {[*SPLIT_NAMES, 'labelled', 'all']}")
@@ -494,7 +495,7 @@ def _label_value(
         if not paths:
             return None
         try:
-            return int(any(bool(np.any(read_label_array(str(p)))) for p in paths))
+            return int(any(bool(np.any(load_array(str(p)))) for p in paths))
         except Exception as err:  # noqa: BLE001 - any reader failure is reported, not raised
             problems.append(
                 Problem(
@@ -590,10 +591,3 @@ def _bad_label(task: TaskSpec, raw: Any, case_id: str, message: str) -> Problem:
         "fix the label, or add the value to the task's classes / label map in the spec",
         case_id=case_id,
     )
-
-
-def read_label_array(path: str) -> np.ndarray:
-    """Voxel array of a mask in any supported format (used for derived labels and validation)."""
-    from medmtl.data.readers import load_array
-
-    return load_array(path)
