@@ -88,6 +88,7 @@ def _strata(cases: list[dict], spec: DatasetSpec, seed: int) -> list[list[list[d
 
 def _split_by_fractions(cases: list[dict], fractions: dict[str, float], spec: DatasetSpec, seed: int) -> None:
     names = [n for n in ("train", "val", "test") if fractions.get(n, 0) > 0]
+    assigned: dict[str, list[list[dict]]] = {name: [] for name in names}
     for members in _strata(cases, spec, seed):
         bounds, total = [], 0.0
         for name in names:
@@ -95,10 +96,26 @@ def _split_by_fractions(cases: list[dict], fractions: dict[str, float], spec: Da
             bounds.append(round(total * len(members)))
         start = 0
         for name, end in zip(names, bounds, strict=True):
-            for unit in members[start:end]:
-                for case in unit:
-                    case["split"] = name
+            assigned[name] += members[start:end]
             start = end
+    _fill_empty_splits(assigned)
+    for name, units in assigned.items():
+        for unit in units:
+            for case in unit:
+                case["split"] = name
+
+
+def _fill_empty_splits(assigned: dict[str, list[list[dict]]]) -> None:
+    """Give a split with a non-zero fraction at least one unit, taken from the largest split.
+
+    Why: rounding per stratum can leave a small split empty (10 cases in 2 strata at 0.7/0.15/0.15
+    round to 4/0/1 per stratum), and an empty validation split silently disables checkpoint
+    selection. Larger datasets are unaffected (no split is empty there).
+    """
+    for units in assigned.values():
+        donor = max(assigned, key=lambda n: len(assigned[n]))
+        if not units and len(assigned[donor]) > 1:
+            units.append(assigned[donor].pop())
 
 
 def _split_kfold(cases: list[dict], spec: DatasetSpec) -> None:

@@ -1,7 +1,19 @@
-"""Inference: writing multi-task predictions (masks in the input geometry + a table of class results)."""
+"""Inference: multi-task sliding-window inferer and writers (masks in the input geometry + a table of class results)."""
 
 from __future__ import annotations
 
+from medmtl.inference.sliding_window import (
+    CLASS_AGGREGATIONS,
+    MemoryBudgetError,
+    MultiTaskSlidingWindowInferer,
+    estimate_activation_bytes,
+)
 from medmtl.inference.writer import MultiTaskPredictionWriter
 
-__all__ = ["MultiTaskPredictionWriter"]
+__all__ = [
+    "CLASS_AGGREGATIONS",
+    "MemoryBudgetError",
+    "MultiTaskPredictionWriter",
+    "MultiTaskSlidingWindowInferer",
+    "estimate_activation_bytes",
+]

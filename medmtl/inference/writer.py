@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
-from monai.transforms import SaveImage
+from monai.transforms import Invertd, InvertibleTransform, SaveImage
 
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.engines.prepare_batch import pred_key
@@ -27,6 +27,7 @@ from medmtl.engines.prepare_batch import pred_key
 __all__ = ["MultiTaskPredictionWriter"]
 
 logger = logging.getLogger(__name__)
+_PRED = "_medmtl_pred"
 
 
 class MultiTaskPredictionWriter:
@@ -40,7 +41,12 @@ class MultiTaskPredictionWriter:
         image_key: output key of the input image (its metadata gives geometry and file name).
         mask_ext: ``.nii.gz``, ``.png``... ; ``None`` picks ``.png`` for 2D inputs, ``.nii.gz`` otherwise.
         threshold: decision threshold for binary / multilabel tasks.
-        resample: write masks on the input file's grid (inverting spacing/orientation changes).
+        resample: let ``SaveImage`` resample masks to the input file's affine (only for chains
+            that change the affine without recording it; prefer ``invert_transform``).
+        invert_transform: the preprocessing ``Compose`` the inputs went through. Segmentation logits
+            are mapped back through its invertible steps (MONAI ``Invertd``: resize, pad/crop,
+            spacing, orientation), interpolated as logits before the argmax, so masks come out on the
+            input file's grid with its affine.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class MultiTaskPredictionWriter:
         mask_ext: str | None = None,
         threshold: float = 0.5,
         resample: bool = False,
+        invert_transform: InvertibleTransform | None = None,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -58,6 +65,11 @@ class MultiTaskPredictionWriter:
         self.mask_ext = mask_ext
         self.threshold = threshold
         self.resample = resample
+        self.invert = (
+            Invertd(_PRED, transform=invert_transform, orig_keys=image_key, nearest_interp=False, to_tensor=True)
+            if invert_transform is not None
+            else None
+        )
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -87,6 +99,7 @@ class MultiTaskPredictionWriter:
                 continue
             logits = torch.as_tensor(logits).detach().float().cpu()
             if task.kind == TaskKind.SEGMENTATION:
+                logits = self._to_input_grid(logits, image)
                 row[f"{task.name}_file"] = str(self._save_mask(task, logits, image, case_id))
                 row[f"{task.name}_voxels"] = int((logits.argmax(0) > 0).sum())
             elif task.kind == TaskKind.MULTICLASS:
@@ -103,11 +116,25 @@ class MultiTaskPredictionWriter:
                     row[key] = int(p >= self.threshold)
         return row
 
+    def _to_input_grid(self, logits: torch.Tensor, image: Any) -> torch.Tensor:
+        """Logits back on the input file's grid (undoing the preprocessing's spatial steps)."""
+        if self.invert is None:
+            return logits
+        if not isinstance(image, MetaTensor) or not image.applied_operations:
+            raise ValueError(
+                f"cannot invert the preprocessing: the output's {self.image_key!r} carries no transform history; "
+                "keep MetaTensor tracking on (monai.data.set_track_meta(True)) in inference"
+            )
+        inverted = self.invert({self.image_key: image, _PRED: MetaTensor(logits, meta=dict(image.meta))})[_PRED]
+        return inverted
+
     def _save_mask(self, task: Task, logits: torch.Tensor, image: Any, case_id: str) -> Path:
         mask = logits.argmax(0, keepdim=True).to(torch.uint8)
         spatial_dims = mask.ndim - 1
         ext = self.mask_ext or (".png" if spatial_dims == 2 else ".nii.gz")
-        meta = dict(image.meta) if isinstance(image, MetaTensor) else {}
+        meta = dict(logits.meta) if isinstance(logits, MetaTensor) else {}
+        if not meta and isinstance(image, MetaTensor):
+            meta = dict(image.meta)
         meta["filename_or_obj"] = case_id  # the spec's id: never a name taken from file headers
         folder = self.output_dir / task.name
         saver = SaveImage(

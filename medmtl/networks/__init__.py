@@ -19,14 +19,19 @@ from medmtl.networks.backbones import (
     SegResNetBackbone,
 )
 from medmtl.networks.cross_stitch import CrossStitchNet, CrossStitchUnit
+from medmtl.networks.factory import SHARING, build_multitask_network
 from medmtl.networks.heads import ClassificationHead, SegmentationHead, build_head
 from medmtl.networks.meshnet import DILATION_SCHEDULES, MeshNet, MeshNetBackbone
 from medmtl.networks.multiplane import MultiPlaneNet
 from medmtl.networks.multitask import MultiTaskClassifier, MultiTaskModule, MultiTaskNet
 from medmtl.networks.registry import build_backbone, list_backbones, register_backbone
 from medmtl.networks.saliency import SaliencyBridgeNet
+from medmtl.networks.wrappers import TaskOutput
 
 __all__ = [
+    "SHARING",
+    "TaskOutput",
+    "build_multitask_network",
     "Backbone",
     "BasicUNetBackbone",
     "ResUNetBackbone",

@@ -56,9 +56,10 @@ INTENSITY_MODES = ("auto", "percentile", "zscore", "minmax", "none")
 """``percentile``: 0.5-99.5th percentiles to [0, 1], clipped (radiographs, ultrasound);
 ``zscore``: zero mean, unit variance over non-zero voxels (MRI); ``minmax``: [0, 1];
 ``auto``: ``percentile`` in 2D, ``zscore`` in 3D."""
-RESIZE_MODES = ("auto", "resize", "pad_crop")
+RESIZE_MODES = ("auto", "resize", "pad_crop", "none")
 """``resize``: interpolate to ``spatial_size`` (2D pictures of any size); ``pad_crop``: centre pad or
-crop, keeping the voxel size (3D, after ``Spacingd``); ``auto``: ``resize`` in 2D, ``pad_crop`` in 3D."""
+crop, keeping the voxel size (3D, after ``Spacingd``); ``none``: keep each image's size (whole volumes
+for sliding-window inference; batch size 1); ``auto``: ``resize`` in 2D, ``pad_crop`` in 3D."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def build_transforms(
         steps.append(
             Resized(spatial, spatial_size=size, mode=modes, anti_aliasing=anti_aliasing, allow_missing_keys=True)
         )
-    else:
+    elif resize == "pad_crop":
         steps.append(ResizeWithPadOrCropd(spatial, spatial_size=size, allow_missing_keys=True))
 
     if train:

@@ -1,0 +1,54 @@
+"""Pick the sharing scheme of a multi-task network by name, so a bundle switches it with one override.
+
+Why: MONAI configs instantiate every component they reference, so choosing between two
+``_target_`` blocks with an expression would build both networks. ``--sharing cross_stitch`` on
+the command line should change one value; this factory maps the name to the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from monai.utils import look_up_option
+from torch import nn
+
+from medmtl.data.tasks import Task
+from medmtl.networks.backbones import Backbone
+from medmtl.networks.cross_stitch import CrossStitchNet
+from medmtl.networks.multitask import MultiTaskNet
+from medmtl.networks.saliency import SaliencyBridgeNet
+
+__all__ = ["SHARING", "build_multitask_network"]
+
+SHARING: dict[str, type[nn.Module]] = {
+    "hard": MultiTaskNet,
+    "cross_stitch": CrossStitchNet,
+    "saliency_bridge": SaliencyBridgeNet,
+}
+"""``hard``: one backbone, one head per task; ``cross_stitch``: one backbone column per task group,
+mixed by learned cross-stitch units (soft sharing); ``saliency_bridge``: the segmentation output
+gates the features the classification heads pool."""
+
+
+def build_multitask_network(
+    sharing: str,
+    backbone: Backbone | str,
+    tasks: Iterable[Task | Mapping[str, Any]],
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The multi-task network of sharing scheme ``sharing`` (a key of :data:`SHARING`).
+
+    Args:
+        sharing: ``hard``, ``cross_stitch`` or ``saliency_bridge``.
+        backbone: backbone name or module.
+        tasks: the tasks.
+        backbone_kwargs: backbone constructor arguments.
+        kwargs: further arguments of the chosen class (``pooling``, ``head_dropout``, ``groups``...).
+
+    Raises:
+        ValueError: an unknown ``sharing`` (the message lists the known ones).
+    """
+    cls = look_up_option(sharing, SHARING)
+    return cls(backbone=backbone, tasks=tasks, backbone_kwargs=backbone_kwargs, **kwargs)
