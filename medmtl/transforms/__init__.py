@@ -9,6 +9,13 @@ shape and ``<task>_present`` flag so batches mixing labelled and unlabelled case
 from __future__ import annotations
 
 from medmtl.transforms.array import MergeMasks, ToGrey, colour_layout
+from medmtl.transforms.augment_pairs import (
+    STRONG_SUFFIX,
+    WEAK_SUFFIX,
+    build_weak_strong_transforms,
+    strong_key,
+    weak_key,
+)
 from medmtl.transforms.dictionary import EnsureTaskLabelsd, FlagSafeSpacingd, MergeMasksd, ToGreyd
 from medmtl.transforms.presets import (
     INTENSITY_MODES,
@@ -31,4 +38,9 @@ __all__ = [
     "build_transforms",
     "colour_layout",
     "transform_keys",
+    "STRONG_SUFFIX",
+    "WEAK_SUFFIX",
+    "build_weak_strong_transforms",
+    "strong_key",
+    "weak_key",
 ]
