@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from medmtl.engines.distributed import (
+    WRITER_HANDLERS,
+    cleanup_distributed,
+    distributed_backend,
+    distributed_device,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    per_rank_handlers,
+    rank0_only,
+)
+from medmtl.engines.finetune import (
+    ExpertRouter,
+    PretrainedLoadReport,
+    encoder_parameters,
+    finetune_param_groups,
+    freeze_encoder,
+    load_pretrained,
+)
 from medmtl.engines.handlers import MultiTaskLossHandler, ResumableCheckpoint, atomic_torch_save, unwrap
 from medmtl.engines.iteration import GradientSurgeryIteration
 from medmtl.engines.prepare_batch import (
@@ -12,6 +33,14 @@ from medmtl.engines.prepare_batch import (
     probabilities,
 )
 from medmtl.engines.progress import EpochProgress, log_run_summary, run_summary
+from medmtl.engines.semi_supervised import (
+    SemiSupervisedHandler,
+    SemiSupervisedIteration,
+    consistency_loss,
+    pseudo_label_loss,
+    pseudo_label_mask,
+    sigmoid_rampup,
+)
 
 __all__ = [
     "EpochProgress",
@@ -27,4 +56,27 @@ __all__ = [
     "pred_key",
     "probabilities",
     "unwrap",
+    "ExpertRouter",
+    "PretrainedLoadReport",
+    "encoder_parameters",
+    "finetune_param_groups",
+    "freeze_encoder",
+    "load_pretrained",
+    "SemiSupervisedHandler",
+    "SemiSupervisedIteration",
+    "consistency_loss",
+    "pseudo_label_loss",
+    "pseudo_label_mask",
+    "sigmoid_rampup",
+    "WRITER_HANDLERS",
+    "cleanup_distributed",
+    "distributed_backend",
+    "distributed_device",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "per_rank_handlers",
+    "rank0_only",
 ]

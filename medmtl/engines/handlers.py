@@ -91,12 +91,33 @@ class MultiTaskLossHandler:
         if dist.is_available() and dist.is_initialized():
             self.loss_function.sync_gradients()
 
+    def _epoch_sums(self) -> tuple[dict[str, float], dict[str, float], float, float]:
+        """Per-task loss sums and counts, total sum and count of the epoch, summed over DDP ranks.
+
+        Under DDP this is a collective (every rank has the handler): the logged losses and the
+        weighting's epoch hook (DWA history) then see the same global means on every rank.
+        """
+        sums, counts = dict(self._sums), {t: float(c) for t, c in self._counts.items()}
+        total, n_total = sum(self._total), float(len(self._total))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            names = list(self.loss_function.task_names)  # same order on every rank
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            values = [sums.get(t, 0.0) for t in names] + [counts.get(t, 0.0) for t in names] + [total, n_total]
+            buffer = torch.tensor(values, dtype=torch.float64, device=device)
+            dist.all_reduce(buffer)
+            reduced = buffer.tolist()
+            k = len(names)
+            sums, counts = dict(zip(names, reduced[:k], strict=True)), dict(zip(names, reduced[k : 2 * k], strict=True))
+            total, n_total = reduced[-2], reduced[-1]
+        return sums, counts, total, n_total
+
     def epoch_completed(self, engine: Engine) -> None:
-        means = {t: self._sums[t] / self._counts[t] for t in self._sums if self._counts[t]}
+        sums, counts, total, n_total = self._epoch_sums()
+        means = {t: sums[t] / counts[t] for t in sums if counts.get(t)}
         for task, value in means.items():
             engine.state.metrics[f"{self.prefix}loss/{task}"] = value
-        if self._total:
-            engine.state.metrics[f"{self.prefix}loss_epoch"] = sum(self._total) / len(self._total)
+        if n_total:
+            engine.state.metrics[f"{self.prefix}loss_epoch"] = total / n_total
         for task, weight in self.loss_function.weighting.current_weights().items():
             engine.state.metrics[f"{self.prefix}weight/{task}"] = float(weight)
         self.loss_function.on_epoch_end(means or None)
@@ -140,6 +161,13 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A model state dict saved from a DDP / DataParallel wrapper (every key ``module.*``) without the prefix."""
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
 
 
 class ResumableCheckpoint:
@@ -192,6 +220,7 @@ class ResumableCheckpoint:
             trainer.add_event_handler(Events.STARTED, self.load_last)
         trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save_last)
         trainer.add_event_handler(Events.COMPLETED, self.save_last)
+        trainer.add_event_handler(Events.COMPLETED, self.ensure_best)
         if self.key_metric_engine is not None:
             self.key_metric_engine.add_event_handler(Events.COMPLETED, self._maybe_save_best(trainer))
 
@@ -219,12 +248,34 @@ class ResumableCheckpoint:
         for name, obj in self.save_dict.items():
             if name not in checkpoint:
                 raise KeyError(f"{self.last_path} has no '{name}'; it holds {sorted(checkpoint)}")
-            (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(checkpoint[name])
+            if isinstance(obj, torch.nn.Module):
+                unwrap(obj).load_state_dict(_strip_module_prefix(checkpoint[name]))
+            else:
+                obj.load_state_dict(checkpoint[name])
         trainer.state.max_epochs = max_epochs  # the command line's epochs win over the checkpoint's
         _set_rng_state(checkpoint["rng"])
         self.best_value = checkpoint["best"]["value"]
         self.best_epoch = checkpoint["best"]["epoch"]
         logger.info("resumed from %s at epoch %d", self.last_path, trainer.state.epoch)
+
+    def ensure_best(self, trainer: Engine) -> None:
+        """At the end of training, give ``best.pt`` the final weights if no validation ever scored.
+
+        Why: a validation split without a labelled case for any task (tiny datasets, a split typo)
+        gives NaN key metrics, so no "best" is ever chosen and evaluation/inference would find no
+        model. nnU-Net always leaves a final checkpoint; here ``best.pt`` falls back to the final
+        weights with a warning that says why.
+        """
+        if self.best_path.is_file() or not self._is_main():
+            return
+        network = unwrap(self.save_dict["network"])
+        atomic_torch_save({"network": network.state_dict(), "epoch": trainer.state.epoch}, self.best_path)
+        logger.warning(
+            "no finite validation key metric in %d epochs (does the validation split have labelled cases?): "
+            "%s holds the final weights",
+            trainer.state.epoch,
+            self.best_path,
+        )
 
     def _maybe_save_best(self, trainer: Engine) -> Callable[[Engine], None]:
         def save_best(evaluator: Engine) -> None:

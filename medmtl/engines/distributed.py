@@ -1,0 +1,180 @@
+"""Helpers for ``multi_gpu_train.json``: one training run spread over processes started by ``torchrun``.
+
+A bundle's ``multi_gpu_train.json`` only overrides ids of its ``train.json`` (model-zoo style) and
+calls these helpers from ``$`` expressions. Everything else is PyTorch's and MONAI's:
+``torch.distributed`` process group, ``DistributedDataParallel``, ``monai.data.DistributedSampler``
+(``Workflow`` calls its ``set_epoch``), MONAI's ``Cumulative`` gathering of validation results and
+its ``is_not_rank0`` guard on the MLflow handler added by ``--tracking mlflow``.
+
+The same file runs on CPU (``gloo``) and on GPUs (``nccl``, one GPU per process, ``cuda:LOCAL_RANK``)::
+
+    torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
+        --config_file "['bundles/demo/configs/train.json','bundles/demo/configs/multi_gpu_train.json']"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "WRITER_HANDLERS",
+    "cleanup_distributed",
+    "distributed_backend",
+    "distributed_device",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "per_rank_handlers",
+    "rank0_only",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: handler classes (or their subclasses) that only write files, logs or MLflow records and run no
+#: collective: attached on the main process only by :func:`per_rank_handlers`. Handlers that must
+#: run on every rank (validation, loss weighting sync, early stopping, ``ResumableCheckpoint``,
+#: which loads on every rank and writes on rank 0 only) are not listed.
+WRITER_HANDLERS: tuple[str, ...] = (
+    "EpochProgress",
+    "RunArtifactsHandler",
+    "MLFlowHandler",
+    "ClearMLStatsHandler",
+    "ClearMLImageHandler",
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "TensorBoardImageHandler",
+    "CheckpointSaver",
+    "MetricsSaver",
+    "MetricLogger",
+    "EvaluationReportHandler",
+    "MultiTaskPredictionWriter",
+)
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_distributed() -> bool:
+    """True inside an initialised ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, and in every single-process run."""
+    return get_rank() == 0
+
+
+def distributed_backend() -> str:
+    """``"nccl"`` when CUDA (and NCCL) is available, else ``"gloo"`` (CPU)."""
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def distributed_device() -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` on GPU machines (``torchrun`` sets it), else CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> torch.device:
+    """Join the process group ``torchrun`` prepared (``env://``) and select this process's GPU.
+
+    An existing group is kept. On non-main ranks the ``medmtl`` and ``ignite`` loggers are
+    lowered to WARNING, so a run prints each epoch line once.
+
+    Args:
+        backend: ``None`` picks :func:`distributed_backend` (``nccl`` on GPU, ``gloo`` on CPU).
+        timeout_s: collective timeout in seconds (``None``: PyTorch's default).
+
+    Returns:
+        :func:`distributed_device`.
+
+    Raises:
+        RuntimeError: when ``torch.distributed`` is unavailable, or the process was not started by
+            ``torchrun`` (the message names the missing environment variables and the command).
+    """
+    if not dist.is_available():
+        raise RuntimeError("multi_gpu_train.json needs torch.distributed, which this PyTorch build lacks")
+    missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise RuntimeError(
+            f"multi_gpu_train.json must be started by torchrun (environment lacks {missing}), e.g. "
+            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run --config_file "
+            "\"['bundles/<name>/configs/train.json','bundles/<name>/configs/multi_gpu_train.json']\""
+        )
+    device = distributed_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend or distributed_backend()}
+        if timeout_s is not None:
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
+        if kwargs["backend"] == "nccl":
+            kwargs["device_id"] = device  # binds NCCL to this GPU (no guessing in barrier())
+        dist.init_process_group(**kwargs)
+    if not is_main_process():
+        for name in ("medmtl", "ignite"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    logger.info(
+        "process group: backend %s, world size %d, rank %d on %s",
+        dist.get_backend(),
+        get_world_size(),
+        get_rank(),
+        device,
+    )
+    return device
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if there is one (a bundle's ``finalize``)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def rank0_only(items: Iterable[T] | None) -> list[T]:
+    """``items`` as a list on the main process, ``[]`` on the other ranks."""
+    return list(items or []) if is_main_process() else []
+
+
+def _is_writer(handler: Any, writers: Sequence[str]) -> bool:
+    return any(cls.__name__ in writers for cls in type(handler).__mro__)
+
+
+def per_rank_handlers(handlers: Iterable[Any] | None, writers: Sequence[str] = WRITER_HANDLERS) -> list[Any]:
+    """The handlers this rank attaches: all on rank 0; on the others, all but the writers.
+
+    Selecting by type, not position, keeps a bundle's ``multi_gpu_train.json`` valid when its
+    ``train.json`` handler list changes or ``--tracking mlflow`` appends ``MLFlowHandler``.
+
+    Args:
+        handlers: handler objects (a bundle's resolved ``train::handlers``); ``None`` gives ``[]``.
+        writers: class names (matched along each handler's MRO) kept on rank 0 only.
+
+    Example::
+
+        "train::trainer::train_handlers": "$medmtl.engines.per_rank_handlers(@train::handlers)"
+    """
+    handlers = list(handlers or [])
+    if is_main_process():
+        return handlers
+    return [h for h in handlers if not _is_writer(h, writers)]

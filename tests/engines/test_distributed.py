@@ -1,0 +1,70 @@
+"""medmtl.engines.distributed helpers without a process group, and resume from a DDP-style checkpoint.
+
+The real multi-process run is tests/bundles/test_ddp.py (torchrun, 2 CPU ranks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+import medmtl.engines.distributed as D
+from medmtl.engines import (
+    EpochProgress,
+    MultiTaskLossHandler,
+    ResumableCheckpoint,
+    atomic_torch_save,
+    per_rank_handlers,
+    rank0_only,
+)
+from medmtl.tracking import RunArtifactsHandler
+
+
+def test_single_process_defaults() -> None:
+    assert not D.is_distributed()
+    assert (D.get_rank(), D.get_world_size(), D.is_main_process()) == (0, 1, True)
+    if not torch.cuda.is_available():
+        assert D.distributed_backend() == "gloo"
+        assert D.distributed_device() == torch.device("cpu")
+
+
+def test_writers_are_kept_on_rank0_only(monkeypatch) -> None:
+    class MyProgress(EpochProgress):  # subclasses of a writer are writers too
+        pass
+
+    progress, artifacts = MyProgress(tasks=[{"name": "t", "kind": "binary"}]), RunArtifactsHandler()
+    loss_handler = MultiTaskLossHandler(loss_function=None)
+    handlers = [loss_handler, progress, artifacts]
+    assert per_rank_handlers(handlers) == handlers and rank0_only(handlers) == handlers
+    monkeypatch.setattr(D, "get_rank", lambda: 1)
+    assert per_rank_handlers(handlers) == [loss_handler]
+    assert per_rank_handlers(handlers, writers=()) == handlers
+    assert rank0_only(handlers) == [] and per_rank_handlers(None) == []
+
+
+def test_init_without_torchrun_says_how_to_start(monkeypatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun.*RANK"):
+        D.init_distributed()
+
+
+def test_resume_loads_a_checkpoint_saved_from_a_ddp_wrapper(tmp_path) -> None:
+    """last.pt whose network keys all start with ``module.`` (a DDP state_dict) resumes a plain network."""
+    torch.manual_seed(0)
+    saved = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    trainer = Engine(lambda engine, batch: None)
+    ResumableCheckpoint(tmp_path, {"network": saved}).attach(trainer)
+    trainer.run([0], max_epochs=1)
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    checkpoint["network"] = {f"module.{k}": v for k, v in checkpoint["network"].items()}
+    atomic_torch_save(checkpoint, tmp_path / "last.pt")
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    resumed = Engine(lambda engine, batch: None)
+    ResumableCheckpoint(tmp_path, {"network": fresh}).attach(resumed)
+    resumed.run([0], max_epochs=2)
+    assert resumed.state.epoch == 2
+    for a, b in zip(saved.state_dict().values(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
