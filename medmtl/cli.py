@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -49,6 +51,66 @@ def _cmd_convert_dicom(args: argparse.Namespace) -> int:
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     return 0
+
+
+def _cmd_reformat_planes(args: argparse.Namespace) -> int:
+    from medmtl.data.planes import reformat_planes
+
+    written = reformat_planes(
+        args.source,
+        args.out,
+        case_id=args.case_id,
+        split=args.split,
+        size=args.size,
+        slice_spacing_mm=args.slice_mm,
+        max_slices=args.max_slices,
+        overwrite=args.overwrite,
+    )
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _case_id(text: str) -> str:
+    if not re.fullmatch(r"\d{4}", text):
+        raise argparse.ArgumentTypeError(f"must be 4 digits like MRNet's ids (e.g. 0001), got {text!r}")
+    return text
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
+    return value
+
+
+_REFORMAT_EPILOG = """\
+Writes OUT/<split>/{axial,coronal,sagittal}/<case id>.npy: uint8 (slices, size, size) stacks in
+MRNet's layout and plane convention, read by data_specs/mrnet.yaml (--root OUT). Nothing from the
+source's header is written; the case is named by --case-id only.
+
+The spec also reads three header-less label tables in OUT, which must exist: <split>-abnormal.csv,
+<split>-acl.csv, <split>-meniscus.csv (an MRNet copy has them; otherwise create them). Empty tables
+are fine: the case is then in the spec's "unlabelled" split, so select that split for inference.
+To give the case labels (for evaluation; it then joins the test split for --split valid), add one
+row "<case id>,<0 or 1>" to each table, e.g. "0001,1".
+"""
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -112,6 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="DICOM file or folder of one series")
     p.add_argument("output", help="output .nii.gz file, or a folder (one file per series)")
     p.set_defaults(func=_cmd_convert_dicom)
+
+    p = sub.add_parser(
+        "reformat-planes",
+        help="one 3D knee series (NIfTI or DICOM folder) to MRNet's axial/coronal/sagittal .npy stacks",
+        description="Reformat one 3D knee MRI series into MRNet's three plane stacks, to run the MRNet-trained model on it.",
+        epilog=_REFORMAT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="NIfTI file or folder of one DICOM series")
+    p.add_argument("out", help="MRNet-like root folder to write into (created if absent)")
+    p.add_argument("--case-id", required=True, type=_case_id, help="4-digit case id, e.g. 0001")
+    p.add_argument("--split", default="valid", choices=["valid", "train"], help="split folder (default: valid)")
+    p.add_argument("--size", type=_int_at_least(8), default=256, help="pixels per side (default: 256, as MRNet)")
+    p.add_argument(
+        "--slice-mm",
+        type=_positive_mm,
+        default=None,
+        help="slice spacing of every stack in mm (default: 3 mm, kept within 20-60 slices per stack)",
+    )
+    p.add_argument("--max-slices", type=_int_at_least(1), default=None, help="upper bound on slices per stack")
+    p.add_argument("--overwrite", action="store_true", help="replace the case's files if they exist")
+    p.set_defaults(func=_cmd_reformat_planes)
 
     p = sub.add_parser("demo-data", help="generate the small deterministic demo dataset (2D and 3D)")
     p.add_argument("out", help="output folder")
