@@ -1,14 +1,18 @@
 """From a spec to a table of cases: find files, read label tables, resolve templates, split.
 
 Everything a spec describes is resolved here, once, with every problem collected (duplicate ids,
-unmapped label values, missing CSV columns, paths escaping the data root...). Reading image
+unmapped label values, missing CSV columns, paths escaping the data root...), plus warnings for what
+silently shrinks a dataset: a mask template that finds no file for any case (a typo), masks that no
+case has (their image lost), case-table rows the cases regex skips. Reading image
 contents is left to :mod:`medmtl.data.validate` and the MONAI loaders; the only files opened here
 are label tables and, for ``mask_nonempty`` labels, the masks themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import glob as globlib
 import json
 import math
@@ -16,7 +20,7 @@ import os
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from medmtl.data.problems import DataError, Problem, Severity
-from medmtl.data.readers import load_array
+from medmtl.data.readers import diagnose_unreadable, load_array
 from medmtl.data.spec import CsvCases, CsvLookup, DatasetSpec, DecathlonCases, GlobCases, LabelSource, TaskSpec
 from medmtl.data.splits import SPLIT_NAMES, assign_splits
 from medmtl.data.tasks import LabelQuality, TaskKind, present_key
@@ -169,27 +173,32 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
         )
         return table
     resolver = _Resolver(root_path, table.problems)
-    seen: dict[str, str] = {}
-    for source, fields in _iter_records(spec, root_path, table.problems):
-        case = _build_case(spec, source, fields, resolver, quality, table.problems)
+    census = [_MaskCensus(t.name, which, source.mask) for t, which, source in _mask_sources(spec)]
+    seen: dict[str, _Origin] = {}
+    for source, fields, origin in _iter_records(spec, root_path, table.problems):
+        masks = _take_census(spec, source, fields, resolver, census)
+        case = _build_case(spec, source, fields, resolver, quality, table.problems, masks)
         if case is None:
             continue
-        origin = fields.get("path") or getattr(source, "csv", None) or getattr(source, "decathlon", None) or ""
         if case["case_id"] in seen:
             first = seen[case["case_id"]]
             table.problems.append(
                 Problem(
                     "duplicate_case_id",
-                    f"case id '{case['case_id']}' is produced by both {first!r} and {origin!r}",
+                    f"case id '{case['case_id']}' is produced by both {str(first)!r} and {str(origin)!r}",
                     "make the spec's case_id template unique (add the folder or split field), "
                     "or remove the duplicate entry",
-                    path=str(root_path / origin) if origin else None,
+                    path=str(root_path / origin.file),
                     case_id=case["case_id"],
                 )
             )
             continue
         seen[case["case_id"]] = origin
         table.cases.append(case)
+        for entry in census:
+            entry.count(case, source)
+    for entry in census:
+        table.problems += entry.problems(root_path, resolver.used)
     if not table.cases and not table.errors:
         patterns = [
             getattr(s, "glob", None) or getattr(s, "csv", None) or getattr(s, "decathlon", None)
@@ -207,22 +216,46 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
     return table
 
 
-def _iter_records(spec: DatasetSpec, root: Path, problems: list[Problem]) -> Iterator[tuple[Any, dict[str, str]]]:
-    """Yield ``(source, fields)`` for every entry of every case source that matches its regex."""
+@dataclass(frozen=True)
+class _Origin:
+    """Where a case record comes from: a matched file or folder, or a line of a case table."""
+
+    file: str
+    """Relative to the root: the matched path, or the case CSV / ``dataset.json``."""
+    line: int | None = None
+    """CSV line (1-based, header included) or ``dataset.json`` entry (1-based)."""
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return self.file if self.line is None else f"{self.file} {self.unit} {self.line}"
+
+
+def _iter_records(
+    spec: DatasetSpec, root: Path, problems: list[Problem]
+) -> Iterator[tuple[Any, dict[str, str], _Origin]]:
+    """Yield ``(source, fields, origin)`` for every entry of every case source that matches its regex.
+
+    Table rows (CSV, ``dataset.json``) that the regex skips are reported as a warning: unlike files
+    found by a glob (where skipping ``_mask`` files is the point), a listed case is meant to be used.
+    """
     for source in spec.case_sources:
         if isinstance(source, GlobCases):
             patterns = (source.glob,) if isinstance(source.glob, str) else source.glob
             entries = sorted({p for pattern in patterns for p in root.glob(pattern)})
-            raw = [{"path": p.relative_to(root).as_posix()} for p in entries]
+            raw = [(_Origin(p.relative_to(root).as_posix()), {"path": p.relative_to(root).as_posix()}) for p in entries]
         elif isinstance(source, CsvCases):
-            raw = _read_case_csv(root, source, problems)
+            raw = [(_Origin(source.csv, line), row) for line, row in _read_case_csv(root, source, problems)]
         else:
-            raw = _read_decathlon(root, source, problems)
-        for fields in raw:
+            entries = _read_decathlon(root, source, problems)
+            raw = [(_Origin(source.decathlon, i + 1, "entry"), row) for i, row in enumerate(entries)]
+        skipped: list[_Origin] = []
+        for origin, fields in raw:
             path = fields.get("path", "")
             if source.regex is not None:
                 match = re.fullmatch(source.regex, path)
                 if match is None:
+                    if origin.line is not None:
+                        skipped.append(origin)
                     continue
                 fields.update({k: v for k, v in match.groupdict().items() if v is not None})
             if path:
@@ -231,19 +264,37 @@ def _iter_records(spec: DatasetSpec, root: Path, problems: list[Problem]) -> Ite
                 fields.setdefault("stem", stem_of(name))
                 fields.setdefault("parent", path.rstrip("/").split("/")[-2] if "/" in path.rstrip("/") else "")
             fields.update(source.fields)
-            yield source, fields
+            yield source, fields, origin
+        if skipped:
+            first = skipped[0]
+            problems.append(
+                Problem(
+                    "skipped_rows",
+                    f"{len(skipped)} {first.unit}(s) of the case table do not match the spec's cases regex and are "
+                    f"left out (e.g. {first.unit} {first.line}: path {_path_of(raw, first)!r})",
+                    "fix the paths in the table, or widen the cases regex; remove the rows if they are meant "
+                    "to be left out",
+                    path=str(root / first.file),
+                    severity=Severity.WARNING,
+                )
+            )
 
 
-def _read_case_csv(root: Path, source: CsvCases, problems: list[Problem]) -> list[dict[str, str]]:
+def _path_of(raw: list[tuple[_Origin, dict[str, str]]], origin: _Origin) -> str:
+    return next((fields.get("path", "") for o, fields in raw if o == origin), "")
+
+
+def _read_case_csv(root: Path, source: CsvCases, problems: list[Problem]) -> list[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of every row of a case CSV; ``path`` set from ``path_column``."""
     path = root / source.csv
     rows = _read_csv(path, source.header, problems)
     if rows is None:
         return []
     if source.path_column is not None:
-        if rows and source.path_column not in rows[0]:
-            problems.append(_missing_column(path, source.path_column, rows[0]))
+        if rows and source.path_column not in rows[0][1]:
+            problems.append(_missing_column(path, source.path_column, rows[0][1]))
             return []
-        for row in rows:
+        for _, row in rows:
             row["path"] = row[source.path_column].strip().removeprefix("./")
     return rows
 
@@ -278,7 +329,8 @@ def _read_decathlon(root: Path, source: DecathlonCases, problems: list[Problem])
     return rows
 
 
-def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[dict[str, str]] | None:
+def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[tuple[int, dict[str, str]]] | None:
+    """``(line, row)`` pairs (the line where the row ends, header included), or None with a problem."""
     try:
         rows = _read_csv_cached(str(path), header)
     except FileNotFoundError:
@@ -289,15 +341,17 @@ def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[dict[st
             Problem("corrupt_file", f"cannot parse CSV: {err}", "save it as UTF-8 comma-separated text", path=str(path))
         )
         return None
-    return [dict(r) for r in rows]
+    return [(line, dict(r)) for line, r in rows]
 
 
 @lru_cache(maxsize=64)
-def _read_csv_cached(path: str, header: bool) -> tuple[dict[str, str], ...]:
+def _read_csv_cached(path: str, header: bool) -> tuple[tuple[int, dict[str, str]], ...]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         if header:
-            return tuple({(k or "").strip(): (v or "") for k, v in row.items()} for row in csv.DictReader(handle))
-        return tuple({f"col{i}": v for i, v in enumerate(row)} for row in csv.reader(handle) if row)
+            reader = csv.DictReader(handle)
+            return tuple((reader.line_num, {(k or "").strip(): (v or "") for k, v in row.items()}) for row in reader)
+        plain = csv.reader(handle)
+        return tuple((plain.line_num, {f"col{i}": v for i, v in enumerate(row)}) for row in plain if row)
 
 
 def _missing_column(path: Path, column: str | int, example_row: dict[str, str]) -> Problem:
@@ -314,12 +368,27 @@ def _column_name(column: str | int) -> str:
 
 
 class _Resolver:
-    """Turns templates into paths under the root, reporting paths that escape it."""
+    """Turns templates into paths under the root, reporting paths that escape it.
+
+    Every path it finds is remembered in ``used`` (so masks no case uses can be found afterwards),
+    and lookups are memoised, so resolving a template twice (the mask census does) costs nothing.
+    """
 
     def __init__(self, root: Path, problems: list[Problem]):
         self.root = root
         self.problems = problems
+        self.used: set[Path] = set()
         self._tables: dict[tuple[str, str, bool], dict[str, dict[str, str]] | None] = {}
+        self._found: dict[tuple[str, bool], list[Path]] = {}
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Resolve without reporting (the findings are reported by the build that uses the result)."""
+        kept, self.problems = self.problems, []
+        try:
+            yield
+        finally:
+            self.problems = kept
 
     def format(self, template: str, fields: dict[str, str], case_id: str | None, escape: bool = False) -> str | None:
         values = {k: globlib.escape(v) for k, v in fields.items()} if escape else fields
@@ -336,25 +405,34 @@ class _Resolver:
             )
             return None
 
+    def find(self, template: str, fields: dict[str, str], case_id: str | None) -> list[Path] | None:
+        """Existing files/folders the template names, wherever they are; None on a bad template."""
+        literal = "".join(part[0] for part in string.Formatter().parse(template))
+        magic = globlib.has_magic(literal)
+        name = self.format(template, fields, case_id, escape=magic)
+        if name is None:
+            return None
+        found = self._found.get((name, magic))
+        if found is None:
+            if magic:
+                found = (
+                    sorted(self.root.glob(name))
+                    if not Path(name).is_absolute()
+                    else sorted(map(Path, globlib.glob(name)))
+                )
+            else:
+                candidate = self.root / name
+                # an empty field (blank CSV cell) must not turn into the root folder itself
+                found = [candidate] if name.strip() and (candidate.exists() or candidate.is_symlink()) else []
+            self._found[(name, magic)] = found
+        self.used.update(found)
+        return found
+
     def paths(self, template: str, fields: dict[str, str], case_id: str) -> list[Path] | None:
         """Existing files/folders the template names (a glob may name several); None on a bad template."""
-        literal = "".join(part[0] for part in string.Formatter().parse(template))
-        if globlib.has_magic(literal):
-            pattern = self.format(template, fields, case_id, escape=True)
-            if pattern is None:
-                return None
-            found = (
-                sorted(self.root.glob(pattern))
-                if not Path(pattern).is_absolute()
-                else sorted(map(Path, globlib.glob(pattern)))
-            )
-        else:
-            name = self.format(template, fields, case_id)
-            if name is None:
-                return None
-            candidate = self.root / name
-            # an empty field (blank CSV cell) must not turn into the root folder itself
-            found = [candidate] if name.strip() and (candidate.exists() or candidate.is_symlink()) else []
+        found = self.find(template, fields, case_id)
+        if found is None:
+            return None
         inside = []
         for path in found:
             if not path.resolve().is_relative_to(self.root):
@@ -389,6 +467,11 @@ class _Resolver:
         values = [row.get(_column_name(c)) for c in columns]
         return values if isinstance(spec.value_column, tuple) else values[0]
 
+    def _report(self, problem: Problem) -> None:
+        """Add a table problem once (a table read for two columns, e.g. patient and label, finds it twice)."""
+        if problem not in self.problems:
+            self.problems.append(problem)
+
     def _table(self, path: Path, spec: CsvLookup) -> dict[str, dict[str, str]] | None:
         cache_key = (str(path), str((spec.key_column, spec.value_column)), spec.header)
         if cache_key in self._tables:
@@ -398,24 +481,27 @@ class _Resolver:
         if rows is not None:
             key_col = _column_name(spec.key_column)
             value_cols = spec.value_column if isinstance(spec.value_column, tuple) else (spec.value_column,)
-            missing = [c for c in (key_col, *map(_column_name, value_cols)) if rows and c not in rows[0]]
+            missing = [c for c in (key_col, *map(_column_name, value_cols)) if rows and c not in rows[0][1]]
             if missing:
                 for column in missing:
-                    self.problems.append(_missing_column(path, column, rows[0]))
+                    self._report(_missing_column(path, column, rows[0][1]))
             else:
                 table = {}
-                for row in rows:
+                lines: dict[str, int] = {}
+                for line, row in rows:
                     key = _normalise_key(row[key_col])
                     if key in table:
-                        self.problems.append(
+                        self._report(
                             Problem(
                                 "duplicate_case_id",
-                                f"key {row[key_col]!r} appears twice in column {key_col!r}",
-                                "remove the duplicate row",
+                                f"key {row[key_col]!r} appears twice in column {key_col!r} (lines {lines[key]} "
+                                f"and {line}); only the last row is used",
+                                "remove the duplicate row, keeping the right one",
                                 path=str(path),
                             )
                         )
                     table[key] = row
+                    lines[key] = line
         self._tables[cache_key] = table
         return table
 
@@ -426,6 +512,139 @@ def _normalise_key(key: str) -> str:
     return str(int(key)) if key.isdigit() else key
 
 
+def _mask_sources(spec: DatasetSpec) -> list[tuple[TaskSpec, str, LabelSource]]:
+    """Every mask template of the spec: ``(task, "label" | "weak_label", source)``."""
+    return [
+        (task, which, source)
+        for task in spec.tasks
+        for which, source in (("label", task.label), ("weak_label", task.weak_label))
+        if source is not None and source.mask is not None
+    ]
+
+
+@dataclass
+class _MaskCensus:
+    """Which files one mask template finds, over all cases: for the "matches nothing" and "no case uses
+    this mask" warnings (a typo in a template, or an image lost while its mask stayed)."""
+
+    task: str
+    which: str
+    template: str
+    cases: int = 0
+    found: int = 0
+    example: Path | None = None
+    hits: set[str] = field(default_factory=set)
+    """Case ids whose record found a file (set by :func:`_take_census`, read by :meth:`count`)."""
+
+    def count(self, case: dict, source: Any) -> None:
+        if getattr(source, "unlabelled", False):
+            return
+        self.cases += 1
+        self.found += case["case_id"] in self.hits
+
+    def problems(self, root: Path, used: set[Path]) -> list[Problem]:
+        found: list[Problem] = []
+        label = "label" if self.which == "label" else "weak label"
+        if self.cases and not self.found:
+            example = _rel(self.example, root) if self.example is not None else self.template
+            found.append(
+                Problem(
+                    "no_mask_found",
+                    f"task '{self.task}': its {label} template {self.template!r} matched no file for any of the "
+                    f"{self.cases} case(s) (e.g. {example}{_near_miss(root, self.example)})",
+                    "check the template's folder and file names against the files under the data root "
+                    "(spelling, upper/lower case, suffix); if the dataset has no such masks, remove the "
+                    f"task's {self.which}",
+                    path=str(root),
+                    severity=Severity.WARNING,
+                )
+            )
+        pattern = "".join(
+            text + ("*" if name is not None else "") for text, name, _, _ in string.Formatter().parse(self.template)
+        )
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            return found
+        stray = sorted(p for p in root.glob(pattern) if p not in used and p.is_file())
+        for path in stray[:_STRAY_LISTED]:
+            found.append(
+                Problem(
+                    "orphan_mask",
+                    f"matches the {label} template {self.template!r} of task '{self.task}' but no case has it: "
+                    "its image is missing, misnamed, or left out by the spec's cases glob/regex",
+                    "restore the case's image (or fix its name), or delete the stray mask",
+                    path=str(path),
+                    severity=Severity.WARNING,
+                )
+            )
+        if len(stray) > _STRAY_LISTED:
+            found.append(
+                Problem(
+                    "orphan_mask",
+                    f"... and {len(stray) - _STRAY_LISTED} more masks of task '{self.task}' that no case has",
+                    "restore their images, or delete the stray masks",
+                    path=str(root),
+                    severity=Severity.WARNING,
+                )
+            )
+        return found
+
+
+_STRAY_LISTED = 10
+"""Stray masks named one by one per template; the rest are counted."""
+
+
+def _take_census(
+    spec: DatasetSpec, source: Any, fields: dict[str, str], resolver: _Resolver, census: list[_MaskCensus]
+) -> list[Path]:
+    """Resolve every mask template for one record, quietly; returns the masks it has (any task, any quality).
+
+    Quiet because the build that uses a label reports its problems; this only marks the files as used
+    (also for records dropped for a missing image, and unlabelled sources) and counts the hits.
+    """
+    found: list[Path] = []
+    with resolver.quiet():
+        case_id = resolver.format(spec.case_id, fields, None)
+        if case_id is None:
+            return found
+        record = {**fields, "case_id": case_id}
+        for entry in census:
+            paths = resolver.find(entry.template, record, case_id)
+            if paths:
+                entry.hits.add(case_id)
+                found += paths
+            elif paths is not None and entry.example is None and not getattr(source, "unlabelled", False):
+                example = resolver.format(entry.template, record, case_id)
+                entry.example = resolver.root / example if example else None
+    return found
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _near_miss(root: Path, expected: Path | None) -> str:
+    """``": there is no folder 'labelsWeak' in the data root; did you mean 'labels_weak'?"`` for a path not found."""
+    if expected is None:
+        return ""
+    parent = expected
+    while not parent.parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if parent.parent == parent or not parent.parent.is_dir():
+        return ""
+    try:
+        names = [p.name for p in parent.parent.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(parent.name, names, n=1, cutoff=0.6)
+    where = _rel(parent.parent, root) if parent.parent != root else "the data root"
+    kind = "file" if parent == expected else "folder"
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f": there is no {kind} {parent.name!r} in {where}{hint}"
+
+
 def _build_case(
     spec: DatasetSpec,
     source: Any,
@@ -433,6 +652,7 @@ def _build_case(
     resolver: _Resolver,
     quality: LabelQuality,
     problems: list[Problem],
+    masks: Sequence[Path] = (),
 ) -> dict | None:
     case_id = resolver.format(spec.case_id, fields, None)
     if case_id is None:
@@ -454,10 +674,11 @@ def _build_case(
         if paths is None:
             return None
         if not paths:
+            has = f", although the case has a mask ({_rel(masks[0], resolver.root)})" if masks else ""
             problems.append(
                 Problem(
                     "missing_file",
-                    f"input '{key}' not found ({template!r})",
+                    f"input '{key}' not found ({template!r}){has}",
                     "restore the file, or fix the spec's inputs template",
                     path=str(resolver.root / (resolver.format(template, fields, case_id) or template)),
                     case_id=case_id,
@@ -494,19 +715,24 @@ def _label_value(
         paths = resolver.paths(source.mask_nonempty, fields, case_id)
         if not paths:
             return None
-        try:
-            return int(any(bool(np.any(load_array(str(p)))) for p in paths))
-        except Exception as err:  # noqa: BLE001 - any reader failure is reported, not raised
-            problems.append(
-                Problem(
-                    "unreadable_file",
-                    f"cannot read mask: {err}",
-                    "replace the file",
-                    path=str(paths[0]),
-                    case_id=case_id,
+        for path in paths:
+            try:
+                if np.any(load_array(str(path))):
+                    return 1
+            except Exception as err:  # noqa: BLE001 - any reader failure is reported, not raised
+                found = getattr(err, "problems", None)
+                message, fix = (found[0].message, found[0].fix) if found else diagnose_unreadable(path, err)
+                problems.append(
+                    Problem(
+                        "unreadable_file",
+                        f"cannot read the mask that gives task '{task.name}' its label (mask_nonempty): {message}",
+                        fix,
+                        path=str(path),
+                        case_id=case_id,
+                    )
                 )
-            )
-            return None
+                return None
+        return 0
     if source.field is not None:
         if source.field not in fields:
             problems.append(

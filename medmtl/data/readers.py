@@ -23,9 +23,12 @@ and ``.npy`` as stored. The affine (RAS) is in the MetaTensor's ``meta["affine"]
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import logging
 import os
 import warnings
+import zlib
 from collections.abc import Hashable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +50,7 @@ __all__ = [
     "MedmtlLoadImage",
     "MedmtlLoadImaged",
     "SUPPORTED_SUFFIXES",
+    "diagnose_unreadable",
     "load_array",
     "load_image",
     "make_loader",
@@ -86,6 +90,176 @@ def _suffix(path: str) -> str:
 
 def _read_error(check: str, path: str, message: str, fix: str) -> ImageReadError:
     return ImageReadError([Problem(check, message, fix, path=path)], context=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# why a file cannot be read: its first bytes say more than the reader's exception
+
+_TRUNCATED_FIX = "the file is incomplete (an interrupted copy, download or export): copy or export it again"
+_EMPTY_FIX = "copy or export the file again (an interrupted copy or a full disk leaves empty files)"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+_MAGIC = (
+    (b"\x1f\x8b", "gzip data (a .nii.gz?)"),
+    (_PNG_SIGNATURE, "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"PK\x03\x04", "a zip archive (an .npz, or a download to unpack?)"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+)
+
+
+def _looks_like(head: bytes) -> str:
+    """``": it holds gzip data (a .nii.gz?)"`` when the first bytes are a known format's, else ``""``."""
+    found = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if found is None and head[128:132] == b"DICM":
+        found = "a DICOM file"
+    if found is None and head.lstrip()[:1] in (b"<", b"{"):
+        found = "text (an HTML/XML/JSON page: an error page saved instead of the file?)"
+    if found is None and len(head) >= 348 and int.from_bytes(head[:4], "little") in (348, 540):
+        found = "an uncompressed NIfTI image (a .nii?)"
+    return f": it holds {found}" if found else ""
+
+
+def _wrong_format_fix(suffix: str) -> str:
+    return f"the file is not in the format its name says: export it again as {suffix} (or give it its real suffix)"
+
+
+def _reader_reason(err: BaseException, path: str) -> str:
+    """The reader's own words, one line, capped, the file's path shortened to its name (the problem names
+    it already); MONAI's ``NumpyReader`` hides the real error in ``__cause__`` (it turns every
+    ``ValueError`` into advice to allow pickle loading, which would be unsafe here)."""
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+    text = " ".join(str(cause).replace(path, Path(path).name).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _nifti_header_problem(head: bytes, size: int, suffix: str) -> tuple[str, str] | None:
+    """A NIfTI-1/2 header that is not one, or that describes more voxel bytes than the file holds."""
+    import nibabel as nib
+
+    if len(head) < 4:
+        return "not a NIfTI file: too short for a header", _wrong_format_fix(suffix)
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    header_class = nib.Nifti1Header if 348 in sizes else nib.Nifti2Header if 540 in sizes else None
+    if header_class is None:
+        return (
+            f"not a NIfTI file: it does not start with a NIfTI-1/2 header (first field 348 or 540){_looks_like(head)}",
+            _wrong_format_fix(suffix),
+        )
+    try:
+        header = header_class.from_fileobj(io.BytesIO(head), check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        needed = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+    except Exception:  # noqa: BLE001 - a garbled header is reported as such
+        return "the NIfTI header is corrupt (its fields cannot be decoded)", _TRUNCATED_FIX
+    if size < needed:
+        return (
+            f"the image data ends early: the header describes {shape} voxels of {header.get_data_dtype()} "
+            f"({needed} bytes with the header) but the file holds {size}: it is truncated",
+            _TRUNCATED_FIX,
+        )
+    return None
+
+
+def _sniff_gzip(path: Path, head: bytes) -> tuple[str, str] | None:
+    if head[:2] != b"\x1f\x8b":
+        return f"not gzip data, although the name ends in .gz{_looks_like(head)}", _wrong_format_fix(_suffix(str(path)))
+    content, size = b"", 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                content += chunk[: 540 - len(content)]
+                size += len(chunk)
+    except EOFError:
+        return "the gzip data ends early: the file is truncated", _TRUNCATED_FIX
+    except (OSError, zlib.error) as err:
+        return f"the gzip data is corrupt ({type(err).__name__})", _TRUNCATED_FIX
+    if _suffix(str(path)) == ".nii.gz":
+        return _nifti_header_problem(content, size, ".nii.gz")
+    return None
+
+
+def _sniff_png(path: Path, head: bytes) -> tuple[str, str] | None:
+    if not head.startswith(_PNG_SIGNATURE):
+        return f"not a PNG file, although the name ends in .png{_looks_like(head)}", _wrong_format_fix(".png")
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 12))
+        if _PNG_END not in handle.read():
+            return "the PNG data ends early (no end chunk): the file is truncated", _TRUNCATED_FIX
+    return None
+
+
+def _sniff_npy(path: Path, head: bytes) -> tuple[str, str] | None:
+    if not head.startswith(b"\x93NUMPY"):
+        return f"not a NumPy .npy file (no \\x93NUMPY header){_looks_like(head)}", _wrong_format_fix(".npy")
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(handle)
+            offset = handle.tell()
+    except Exception:  # noqa: BLE001 - a garbled header is reported as such
+        return "the .npy header is corrupt", _TRUNCATED_FIX
+    if dtype.hasobject:
+        return (
+            f"holds Python objects (dtype object, shape {tuple(shape)}), not a numeric array; medmtl does not "
+            "unpickle files (it could run code)",
+            "save one numeric array per file, e.g. np.save(path, np.stack(slices).astype(np.float32)); "
+            "pad or resample slices of different sizes first",
+        )
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < needed:
+        return (
+            f"the array data ends early: the header describes {tuple(shape)} {dtype} ({needed} bytes) but the "
+            f"file holds {size}: it is truncated",
+            _TRUNCATED_FIX,
+        )
+    return None
+
+
+_SNIFFERS = {".nii.gz": _sniff_gzip, ".gz": _sniff_gzip, ".png": _sniff_png, ".npy": _sniff_npy}
+
+
+def diagnose_unreadable(path: str | os.PathLike, err: BaseException) -> tuple[str, str]:
+    """Why a reader failed on ``path``, and the fix: ``(message, fix)`` for a :class:`Problem`.
+
+    Readers' exceptions rarely say what happened to the file (nibabel: "Cannot work out file type",
+    MONAI's ``NumpyReader``: "allow pickle loading" for any damage), so the file's first bytes are
+    checked against what its suffix promises: empty, another format, cut short (gzip stream, NIfTI or
+    ``.npy`` data shorter than the header says, a PNG without its end chunk), or a pickled ``.npy``.
+    The reader's own words follow in brackets.
+    """
+    file = Path(path)
+    reason = _reader_reason(err, str(file))
+    suffix = _suffix(str(file))
+    generic = (
+        f"could not be read as {suffix or 'an image'} ({reason})",
+        "the file is probably truncated or corrupt: export or download it again",
+    )
+    try:
+        size = file.stat().st_size
+        if size == 0:
+            return f"the file is empty (0 bytes; {reason})", _EMPTY_FIX
+        with open(file, "rb") as handle:
+            head = handle.read(540)
+        sniff = _SNIFFERS.get(suffix)
+        found = sniff(file, head) if sniff else None
+        if found is None and suffix == ".nii":
+            found = _nifti_header_problem(head, size, suffix)
+    except Exception:  # noqa: BLE001 - diagnosing must never hide the reader's own error
+        return generic
+    if found is None:
+        return generic
+    message, fix = found
+    return f"{message} ({size} bytes; {reason})", fix
 
 
 class MedmtlDicomReader(ImageReader):
@@ -273,12 +447,8 @@ class MedmtlReader(ImageReader):
         except DataError:
             raise
         except Exception as err:  # noqa: BLE001 - readers raise many types for corrupt files
-            raise _read_error(
-                "unreadable_file",
-                name,
-                f"could not be read as {_suffix(name) or 'an image'} ({type(err).__name__}: {str(err)[:200]})",
-                "the file is probably truncated or corrupt: export or download it again",
-            ) from None
+            message, fix = diagnose_unreadable(name, err)
+            raise _read_error("unreadable_file", name, message, fix) from None
 
 
 @contextlib.contextmanager

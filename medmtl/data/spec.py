@@ -34,8 +34,10 @@ Decathlon entry keys) plus ``path`` (the matched path relative to root), ``name`
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -409,7 +411,7 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(raw)
     except ValidationError as err:
-        problems = [_problem_from_pydantic(e, path) for e in err.errors()]
+        problems = [_problem_from_pydantic(e, path, raw) for e in err.errors()]
         if all(e["loc"] for e in err.errors()):  # field errors stop pydantic before the cross-field checks
             problems += _cross_field_problems(raw, path)
         raise SpecError(problems, str(path)) from None
@@ -428,13 +430,61 @@ def _cross_field_problems(raw: dict, path: Path) -> list[Problem]:
     return [Problem("invalid_value", message, "name one of the spec's classification tasks", path=str(path))]
 
 
-def _problem_from_pydantic(error: dict, path: Path) -> Problem:
-    location = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+_README = "data_specs/README.md describes every key"
+_FIXES = {
+    "literal_error": "use one of the allowed values",
+    "enum": "use one of the allowed values",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number",
+    "float_type": "write a number",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write a text value (quote it if YAML reads it as a number or a list)",
+    "list_type": "write a list, e.g. [a, b]",
+    "tuple_type": "write a list, e.g. [a, b]",
+    "dict_type": "write a mapping, e.g. {key: value}",
+    "model_type": "write a mapping, e.g. {key: value}",
+}
+
+
+@lru_cache(maxsize=1)
+def _known_keys() -> tuple[str, ...]:
+    """Every key a spec may use, at any level (for "did you mean" on a misspelt one)."""
+    models = (DatasetSpec, TaskSpec, LabelSource, CsvLookup, SplitSpec, GlobCases, CsvCases, DecathlonCases)
+    return tuple(sorted({name for model in models for name in model.model_fields if name != "spec_path"}))
+
+
+def _located(error: dict, raw: dict | None) -> tuple[str, str | None]:
+    """``("tasks.0.kind", "lesion")``: the key path, and the task's name when the key is in a named task."""
+    parts = [p for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
+    location = ".".join(str(p) for p in parts)
+    tasks = raw.get("tasks") if isinstance(raw, dict) else None
+    if len(parts) > 1 and parts[0] == "tasks" and isinstance(parts[1], int) and isinstance(tasks, list):
+        task = tasks[parts[1]] if parts[1] < len(tasks) else None
+        if isinstance(task, dict) and isinstance(task.get("name"), str):
+            return location, task["name"]
+    return location, None
+
+
+def _problem_from_pydantic(error: dict, path: Path, raw: dict | None = None) -> Problem:
+    location, task = _located(error, raw)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return Problem("unknown_key", f"unknown key '{location}'", "remove it or check its spelling", path=str(path))
+        owner = f": task '{task}' has no such key" if task else ""
+        close = difflib.get_close_matches(location.rsplit(".", 1)[-1], _known_keys(), n=1, cutoff=0.75)
+        fix = f"did you mean '{close[0]}'? Otherwise remove it" if close else "remove it or check its spelling"
+        return Problem("unknown_key", f"unknown key '{location}'{owner}", fix, path=str(path))
     if kind == "missing":
-        return Problem("missing_key", f"required key '{location}' is missing", "add it", path=str(path))
+        owner = f" from task '{task}'" if task else ""
+        return Problem(
+            "missing_key", f"required key '{location}' is missing{owner}", f"add it ({_README})", path=str(path)
+        )
     received = error.get("input")
-    text = f"'{location}': {error['msg']}" + (f" (got {received!r})" if not isinstance(received, dict | list) else "")
-    return Problem("invalid_value", text, "see data_specs/README.md for the expected form", path=str(path))
+    owner = f" (task '{task}')" if task else ""
+    text = f"'{location}'{owner}: {error['msg'].replace('a valid tuple', 'a list')}" + (
+        f" (got {received!r})" if not isinstance(received, dict | list) else ""
+    )
+    fix = _FIXES.get(kind, "")
+    return Problem("invalid_value", text, f"{fix}; {_README}" if fix else _README, path=str(path))

@@ -3,8 +3,8 @@
 A training run must not die on case 312 of 400, or silently learn from a mask that is shifted,
 rescaled or full of 255s. :func:`validate_dataset` runs nnU-Net's ``verify_dataset_integrity``
 checks (file presence, readability, NaNs, label values, image/label shape and spacing) plus the
-ones a multi-task, multi-format toolkit needs (ranks, several masks per case, DICOM folders),
-but never stops at the first finding: the spec, the case table and every file are checked, and
+ones a multi-task, multi-format toolkit needs (ranks, several masks per case, weak-label masks,
+DICOM folders), but never stops at the first finding: the spec, the case table and every file are checked, and
 the user gets one list of :class:`~medmtl.data.problems.Problem` s, each naming the file, the
 check and the fix.
 
@@ -37,14 +37,22 @@ import numpy as np
 from medmtl.data.problems import DataError, Problem, Severity, format_problems
 from medmtl.data.spec import DatasetSpec, SpecError, load_spec
 from medmtl.data.splits import SPLIT_NAMES
-from medmtl.data.tasks import TaskKind
+from medmtl.data.tasks import TaskKind, present_key
 
-__all__ = ["GeometryTolerance", "ValidationReport", "require_valid_dataset", "validate_dataset"]
+__all__ = [
+    "DatasetExit",
+    "DatasetInvalidError",
+    "GeometryTolerance",
+    "ValidationReport",
+    "require_valid_dataset",
+    "validate_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 _EMPTY_EXAMPLES = 5  # case ids quoted in the empty-mask warning (the JSON report lists all)
+_WEAK_SUFFIX = ":weak"  # empty_masks key of a task's weak masks
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ class ValidationReport:
         label_counts: ``{split: {task: {"labelled", "missing", <class>: cases}}}`` with an ``all``
             split; for segmentation tasks the class counts are cases whose mask contains the class
             (only when files were checked).
-        empty_masks: ``{task: [case_id, ...]}`` of all-background masks.
+        empty_masks: ``{task: [case_id, ...]}`` of all-background masks (``"<task>:weak"`` for weak-label
+            masks).
         duration_s: wall time of the validation.
         workers: processes used for the file checks (1: in-process).
         check_files: whether files were opened at all.
@@ -203,6 +212,17 @@ class _MaskRule:
     num_classes: int
     binarize: bool = False
     values: tuple[tuple[int, int], ...] = ()
+    weak: bool = False
+    """A ``weak_label`` mask (machine-made): checked like the strong one, counted apart."""
+
+    @property
+    def role(self) -> str:
+        return f"{'weak mask' if self.weak else 'mask'} of task '{self.task}'"
+
+    @property
+    def key(self) -> str:
+        """The task's key in ``empty_masks`` (weak masks apart from the strong ones)."""
+        return f"{self.task}{_WEAK_SUFFIX if self.weak else ''}"
 
     def describe(self) -> str:
         if self.binarize:
@@ -289,7 +309,7 @@ def _run_case_checks(job: _CaseJob, result: _CaseResult) -> None:
         any_foreground = False
         unchecked = False  # a file whose values could not be read (colour mask): emptiness unknown
         for path in paths:
-            grid, found, foreground = _inspect(path, f"mask of task '{rule.task}'", job, rule, problems)
+            grid, found, foreground = _inspect(path, rule.role, job, rule, problems)
             result.files += 1
             if grid is None:
                 continue
@@ -307,9 +327,10 @@ def _run_case_checks(job: _CaseJob, result: _CaseResult) -> None:
             else:  # several files OR-ed into one label must share a grid
                 _compare(grid, task_first, "mask_shape_mismatch", job, problems)
         if readable:
-            present[rule.task] = tuple(sorted(classes))
+            if not rule.weak:
+                present[rule.task] = tuple(sorted(classes))
             if not any_foreground and not unchecked:
-                empty.append(rule.task)
+                empty.append(rule.key)
     result.classes_present = present
     result.empty = tuple(empty)
 
@@ -332,14 +353,22 @@ def _inspect(
     spatial, channel_axis = _spatial_shape(array.shape, job.spatial_dims, channel_sizes)
     if spatial is None:
         extra = " or RGB(A) with 3/4 channels" if job.spatial_dims == 2 else ""
+        if array.ndim < job.spatial_dims:
+            fix = (
+                f"this file is {array.ndim}D: use a spec with spatial_dims: {array.ndim} for {array.ndim}D "
+                f"images, or give a {job.spatial_dims}D file here"
+            )
+        else:
+            fix = (
+                "split channels / time points into separate files (one input per file), or fix spatial_dims in the spec"
+            )
         problems.append(
             Problem(
                 "wrong_rank",
                 f"{role} has shape {tuple(array.shape)} ({array.ndim}D) but the spec's spatial_dims is "
                 f"{job.spatial_dims}: expected {job.spatial_dims} spatial axes, optionally with one channel "
                 f"axis of size 1{extra}",
-                "fix spatial_dims in the spec, or split channels / time points into separate files "
-                "(one input per file)",
+                fix,
                 path=path,
                 case_id=job.case_id,
             )
@@ -364,7 +393,7 @@ def _inspect(
 
 def _read(path: str, role: str, case_id: str, problems: list[Problem]) -> Any:
     """The file as a MetaTensor (:func:`medmtl.data.readers.load_image`), or ``None`` with a problem."""
-    from medmtl.data.readers import load_image
+    from medmtl.data.readers import diagnose_unreadable, load_image
 
     file = Path(path)
     if not file.exists():
@@ -387,20 +416,20 @@ def _read(path: str, role: str, case_id: str, problems: list[Problem]) -> Any:
     try:
         return load_image(path)
     except Exception as err:  # noqa: BLE001 - every reader failure is a finding, not a crash
-        specific = [p for p in getattr(err, "problems", []) if p.check != "unreadable_file"]
-        if specific:  # the reader's own findings (decode_failed, unsupported_format...) say more
-            problems.extend(dataclasses.replace(p, case_id=p.case_id or case_id, path=p.path or path) for p in specific)
-            return None
-        problems.append(
-            Problem(
-                "unreadable_file",
-                f"cannot read {role}: {_diagnose(file, err)}",
-                "re-export or re-copy the file (it is damaged, truncated or not in the format its name says), "
-                "or remove the case",
-                path=path,
-                case_id=case_id,
+        found = list(getattr(err, "problems", []))
+        if found:  # the reader's findings name the file's damage (truncated, not gzip...) and the fix
+            problems.extend(
+                dataclasses.replace(
+                    p,
+                    message=f"cannot read {role}: {p.message}" if p.check == "unreadable_file" else p.message,
+                    case_id=p.case_id or case_id,
+                    path=p.path or path,
+                )
+                for p in found
             )
-        )
+            return None
+        message, fix = diagnose_unreadable(path, err)
+        problems.append(Problem("unreadable_file", f"cannot read {role}: {message}", fix, path=path, case_id=case_id))
         return None
 
 
@@ -460,26 +489,6 @@ def _describe(err: BaseException) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _diagnose(path: Path, err: BaseException) -> str:
-    """The reader's error, preceded by what the first bytes say about the file when that is clearer."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError:
-        return _describe(err)
-    name = path.name.lower()
-    if size == 0:
-        hint = "the file is empty (0 bytes)"
-    elif name.endswith(".gz") and head[:2] != b"\x1f\x8b":
-        hint = "not gzip data, although the name ends in .gz"
-    elif name.endswith(".png") and head != b"\x89PNG\r\n\x1a\n":
-        hint = "not a PNG file, although the name ends in .png"
-    else:
-        hint = ""
-    return f"{hint} ({size} bytes); {_describe(err)}" if hint else _describe(err)
 
 
 def _spatial_shape(
@@ -682,6 +691,7 @@ def validate_dataset(
     check_files: bool = True,
     tolerance: GeometryTolerance | None = None,
     progress: bool | None = None,
+    spec_overrides: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Check a dataset spec, its case table and every file it names; collect every problem.
 
@@ -694,6 +704,8 @@ def validate_dataset(
         check_files: open every input and mask (``False``: only the spec and the case table).
         tolerance: how far the grids of one case may differ (default :class:`GeometryTolerance`).
         progress: show a progress bar on stderr; ``None`` shows it when stderr is a terminal.
+        spec_overrides: top-level keys replacing those of the spec file (as :func:`load_spec` takes
+            them, e.g. a bundle's ``splits``); ignored when ``spec`` is a :class:`DatasetSpec`.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem is an error.
@@ -716,7 +728,7 @@ def validate_dataset(
     else:
         report.spec_path = str(spec)
         try:
-            loaded = load_spec(spec)
+            loaded = load_spec(spec, **(spec_overrides or {}))
         except SpecError as err:
             loaded = None
             report.problems.extend(err.problems)
@@ -749,13 +761,14 @@ def _validate_spec(
         return
     report.root = str(table.root)
     report.problems.extend(table.problems)
+    weak_masks = _weak_masks(spec, root, table.cases, report)
     report.num_cases = len(table.cases)
     report.split_counts = {s: n for s, n in sorted(table.split_counts().items(), key=lambda kv: _split_order(kv[0]))}
     splits = [s for s in SPLIT_NAMES if s in report.split_counts]
     report.label_counts = {s: table.label_counts(s) for s in (*splits, "all")} if table.cases else {}
     if not report.check_files or not table.cases:
         return
-    jobs = [_job(spec, case, tolerance) for case in table.cases]
+    jobs = [_job(spec, case, tolerance, weak_masks.get(case["case_id"], {})) for case in table.cases]
     results = _run_jobs(jobs, workers, progress, report)
     present_by_case: dict[str, dict[str, tuple[int, ...]]] = {}
     for result in results:
@@ -765,13 +778,18 @@ def _validate_spec(
         for task in result.empty:
             report.empty_masks.setdefault(task, []).append(result.case_id)
     _add_segmentation_counts(spec, table.cases, present_by_case, report)
-    for task, case_ids in report.empty_masks.items():
+    for key, case_ids in report.empty_masks.items():
         examples = ", ".join(case_ids[:_EMPTY_EXAMPLES]) + (", ..." if len(case_ids) > _EMPTY_EXAMPLES else "")
-        labelled = report.label_counts.get("all", {}).get(task, {}).get("labelled", len(case_ids))
+        task, weak = key.removesuffix(_WEAK_SUFFIX), key.endswith(_WEAK_SUFFIX)
+        if weak:
+            labelled = sum(task in masks for masks in weak_masks.values())
+        else:
+            labelled = report.label_counts.get("all", {}).get(task, {}).get("labelled", len(case_ids))
         report.problems.append(
             Problem(
                 "empty_mask",
-                f"task '{task}': {len(case_ids)} of {labelled} masks are all background ({examples})",
+                f"task '{task}': {len(case_ids)} of {labelled} {'weak ' if weak else ''}masks are all background "
+                f"({examples})",
                 "expected for negative cases; otherwise check the masks and the label's values/binarize "
                 "(the --json report lists every case)",
                 severity=Severity.WARNING,
@@ -779,28 +797,61 @@ def _validate_spec(
         )
 
 
+def _weak_masks(
+    spec: DatasetSpec, root: str | os.PathLike | None, cases: list[dict], report: ValidationReport
+) -> dict[str, dict[str, str | list[str]]]:
+    """``{case_id: {task: weak mask path(s)}}`` for tasks with a ``weak_label`` mask, and the weak labels' own problems.
+
+    Weak-label pre-training reads these masks as training targets, so they get the same checks as the
+    strong ones; the weak case table's problems that the strong one does not have (a weak mask outside
+    the root, an invalid weak class label...) join the report.
+    """
+    if not any(t.weak_label is not None for t in spec.tasks):
+        return {}
+    try:
+        weak = spec.build_cases(root=root, label_quality="weak")
+    except SpecError:  # already reported by the strong table
+        return {}
+    known = set(report.problems)
+    report.problems.extend(p for p in weak.problems if p not in known)
+    tasks = [t.name for t in spec.tasks if t.weak_label is not None and t.weak_label.mask is not None]
+    ids = {c["case_id"] for c in cases}
+    return {
+        c["case_id"]: {t: c[t] for t in tasks if c.get(present_key(t)) and t in c}
+        for c in weak.cases
+        if c["case_id"] in ids
+    }
+
+
 def _split_order(split: str) -> int:
     return SPLIT_NAMES.index(split) if split in SPLIT_NAMES else len(SPLIT_NAMES)
 
 
-def _job(spec: DatasetSpec, case: dict, tolerance: GeometryTolerance) -> _CaseJob:
+def _job(
+    spec: DatasetSpec, case: dict, tolerance: GeometryTolerance, weak_masks: dict[str, str | list[str]]
+) -> _CaseJob:
     """The picklable description of one case's files (paths and label rules, no spec object)."""
 
     def paths(value: str | list[str]) -> tuple[str, ...]:
         return (value,) if isinstance(value, str) else tuple(value)
 
-    masks = []
-    for task in spec.tasks:
-        if task.kind != TaskKind.SEGMENTATION or not case.get(task.present_key) or task.name not in case:
-            continue
-        label = task.label
-        rule = _MaskRule(
+    def rule(task: Any, label: Any, weak: bool) -> _MaskRule:
+        return _MaskRule(
             task=task.name,
             num_classes=task.num_outputs,
             binarize=bool(label is not None and label.binarize),
             values=tuple(sorted((label.values or {}).items())) if label is not None else (),
+            weak=weak,
         )
-        masks.append((rule, paths(case[task.name])))
+
+    masks = []
+    for task in spec.tasks:
+        if task.kind != TaskKind.SEGMENTATION:
+            continue
+        if case.get(task.present_key) and task.name in case:
+            masks.append((rule(task, task.label, False), paths(case[task.name])))
+        if task.name in weak_masks:
+            masks.append((rule(task, task.weak_label, True), paths(weak_masks[task.name])))
     return _CaseJob(
         case_id=case["case_id"],
         inputs=tuple((key, paths(case[key])) for key in spec.inputs if key in case),
@@ -916,17 +967,88 @@ def _add_segmentation_counts(
                     entry[name] = tally[index]
 
 
+class DatasetInvalidError(DataError):
+    """:func:`require_valid_dataset` found errors; ``str()`` is the whole report, ``report`` the findings.
+
+    A :class:`~medmtl.data.problems.DataError` (so a ``ValueError``) whose text is exactly what
+    ``medmtl validate`` prints: every problem on its own line with the file and the fix, the counts per
+    check and the ``FAILED`` line.
+    """
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.problems, f"dataset '{report.dataset}' under {report.root}")
+        self.args = (report.format(),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self):
+        """Rebuild from the report, so the error survives process pools."""
+        return (type(self), (self.report,))
+
+
+class DatasetExit(SystemExit):
+    """:func:`require_valid_dataset` with ``exit_on_error=True`` found errors: exit with the report, no traceback.
+
+    Python prints a ``SystemExit``'s text to stderr and exits with status 1 without a traceback, and
+    MONAI's bundle runner lets it through (``ConfigExpression.evaluate`` wraps every ``Exception`` in a
+    ``RuntimeError`` whose traceback buries the report; ``SystemExit`` is not an ``Exception``).
+    """
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.format())
+
+
 def require_valid_dataset(
-    spec: str | os.PathLike | DatasetSpec, root: str | os.PathLike | None = None, workers: int = 0
+    spec: str | os.PathLike | DatasetSpec,
+    root: str | os.PathLike | None = None,
+    workers: int = 0,
+    *,
+    spec_overrides: dict[str, Any] | None = None,
+    exit_on_error: bool = False,
 ) -> ValidationReport:
-    """Validate before a run starts; raise one :class:`DataError` listing every error, else log warnings.
+    """Validate before a run starts: stop with the whole report on any error, else log the warnings.
 
     What bundles call in ``initialize``, so a bad case stops the run before the first epoch (with
-    the file and the fix), never half-way through training.
+    the file and the fix), never half-way through training. Pass the spec *file* (and the bundle's
+    overrides) rather than a loaded spec, so mistakes in the YAML are reported the same way instead
+    of failing while the config is parsed.
+
+    Args:
+        spec: a spec YAML file, or a loaded :class:`DatasetSpec`.
+        root: data root overriding the spec's.
+        workers: processes opening files (see :func:`validate_dataset`).
+        spec_overrides: top-level keys replacing the spec file's (what the bundle passes to ``load_spec``).
+        exit_on_error: raise :class:`DatasetExit` (a ``SystemExit``: the report on stderr, exit status 1,
+            no traceback) instead of :class:`DatasetInvalidError`; for bundle configs run with
+            ``python -m monai.bundle run``.
+
+    Returns:
+        The report, when it has no error.
+
+    Raises:
+        DatasetInvalidError: some problem is an error (the report is logged at ERROR level first).
+        DatasetExit: the same, with ``exit_on_error=True`` (not logged: Python prints it).
+
+    Example (bundle ``initialize``; no ``@spec``/``@cases`` in this expression, even in an ``else``:
+    MONAI resolves every reference of an expression first, and loading a broken spec there fails with a
+    traceback)::
+
+        "$medmtl.data.validate.require_valid_dataset(@data_spec, @dataset_dir,
+            spec_overrides=@spec_overrides, exit_on_error=True) if @validate_data else None",
+        "$@cases.raise_for_errors()",
     """
-    report = validate_dataset(spec, root=root, workers=workers, progress=False)
+    report = validate_dataset(spec, root=root, workers=workers, progress=False, spec_overrides=spec_overrides)
     if not report.ok:
-        raise DataError(report.problems, f"dataset '{report.dataset}' under {report.root}")
+        if exit_on_error:
+            raise DatasetExit(report)
+        logger.error("%s", report.format())
+        raise DatasetInvalidError(report)
     for problem in report.warnings:
         logger.warning("%s", problem)
+    logger.info(
+        "dataset %s: %d cases, no errors, %d warning(s)", report.dataset, report.num_cases, len(report.warnings)
+    )
     return report
