@@ -29,7 +29,7 @@ demo: venv
 	rm -rf $(DEMO_RUN)
 	$(BUNDLE) --config_file $(DEMO_CONFIGS)/train.json --epochs $(DEMO_EPOCHS) --output_dir $(DEMO_RUN) --tracking mlflow
 	$(BUNDLE) --config_file "['$(DEMO_CONFIGS)/train.json','$(DEMO_CONFIGS)/evaluate.json']" --output_dir $(DEMO_RUN) --tracking mlflow
-	$(BUNDLE) --config_file "['$(DEMO_CONFIGS)/train.json','$(DEMO_CONFIGS)/inference.json']" --output_dir $(DEMO_RUN) --infer_split all
+	$(BUNDLE) --config_file $(DEMO_CONFIGS)/inference.json --output_dir $(DEMO_RUN) --infer_split all
 	$(PY) -m medmtl.cli summary $(DEMO_RUN)
 
 lint: venv

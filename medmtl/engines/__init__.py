@@ -41,8 +41,10 @@ from medmtl.engines.semi_supervised import (
     pseudo_label_mask,
     sigmoid_rampup,
 )
+from medmtl.engines.time_budget import TimeBudget
 
 __all__ = [
+    "TimeBudget",
     "EpochProgress",
     "log_run_summary",
     "run_summary",

@@ -106,7 +106,6 @@ def test_evaluate_writes_report_with_every_task(demo_run) -> None:
 
 def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
     _bundle(
-        "train.json",
         "inference.json",
         cwd=demo_run["work"],
         env=demo_run["env"],

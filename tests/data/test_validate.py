@@ -293,3 +293,19 @@ def test_reader_specific_findings_reach_the_report(tmp_path) -> None:
     assert not report.ok
     (problem,) = [p for p in report.errors if p.case_id == "a"]
     assert problem.check == "unsupported_format" and ".nii.gz" in problem.fix and problem.path.endswith("a.xyz")
+
+
+def test_half_resolution_2d_masks_are_accepted_but_other_sizes_are_not(tmp_path) -> None:
+    """JSRT's SCR masks are drawn at half the image resolution: same view, so no shape error."""
+    import layouts
+
+    root = layouts.write_jsrt(tmp_path, size=2048)
+    report = validate_dataset("data_specs/jsrt.yaml", root=root)
+    assert report.ok, report.format()
+    # a mask that is not a whole-number fraction of the image is still an error
+    from PIL import Image
+
+    gif = next((root / "scratch").glob("*/masks/heart/JPCLN001.gif"))
+    Image.new("P", (1000, 1024)).save(gif)
+    report = validate_dataset("data_specs/jsrt.yaml", root=root)
+    assert [p.check for p in report.errors] == ["shape_mismatch"]

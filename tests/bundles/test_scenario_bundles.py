@@ -1,0 +1,195 @@
+"""Every scenario bundle end to end through the real CLI (``python -m monai.bundle run``) on tiny data.
+
+For each bundle: train two epochs (with MLflow into a temporary SQLite store), evaluate on the
+test split (report), infer (masks read back with nibabel / PIL in the input's geometry, CSV parsed),
+then MONAI's own bundle checks: ``verify_metadata`` against the schema copy in ../shared/monai,
+``verify_net_in_out`` on the ``verify_net`` wrapper and ``ckpt_export`` of the trained checkpoint
+(the TorchScript module gives the same outputs as the network with those weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import layouts
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from PIL import Image
+from scenario_data import BRAIN_AFFINE, BRAIN_SCENARIO_SHAPE, write_brain_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+TINY_UNET = {"backbone_presets#unet#features": [4, 4, 8, 8, 16, 4]}
+
+# name: (data writer -> dataset root, overrides for a tiny fast run)
+SCENARIOS: dict[str, tuple[Callable[[Path], Path], dict[str, object]]] = {
+    "brain_mri_mtl": (write_brain_scenario, {"spatial_size": [32, 32, 32], "pixdim": [2.0, 2.0, 2.0], **TINY_UNET}),
+    "knee_mri_mtl": (layouts.write_mrnet, {"spatial_size": [4, 32, 32], "backbone": "resnet18"}),
+    "ultrasound_mtl": (layouts.write_busi, {"spatial_size": [32, 32], **TINY_UNET}),
+    "chest_xray_mtl": (lambda base: layouts.write_jsrt(base, size=2048), {"spatial_size": [32, 32], **TINY_UNET}),
+    "radiograph_mtl": (layouts.write_mura, {"spatial_size": [32, 32]}),
+}
+BUNDLES = sorted(SCENARIOS)
+
+
+def configs(name: str, *files: str) -> str:
+    paths = [str(REPO / "bundles" / name / "configs" / f) for f in files]
+    return paths[0] if len(paths) == 1 else "[" + ",".join(f"'{p}'" for p in paths) + "]"
+
+
+def run_bundle(name: str, files: tuple[str, ...], cwd: Path, env: dict, **overrides: object) -> str:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(name, *files)]
+    for key, value in overrides.items():
+        cmd += [
+            f"--{key}",
+            value if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value),
+        ]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", params=BUNDLES)
+def trained(request, tmp_path_factory) -> dict:
+    """One bundle trained for two epochs on its tiny dataset; yields paths and the overrides used."""
+    name = request.param
+    writer, tiny = SCENARIOS[name]
+    work = tmp_path_factory.mktemp(name)
+    root = writer(work / "data")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "OMP_NUM_THREADS": "2"}
+    spec = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())["data_spec"]
+    # bundles name their spec relative to the repository root (where the docs run them); tests run elsewhere
+    common = {"data_spec": REPO / spec, "dataset_dir": root, "output_dir": work / "run", "batch_size": 4, **tiny}
+    log = run_bundle(name, ("train.json",), work, env, epochs=2, val_interval=1, tracking="mlflow", **common)
+    return {"name": name, "work": work, "root": root, "env": env, "common": common, "log": log}
+
+
+def _tasks(name: str, root: Path) -> list[dict]:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "inference.json"))
+    parser["dataset_dir"] = str(root)
+    parser["data_spec"] = str(REPO / parser["data_spec"])
+    return [{"name": t.name, "kind": t.kind.value} for t in parser.get_parsed_content("tasks")]
+
+
+def test_train_writes_checkpoints_and_one_mlflow_run(trained) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_dir = trained["common"]["output_dir"]
+    assert (run_dir / "models" / "last.pt").is_file() and (run_dir / "models" / "best.pt").is_file()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    client = MlflowClient(tracking_uri=trained["env"]["MLFLOW_TRACKING_URI"])
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    tasks = _tasks(trained["name"], trained["root"])
+    for task in tasks:
+        assert len(client.get_metric_history(runs[0].info.run_id, f"train_loss/{task['name']}")) == 2
+
+
+def test_evaluate_writes_a_report_for_every_task(trained) -> None:
+    run_bundle(trained["name"], ("train.json", "evaluate.json"), trained["work"], trained["env"], **trained["common"])
+    eval_dir = trained["common"]["output_dir"] / "eval"
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    html = (eval_dir / "report.html").read_text()
+    tasks = _tasks(trained["name"], trained["root"])
+    assert set(summary["mean"]) == {t["name"] for t in tasks}
+    for task in tasks:
+        assert task["name"] in html
+
+
+def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
+    run_bundle(
+        trained["name"], ("inference.json",), trained["work"], trained["env"], infer_split="all", **trained["common"]
+    )
+    out = trained["common"]["output_dir"] / "predictions"
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows, "no prediction rows"
+    tasks = _tasks(trained["name"], trained["root"])
+    for task in tasks:
+        if task["kind"] == "segmentation":
+            files = [Path(r[f"{task['name']}_file"]) for r in rows]
+            assert all(f.is_file() for f in files)
+        elif task["kind"] == "binary":
+            assert all(0.0 <= float(r[f"{task['name']}_probability"]) <= 1.0 for r in rows)
+        elif task["kind"] == "multiclass":
+            assert all(r[task["name"]] for r in rows)
+    if trained["name"] == "brain_mri_mtl":
+        for row in rows:
+            mask = nib.load(row["brain_file"])
+            source = (
+                nib.load(trained["root"] / "imagesTr" / f"{row['case_id']}.nii.gz")
+                if (trained["root"] / "imagesTr" / f"{row['case_id']}.nii.gz").is_file()
+                else nib.load(trained["root"] / "imagesTs" / f"{row['case_id']}.nii.gz")
+            )
+            np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+            assert mask.shape == BRAIN_SCENARIO_SHAPE
+        np.testing.assert_allclose(mask.affine, BRAIN_AFFINE, atol=1e-4)
+    if trained["name"] == "ultrasound_mtl":
+        for row in rows:
+            cls, num = row["case_id"].split("_")
+            source = trained["root"] / cls / f"{cls} ({num}).png"
+            assert Image.open(row["lesion_file"]).size == Image.open(source).size
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy (../shared/monai) not present")
+@pytest.mark.parametrize("name", [*BUNDLES, "demo"])
+def test_metadata_is_valid(name: str) -> None:
+    verify_metadata(
+        meta_file=str(REPO / "bundles" / name / "configs" / "metadata.json"),
+        filepath=str(SCHEMA),
+    )  # raises jsonschema's ValidationError on any problem
+    meta = json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())
+    for part in ("inputs", "outputs"):
+        assert meta["network_data_format"][part], part
+
+
+def test_verify_net_in_out_and_ckpt_export(trained) -> None:
+    name, common = trained["name"], trained["common"]
+    overrides = SCENARIOS[name][1]
+    meta = str(REPO / "bundles" / name / "configs" / "metadata.json")
+    config = configs(name, "inference.json")
+    spatial = overrides.get("spatial_size")
+    verify_net_in_out(
+        net_id="verify_net",
+        meta_file=meta,
+        config_file=config,
+        **{"_meta_#network_data_format#inputs#image#spatial_shape": spatial} if spatial else {},
+        **{k: v for k, v in overrides.items() if k != "spatial_size"},
+    )
+    exported = trained["work"] / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(common["output_dir"] / "models" / "best.pt"),
+        key_in_ckpt="network",
+        config_file=config,
+        **{k: v for k, v in overrides.items()},
+    )
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser["data_spec"] = str(common["data_spec"])
+    for key, value in overrides.items():
+        parser[key] = value
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(common["output_dir"] / "models" / "best.pt", weights_only=True)["network"])
+    net.eval()
+    scripted = torch.jit.load(str(exported))
+    keys = list(parser.get_parsed_content("input_keys"))
+    x = torch.rand(1, 1, *spatial, generator=torch.Generator().manual_seed(0))
+    inputs = x if len(keys) == 1 else {k: x for k in keys}
+    with torch.no_grad():
+        expected, got = net(inputs), scripted(inputs)
+    assert set(expected) == set(got)
+    for task in expected:
+        torch.testing.assert_close(got[task], expected[task], rtol=1e-4, atol=1e-5)
