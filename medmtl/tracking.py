@@ -2,6 +2,7 @@
 
 Embedded default: the URI in ``MLFLOW_TRACKING_URI`` when set (a team's ``mlflow server``), else a
 local SQLite store ``sqlite:///<cwd>/mlflow.db`` (MLflow 3 refuses plain folders / ``file://``).
+With :class:`medmtl.tracking_guard.TrackingGuard` in its handlers, a server outage never stops a run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.utils import path_to_sqlite_uri
 
-__all__ = ["default_tracking_uri", "RunArtifactsHandler"]
+from medmtl.tracking_guard import TrackingGuard
+
+__all__ = ["default_tracking_uri", "RunArtifactsHandler", "TrackingGuard"]
 
 logger = logging.getLogger(__name__)
 

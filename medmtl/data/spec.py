@@ -168,7 +168,10 @@ class LabelSource(BaseModel):
 
     ``map`` turns raw values into class names or 0/1 (``{positive: 1, negative: 0}``); ``binarize``
     turns a mask into {0, 1} (any non-zero voxel is foreground); ``values`` maps mask voxel values
-    (``{255: 1}``).
+    (``{255: 1}``). ``scaled_mask: true`` declares 2D masks drawn at a whole-number fraction of the
+    image resolution over the same field of view (JSRT's SCR masks: 1024 px for 2048 px images); the
+    2D presets resize image and masks to one size, and the validator accepts that size ratio only
+    where it is declared.
     """
 
     model_config = _STRICT
@@ -179,6 +182,7 @@ class LabelSource(BaseModel):
     map: dict[str, str | int | float] | None = None
     binarize: bool = False
     values: dict[int, int] | None = None
+    scaled_mask: bool = False
     quality: LabelQuality = LabelQuality.STRONG
 
     @model_validator(mode="after")

@@ -214,6 +214,8 @@ class _MaskRule:
     values: tuple[tuple[int, int], ...] = ()
     weak: bool = False
     """A ``weak_label`` mask (machine-made): checked like the strong one, counted apart."""
+    scaled: bool = False
+    """The spec declares the mask at a whole-number fraction of the image resolution (2D)."""
 
     @property
     def role(self) -> str:
@@ -322,7 +324,7 @@ def _run_case_checks(job: _CaseJob, result: _CaseResult) -> None:
                 against = reference or first_mask
                 if against is not None:
                     check = "shape_mismatch" if against is reference else "mask_shape_mismatch"
-                    _compare(grid, against, check, job, problems)
+                    _compare(grid, against, check, job, problems, scaled_ok=rule.scaled)
                 first_mask = first_mask or grid
             else:  # several files OR-ed into one label must share a grid
                 _compare(grid, task_first, "mask_shape_mismatch", job, problems)
@@ -640,14 +642,21 @@ def _same_view_scaled(shape: tuple[int, ...], reference: tuple[int, ...]) -> boo
     return len(factors) == 1 and float(next(iter(factors))).is_integer()
 
 
-def _compare(grid: _Grid, reference: _Grid, shape_check: str, job: _CaseJob, problems: list[Problem]) -> None:
+def _compare(
+    grid: _Grid,
+    reference: _Grid,
+    shape_check: str,
+    job: _CaseJob,
+    problems: list[Problem],
+    scaled_ok: bool = False,
+) -> None:
     """Shape, spacing, origin and orientation of ``grid`` against ``reference``."""
     versus = f"{reference.role} ({Path(reference.path).name})"
 
     def add(check: str, message: str, fix: str, severity: Severity = Severity.ERROR) -> None:
         problems.append(Problem(check, message, fix, path=grid.path, case_id=job.case_id, severity=severity))
 
-    if grid.shape != reference.shape and _same_view_scaled(grid.shape, reference.shape):
+    if scaled_ok and grid.shape != reference.shape and _same_view_scaled(grid.shape, reference.shape):
         # 2D masks drawn at a whole-number fraction of the image resolution (JSRT's SCR masks are
         # 1024 px for 2048 px images): the 2D presets resize image and masks to one size, so they line up
         return
@@ -855,6 +864,7 @@ def _job(
             binarize=bool(label is not None and label.binarize),
             values=tuple(sorted((label.values or {}).items())) if label is not None else (),
             weak=weak,
+            scaled=bool(label is not None and label.scaled_mask),
         )
 
     masks = []

@@ -23,7 +23,21 @@ from medmtl.engines.finetune import (
     freeze_encoder,
     load_pretrained,
 )
-from medmtl.engines.handlers import MultiTaskLossHandler, ResumableCheckpoint, atomic_torch_save, unwrap
+from medmtl.engines.guards import (
+    GuardExit,
+    NonFiniteError,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    TrainingMemoryGuard,
+    non_finite_tensors,
+)
+from medmtl.engines.handlers import (
+    CHECKPOINT_PAUSE_ENV,
+    MultiTaskLossHandler,
+    ResumableCheckpoint,
+    atomic_torch_save,
+    unwrap,
+)
 from medmtl.engines.iteration import GradientSurgeryIteration
 from medmtl.engines.prepare_batch import (
     FlattenTaskOutputsd,
@@ -81,4 +95,11 @@ __all__ = [
     "is_main_process",
     "per_rank_handlers",
     "rank0_only",
+    "CHECKPOINT_PAUSE_ENV",
+    "GuardExit",
+    "NonFiniteError",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "TrainingMemoryGuard",
+    "non_finite_tensors",
 ]

@@ -4,8 +4,9 @@
   epoch (so MLflow / the progress bar see them), the weighting's epoch hook (DWA history,
   schedules), GradNorm's extra step and DDP syncing of learnable weights.
 - :class:`ResumableCheckpoint`: atomic ``last.pt`` every epoch (model, optimizer, scheduler,
-  loss weighting, trainer counters, RNG states) and ``best.pt`` on a key metric; a restarted run with
-  the same command resumes from ``last.pt`` instead of starting over.
+  loss weighting, trainer counters, every RNG the next epoch draws from, early stopping and the
+  evaluator's best metric) and ``best.pt`` on a key metric; a restarted run with the same command
+  resumes from ``last.pt`` and produces the same numbers as a run that was never interrupted.
 
 Both are objects with ``attach(engine)``, idempotent like MONAI's handlers.
 """
@@ -17,6 +18,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,9 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping
 from monai.engines.utils import IterationEvents
 
-__all__ = ["MultiTaskLossHandler", "ResumableCheckpoint", "atomic_torch_save", "unwrap"]
+from medmtl.engines.guards import NonFiniteError, non_finite_tensors
+
+__all__ = ["MultiTaskLossHandler", "ResumableCheckpoint", "atomic_torch_save", "unwrap", "CHECKPOINT_PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +131,20 @@ class MultiTaskLossHandler:
         self._total.clear()
 
 
+CHECKPOINT_PAUSE_ENV = "MEDMTL_CHECKPOINT_PAUSE_S"
+"""Fault injection for crash tests: seconds to wait between the finished temp file and the rename.
+
+Why: a checkpoint write takes milliseconds, too short for a test to kill the process inside it on
+purpose; with this set, a test sees the ``.tmp`` file appear and kills the run while it is there.
+"""
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
+    """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
+
+    The temp file is hidden (``.<name>.<random>.tmp``), so nothing ever sees a partial file under
+    the final name; :class:`ResumableCheckpoint` removes the ones a killed run left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -137,6 +154,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        pause = os.environ.get(CHECKPOINT_PAUSE_ENV)
+        if pause:
+            time.sleep(float(pause))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -144,23 +164,131 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _numpy_state(state: tuple) -> list[Any]:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_tuple(state: list[Any]) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
 def _rng_state() -> dict[str, Any]:
     """RNG states in plain types, so ``torch.load(weights_only=True)`` (MONAI's CheckpointLoader) reads the file."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": _numpy_state(np.random.get_state()),
         "python": [version, list(internal), gauss],
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state(_numpy_tuple(state["numpy"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+_NO_WALK = (str, bytes, int, float, bool, torch.Tensor, np.ndarray, torch.nn.Module, type, Mapping)
+
+
+def _random_generators(root: Any) -> list[np.random.RandomState | torch.Generator]:
+    """Every random generator reachable from ``root`` (a data loader), in a fixed order.
+
+    Why: MONAI's ``DataLoader`` with ``num_workers=0`` seeds each random transform's own
+    ``RandomState`` (``transform.R``) once, when the loader is built (``monai.data.utils.set_rnd``);
+    those states advance with every augmented sample and are in no global RNG. Restoring only the
+    global RNGs on resume would replay the first epoch's augmentations instead of the next ones.
+    The walk follows object attributes, lists and tuples the way ``set_rnd`` does (dicts, tensors,
+    arrays and modules are not entered), so the order is the same in every run of one config.
+    """
+    found: list[np.random.RandomState | torch.Generator] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if depth > 16 or id(obj) in seen or obj is None:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.random.RandomState | torch.Generator):
+            found.append(obj)
+            return
+        if isinstance(obj, list | tuple):
+            for item in obj:
+                visit(item, depth + 1)
+            return
+        if isinstance(obj, _NO_WALK):
+            return
+        try:
+            attributes = list(vars(obj).values())
+        except TypeError:  # no __dict__ (builtins, slots)
+            return
+        for value in attributes:
+            visit(value, depth + 1)
+        generator = getattr(type(obj), "R", None)  # Randomizable's class-level default, used until seeded
+        if isinstance(generator, np.random.RandomState):
+            visit(generator, depth + 1)
+
+    visit(root, 0)
+    return found
+
+
+def _generator_states(root: Any) -> list[Any]:
+    return [
+        _numpy_state(g.get_state()) if isinstance(g, np.random.RandomState) else g.get_state()
+        for g in _random_generators(root)
+    ]
+
+
+def _set_generator_states(root: Any, states: list[Any], source: Path) -> None:
+    generators = _random_generators(root)
+    if len(generators) != len(states):
+        logger.warning(
+            "%s holds %d data-loader random states but the data pipeline has %d (the transforms changed?): "
+            "augmentations after the resume will differ from an uninterrupted run",
+            source,
+            len(states),
+            len(generators),
+        )
+        return
+    for generator, state in zip(generators, states, strict=True):
+        if isinstance(generator, np.random.RandomState):
+            generator.set_state(_numpy_tuple(state))
+        else:
+            generator.set_state(state)
+
+
+def _attached(engine: Engine) -> list[Any]:
+    """The objects whose callbacks are registered on ``engine`` (bound methods' owners, callables)."""
+    owners: list[Any] = []
+    for handlers in engine._event_handlers.values():
+        for func, *_ in handlers:
+            parent = getattr(func, "_parent", None)  # filtered events wrap the callback
+            func = parent() if callable(parent) else func
+            owner = getattr(func, "__self__", func)
+            if not any(owner is o for o in owners):
+                owners.append(owner)
+    return owners
+
+
+def _early_stoppers(*engines: Engine | None) -> list[EarlyStopping]:
+    """Ignite ``EarlyStopping`` objects attached to the engines (MONAI's ``EarlyStopHandler`` holds one)."""
+    found: list[EarlyStopping] = []
+    for engine in engines:
+        if engine is None:
+            continue
+        for owner in _attached(engine):
+            stopper = owner if isinstance(owner, EarlyStopping) else getattr(owner, "_handler", None)
+            if isinstance(stopper, EarlyStopping) and not any(stopper is s for s in found):
+                found.append(stopper)
+    return found
 
 
 def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -172,6 +300,17 @@ def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
 
 class ResumableCheckpoint:
     """Atomic last/best checkpoints and automatic resume.
+
+    ``last.pt`` holds everything the next epoch depends on, so a run killed at any moment and
+    started again with the same command ends with the same weights and metrics as a run that was
+    never interrupted (on CPU; CUDA kernels may be non-deterministic): the ``save_dict`` objects,
+    the trainer's counters, the global RNGs (torch, CUDA, numpy, python: dropout and the data
+    loader's shuffling), the random transforms' own states (see :func:`_random_generators`), the
+    state of early stopping and the key-metric engine's best metric. It is written after every
+    other end-of-epoch handler (history file, MLflow), so a kill between them makes the restart
+    redo that epoch instead of skipping its records. Weights that are no longer finite (a diverged
+    run) are never written: :class:`medmtl.engines.guards.NonFiniteError` is raised instead and the
+    previous ``last.pt`` stays.
 
     Args:
         save_dir: folder of ``last.pt`` and ``best.pt``.
@@ -203,6 +342,7 @@ class ResumableCheckpoint:
         self.save_every = save_every
         self.best_value = -math.inf if higher_is_better else math.inf
         self.best_epoch = -1
+        self._trainer: Engine | None = None
 
     @property
     def last_path(self) -> Path:
@@ -213,19 +353,55 @@ class ResumableCheckpoint:
         return self.save_dir / "best.pt"
 
     def attach(self, trainer: Engine) -> None:
-        if trainer.has_event_handler(self.save_last, Events.EPOCH_COMPLETED):
+        if trainer.has_event_handler(self.started, Events.STARTED):
             return
+        self._trainer = trainer
         self.save_dict.setdefault("trainer", trainer)
-        if self.resume:
-            trainer.add_event_handler(Events.STARTED, self.load_last)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save_last)
-        trainer.add_event_handler(Events.COMPLETED, self.save_last)
+        trainer.add_event_handler(Events.STARTED, self.started)
         trainer.add_event_handler(Events.COMPLETED, self.ensure_best)
         if self.key_metric_engine is not None:
             self.key_metric_engine.add_event_handler(Events.COMPLETED, self._maybe_save_best(trainer))
 
+    def started(self, trainer: Engine) -> None:
+        """Clean up after a killed write, resume, and register the saves behind every other handler.
+
+        The saves are registered here, when the trainer starts, rather than in :meth:`attach`: by now
+        every handler of the bundle (and MLflow's, added after ours by ``--tracking``) is attached,
+        so ``last.pt`` is the last thing written at the end of an epoch.
+        """
+        if self._is_main():
+            self._remove_stale_temp_files()
+        if self.resume:
+            self.load_last(trainer)
+        if not trainer.has_event_handler(self.save_last, Events.COMPLETED):
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save_last)
+            trainer.add_event_handler(Events.COMPLETED, self.save_last)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete ``.last.pt.*.tmp`` / ``.best.pt.*.tmp`` left by a run killed inside a write."""
+        for name in (self.last_path.name, self.best_path.name):
+            for stale in self.save_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+                logger.info("removed %s, left by an interrupted checkpoint write", stale)
+
     def _is_main(self) -> bool:
         return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+    def _check_finite(self, what: str, epoch: int) -> None:
+        """Refuse to save weights with NaN/Inf: they would replace the last good checkpoint."""
+        bad = [
+            f"{name}.{tensor}"
+            for name, obj in self.save_dict.items()
+            if isinstance(obj, torch.nn.Module)
+            for tensor in non_finite_tensors(unwrap(obj))
+        ]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NonFiniteError(
+                f"epoch {epoch}: {len(bad)} weight tensor(s) hold NaN or Inf ({shown}): the training diverged. "
+                f"{what} was not written, so {self.last_path} still holds the last finite weights; "
+                "lower the learning rate (or enable gradient clipping) and restart to resume from it"
+            )
 
     def _state(self) -> dict[str, Any]:
         state = {
@@ -234,9 +410,20 @@ class ResumableCheckpoint:
         }
         state["rng"] = _rng_state()
         state["best"] = {"value": self.best_value, "epoch": self.best_epoch}
+        trainer = self._trainer
+        loader = getattr(trainer, "data_loader", None) if trainer is not None else None
+        state["data_rng"] = _generator_states(loader)
+        state["early_stopping"] = [dict(s.state_dict()) for s in _early_stoppers(self.key_metric_engine, self._trainer)]
+        evaluator_state = getattr(self.key_metric_engine, "state", None)
+        if evaluator_state is not None and hasattr(evaluator_state, "best_metric"):
+            state["key_metric_engine"] = {
+                "best_metric": float(evaluator_state.best_metric),
+                "best_metric_epoch": int(evaluator_state.best_metric_epoch),
+            }
         return state
 
     def save_last(self, trainer: Engine) -> None:
+        self._check_finite(str(self.last_path), trainer.state.epoch)  # every DDP rank stops, not only rank 0
         if self._is_main():
             atomic_torch_save(self._state(), self.last_path)
 
@@ -254,6 +441,15 @@ class ResumableCheckpoint:
                 obj.load_state_dict(checkpoint[name])
         trainer.state.max_epochs = max_epochs  # the command line's epochs win over the checkpoint's
         _set_rng_state(checkpoint["rng"])
+        if "data_rng" in checkpoint:  # absent in checkpoints written before it was saved
+            _set_generator_states(getattr(trainer, "data_loader", None), checkpoint["data_rng"], self.last_path)
+        stoppers = _early_stoppers(self.key_metric_engine, trainer)
+        for stopper, saved in zip(stoppers, checkpoint.get("early_stopping", []), strict=False):
+            stopper.load_state_dict(saved)
+        saved_best = checkpoint.get("key_metric_engine")
+        if saved_best is not None and self.key_metric_engine is not None:
+            self.key_metric_engine.state.best_metric = saved_best["best_metric"]
+            self.key_metric_engine.state.best_metric_epoch = saved_best["best_metric_epoch"]
         self.best_value = checkpoint["best"]["value"]
         self.best_epoch = checkpoint["best"]["epoch"]
         logger.info("resumed from %s at epoch %d", self.last_path, trainer.state.epoch)
@@ -268,6 +464,7 @@ class ResumableCheckpoint:
         """
         if self.best_path.is_file() or not self._is_main():
             return
+        self._check_finite(str(self.best_path), trainer.state.epoch)
         network = unwrap(self.save_dict["network"])
         atomic_torch_save({"network": network.state_dict(), "epoch": trainer.state.epoch}, self.best_path)
         logger.warning(
@@ -285,13 +482,14 @@ class ResumableCheckpoint:
                 return
             better = value > self.best_value if self.higher_is_better else value < self.best_value
             if better:
-                self.best_value, self.best_epoch = float(value), trainer.state.epoch
+                self._check_finite(str(self.best_path), trainer.state.epoch)
                 if self._is_main():
                     network = unwrap(self.save_dict["network"])
                     atomic_torch_save(
                         {"network": network.state_dict(), "epoch": trainer.state.epoch, name: float(value)},
                         self.best_path,
                     )
+                self.best_value, self.best_epoch = float(value), trainer.state.epoch
                 logger.info("new best %s = %.4f at epoch %d -> %s", name, value, trainer.state.epoch, self.best_path)
 
         return save_best

@@ -127,7 +127,7 @@ def test_metadata_is_valid_against_monai_schema() -> None:
         pytest.skip(f"MONAI bundle schema copy {SCHEMA} is absent")
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     jsonschema.validate(metadata, json.loads(SCHEMA.read_text()))
-    assert set(metadata["network_data_format"]["outputs"]) == {"lesion", "malignant"}
+    assert set(metadata["network_data_format"]["outputs"]) == {"pred", "lesion", "malignant"}
 
 
 def test_same_seed_gives_the_same_run(demo_run) -> None:

@@ -296,7 +296,7 @@ def test_reader_specific_findings_reach_the_report(tmp_path) -> None:
 
 
 def test_half_resolution_2d_masks_are_accepted_but_other_sizes_are_not(tmp_path) -> None:
-    """JSRT's SCR masks are drawn at half the image resolution: same view, so no shape error."""
+    """JSRT declares its half-resolution SCR masks (scaled_mask): no shape error there, only there."""
     import layouts
 
     root = layouts.write_jsrt(tmp_path, size=2048)
