@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medmtl.inference.dicom_seg import write_dicom_seg
 from medmtl.inference.sliding_window import (
     CLASS_AGGREGATIONS,
     MemoryBudgetError,
@@ -16,4 +17,5 @@ __all__ = [
     "MultiTaskPredictionWriter",
     "MultiTaskSlidingWindowInferer",
     "estimate_activation_bytes",
+    "write_dicom_seg",
 ]

@@ -21,8 +21,10 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.transforms import Invertd, InvertibleTransform, SaveImage
 
+from medmtl.data.dicom import is_dicom_file
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.engines.prepare_batch import pred_key
+from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
 
 __all__ = ["MultiTaskPredictionWriter"]
 
@@ -47,6 +49,14 @@ class MultiTaskPredictionWriter:
             are mapped back through its invertible steps (MONAI ``Invertd``: resize, pad/crop,
             spacing, orientation), interpolated as logits before the argmax, so masks come out on the
             input file's grid with its affine.
+        dicom_seg: also write each segmentation mask of a case read from DICOM (a series folder or a
+            DICOM file, found from the image's ``filename_or_obj``) as a DICOM Segmentation of its
+            source, ``<output_dir>/<task>/<case_id>_seg.dcm``, listed in a ``<task>_dicom_seg``
+            column (see :func:`medmtl.inference.dicom_seg.write_dicom_seg`; needs the
+            ``medmtl[dicom-seg]`` extra). The mask must be on the input grid (give
+            ``invert_transform`` when the preprocessing resamples). **These files contain the
+            patient's identity** (the standard makes a SEG copy its source's patient and study): they
+            are meant to go back to the PACS, hence off by default.
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class MultiTaskPredictionWriter:
         threshold: float = 0.5,
         resample: bool = False,
         invert_transform: InvertibleTransform | None = None,
+        dicom_seg: bool = False,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -70,6 +81,11 @@ class MultiTaskPredictionWriter:
             if invert_transform is not None
             else None
         )
+        self.dicom_seg = dicom_seg
+        if dicom_seg and not has_highdicom:
+            raise ImportError(
+                "MultiTaskPredictionWriter(dicom_seg=True) needs highdicom: pip install 'medmtl[dicom-seg]'"
+            )
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -93,6 +109,9 @@ class MultiTaskPredictionWriter:
         image = sample.get(self.image_key)
         case_id = str(sample.get("case_id", _stem(image)))
         row: dict[str, Any] = {"case_id": case_id}
+        dicom_source = _dicom_source(image) if self.dicom_seg else None
+        if self.dicom_seg and dicom_source is None:
+            logger.warning("dicom_seg: case %s was not read from DICOM, no DICOM-SEG written for it", case_id)
         for task in self.tasks:
             logits = sample.get(pred_key(task.name))
             if logits is None:
@@ -102,6 +121,10 @@ class MultiTaskPredictionWriter:
                 logits = self._to_input_grid(logits, image)
                 row[f"{task.name}_file"] = str(self._save_mask(task, logits, image, case_id))
                 row[f"{task.name}_voxels"] = int((logits.argmax(0) > 0).sum())
+                if dicom_source is not None:
+                    row[f"{task.name}_dicom_seg"] = str(
+                        self._save_dicom_seg(task, logits, image, dicom_source, case_id)
+                    )
             elif task.kind == TaskKind.MULTICLASS:
                 probs = torch.softmax(logits, 0)
                 row[task.name] = task.class_names[int(probs.argmax())]
@@ -150,6 +173,19 @@ class MultiTaskPredictionWriter:
         saver(MetaTensor(mask, meta=meta))
         return folder / f"{case_id}{ext}"
 
+    def _save_dicom_seg(self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str) -> Path:
+        """The mask as a DICOM-SEG of its source series; the affine check catches masks off the source grid."""
+        # the mask's grid: the inverted logits' (input file's) grid, else the preprocessed image's
+        grid = logits if self.invert is not None else image
+        affine = grid.affine if isinstance(grid, MetaTensor) else None
+        return write_dicom_seg(
+            logits.argmax(0),
+            source,
+            self.output_dir / task.name / f"{case_id}_seg.dcm",
+            task,
+            affine=affine,
+        )
+
     def write_table(self, engine: Engine | None = None) -> Path:
         """``predictions.csv`` with one row per case (written atomically)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +200,17 @@ class MultiTaskPredictionWriter:
         os.replace(tmp, self.table_path)
         logger.info("wrote %d predictions to %s", len(self.rows), self.table_path)
         return self.table_path
+
+
+def _dicom_source(image: Any) -> Path | None:
+    """The DICOM series folder or file ``image`` was read from (its ``filename_or_obj``), else None."""
+    name = getattr(image, "meta", {}).get("filename_or_obj")
+    if isinstance(name, (list, tuple)):  # several inputs stacked as channels: the grid is the first one's
+        name = name[0] if name else None
+    if not name or not isinstance(name, (str, os.PathLike)):
+        return None
+    path = Path(name)
+    return path if path.is_dir() or is_dicom_file(path) else None
 
 
 def _stem(image: Any) -> str:
