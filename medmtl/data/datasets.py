@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from monai.data import CacheDataset, MetaTensor, get_track_meta, set_track_meta
+from monai.transforms import Compose
 
 __all__ = ["TrainingCacheDataset", "strip_meta"]
 
@@ -65,6 +66,10 @@ class TrainingCacheDataset(CacheDataset):
         **kwargs: Any,
     ) -> None:
         self.track_meta = bool(track_meta)
+        if isinstance(transform, Compose) and any(isinstance(t, Compose) for t in transform.transforms):
+            # nested Composes (a preprocessing chain inside an augmentation chain) count as random to
+            # CacheDataset, which would then cache nothing: flatten so the deterministic prefix is cached
+            transform = transform.flatten()
         super().__init__(data, transform, **kwargs)
 
     def _load_cache_item(self, idx: int) -> Any:
@@ -72,7 +77,8 @@ class TrainingCacheDataset(CacheDataset):
         return item if self.track_meta else strip_meta(item)
 
     def _transform(self, index: int) -> Any:
-        if self.track_meta:
+        cached = not self.hash_as_key and index % len(self) < self.cache_num
+        if self.track_meta or not cached:  # uncached items load through readers that need metadata
             return super()._transform(index)
         with _meta_tracking(False):
             return strip_meta(super()._transform(index))

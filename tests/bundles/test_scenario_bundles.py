@@ -193,3 +193,30 @@ def test_verify_net_in_out_and_ckpt_export(trained) -> None:
     assert set(expected) == set(got)
     for task in expected:
         torch.testing.assert_close(got[task], expected[task], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ultrasound_mtl", "chest_xray_mtl"])
+def test_semi_supervised_option_trains_on_a_label_budget(name: str, tmp_path) -> None:
+    """``semi_supervised.json`` on half the labels: the unlabelled stream runs and its losses are logged."""
+    writer, tiny = SCENARIOS[name]
+    root = writer(tmp_path / "data")
+    spec = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())["data_spec"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    log = run_bundle(
+        name,
+        ("train.json", "semi_supervised.json"),
+        tmp_path,
+        env,
+        data_spec=REPO / spec,
+        dataset_dir=root,
+        output_dir=tmp_path / "run",
+        batch_size=2,
+        epochs=1,
+        val_interval=1,
+        label_fraction=0.5,
+        rampup_epochs=0,
+        **tiny,
+    )
+    assert "semi-supervised: loss_consistency=" in log
+    assert "pseudo_label_fraction/" in log or name == "chest_xray_mtl"
+    assert (tmp_path / "run" / "models" / "best.pt").is_file()

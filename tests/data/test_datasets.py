@@ -34,3 +34,19 @@ def test_strip_meta_nested() -> None:
     out = strip_meta(item)
     assert type(out["a"]) is torch.Tensor and type(out["b"][0]) is torch.Tensor
     assert out["b"][1] == 3 and out["c"] == "x"
+
+
+def test_nested_preprocessing_is_cached_and_uncached_items_keep_working(tmp_path) -> None:
+    """Weak/strong pairs wrap the preprocessing Compose: its deterministic prefix is still cached."""
+    from medmtl.transforms import build_weak_strong_transforms
+
+    generate_demo_data(tmp_path, num_cases=12, seed=0)
+    spec = load_spec("data_specs/demo.yaml", root=str(tmp_path / "demo2d"))
+    data = spec.build_cases().datalist("train")
+    pairs = build_weak_strong_transforms("image", 2, preprocessing=build_transforms(spec, 32, train=False))
+    dataset = TrainingCacheDataset(data, pairs, cache_rate=0.5, progress=False)
+    assert 0 < dataset.cache_num < len(data)
+    assert all(isinstance(item["image"], torch.Tensor) for item in dataset._cache)  # loaded once, cached
+    for i in (0, len(data) - 1):  # a cached and an uncached item
+        sample = dataset[i]
+        assert sample["image_weak"].shape == sample["image_strong"].shape == (1, 32, 32)
