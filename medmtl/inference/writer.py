@@ -57,6 +57,10 @@ class MultiTaskPredictionWriter:
             ``invert_transform`` when the preprocessing resamples). **These files contain the
             patient's identity** (the standard makes a SEG copy its source's patient and study): they
             are meant to go back to the PACS, hence off by default.
+        maps: extra spatial network outputs to write next to the masks, e.g. ``("saliency",)`` from
+            :class:`~medmtl.networks.SaliencyBridgeNet` with ``return_saliency=True`` (where the
+            classifier looked), mapped to the input grid like the masks: ``<output_dir>/<map>/<case>``
+            as float32 NIfTI, or an 8-bit PNG (0-1 scaled to 0-255) in 2D.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class MultiTaskPredictionWriter:
         resample: bool = False,
         invert_transform: InvertibleTransform | None = None,
         dicom_seg: bool = False,
+        maps: Sequence[str] = (),
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -86,6 +91,10 @@ class MultiTaskPredictionWriter:
             raise ImportError(
                 "MultiTaskPredictionWriter(dicom_seg=True) needs highdicom: pip install 'medmtl[dicom-seg]'"
             )
+        self.maps = tuple(maps)
+        clash = [m for m in self.maps if m in {t.name for t in self.tasks}]
+        if clash:
+            raise ValueError(f"maps {clash} are task names; maps are extra network outputs such as 'saliency'")
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -137,6 +146,13 @@ class MultiTaskPredictionWriter:
                     key = task.name if task.kind == TaskKind.BINARY else f"{task.name}_{name}"
                     row[f"{key}_probability"] = round(p, 6)
                     row[key] = int(p >= self.threshold)
+        preds = sample.get("pred")
+        for name in self.maps:
+            value = preds.get(name) if isinstance(preds, Mapping) else None
+            if value is None:
+                continue
+            grid = self._to_input_grid(torch.as_tensor(value).detach().float().cpu(), image)
+            row[f"{name}_file"] = str(self._save_map(name, grid, image, case_id))
         return row
 
     def _to_input_grid(self, logits: torch.Tensor, image: Any) -> torch.Tensor:
@@ -171,6 +187,29 @@ class MultiTaskPredictionWriter:
             print_log=False,
         )
         saver(MetaTensor(mask, meta=meta))
+        return folder / f"{case_id}{ext}"
+
+    def _save_map(self, name: str, values: torch.Tensor, image: Any, case_id: str) -> Path:
+        """A float map (a saliency map in [0, 1]) on the input grid: NIfTI float32, or an 8-bit PNG in 2D."""
+        ext = ".png" if values.ndim - 1 == 2 else ".nii.gz"
+        meta = dict(values.meta) if isinstance(values, MetaTensor) else {}
+        if not meta and isinstance(image, MetaTensor):
+            meta = dict(image.meta)
+        meta["filename_or_obj"] = case_id
+        folder = self.output_dir / name
+        png = ext == ".png"
+        saver = SaveImage(
+            output_dir=folder,
+            output_postfix="",
+            output_ext=ext,
+            separate_folder=False,
+            resample=self.resample,
+            output_dtype=torch.uint8 if png else torch.float32,
+            scale=255 if png else None,
+            print_log=False,
+        )
+        data = values.as_tensor() if isinstance(values, MetaTensor) else values
+        saver(MetaTensor(data.clamp(0, 1) if png else data, meta=meta))
         return folder / f"{case_id}{ext}"
 
     def _save_dicom_seg(self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str) -> Path:

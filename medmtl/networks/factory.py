@@ -27,8 +27,8 @@ SHARING: dict[str, type[nn.Module]] = {
     "saliency_bridge": SaliencyBridgeNet,
 }
 """``hard``: one backbone, one head per task; ``cross_stitch``: one backbone column per task group,
-mixed by learned cross-stitch units (soft sharing); ``saliency_bridge``: the segmentation output
-gates the features the classification heads pool."""
+mixed by learned cross-stitch units (soft sharing); ``saliency_bridge``: the classifier's
+input-gradient saliency map is fed to the segmentation decoder (MultiMix)."""
 
 
 def build_multitask_network(
@@ -36,6 +36,7 @@ def build_multitask_network(
     backbone: Backbone | str,
     tasks: Iterable[Task | Mapping[str, Any]],
     backbone_kwargs: Mapping[str, Any] | None = None,
+    return_saliency: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """The multi-task network of sharing scheme ``sharing`` (a key of :data:`SHARING`).
@@ -45,10 +46,18 @@ def build_multitask_network(
         backbone: backbone name or module.
         tasks: the tasks.
         backbone_kwargs: backbone constructor arguments.
+        return_saliency: also return the classifier's saliency map (``saliency_bridge`` only; what
+            inference writes with ``MultiTaskPredictionWriter(maps=("saliency",))``).
         kwargs: further arguments of the chosen class (``pooling``, ``head_dropout``, ``groups``...).
 
     Raises:
         ValueError: an unknown ``sharing`` (the message lists the known ones).
     """
     cls = look_up_option(sharing, SHARING)
+    if return_saliency:
+        if cls is not SaliencyBridgeNet:
+            raise ValueError(
+                f"return_saliency needs sharing='saliency_bridge' (the only network with a saliency map), got {sharing!r}"
+            )
+        kwargs["return_saliency"] = True
     return cls(backbone=backbone, tasks=tasks, backbone_kwargs=backbone_kwargs, **kwargs)
