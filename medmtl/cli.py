@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from medmtl.data.problems import DataError
+from medmtl.learning_curve import MODES as LEARNING_CURVE_MODES
 
 __all__ = ["main", "build_parser"]
 
@@ -145,6 +146,59 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a label fraction in (0, 1], e.g. 0.1 for 10 %, got {text!r}")
+    return value
+
+
+def _override(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON when it parses (``20``, ``[64,64]``, ``true``), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (e.g. epochs=20), got {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from medmtl.learning_curve import DEFAULT_FRACTIONS, MODES, run_learning_curve
+
+    try:
+        result = run_learning_curve(
+            args.bundle,
+            args.out,
+            fractions=args.fractions or DEFAULT_FRACTIONS,
+            modes=args.modes or MODES,
+            overrides=dict(args.overrides),
+            seed=args.seed,
+            tracking=args.tracking,
+            dry_run=args.dry_run,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for run in result.runs:
+            print(f"# {run.mode} at {run.fraction:g} ({run.labelled_cases} labelled cases)")
+            print("\n".join(shlex.join(cmd) for cmd in run.commands))
+        for mode, reason in result.skipped.items():
+            print(f"# {mode}: skipped, {reason}")
+        return 0
+    print(result.to_markdown(), end="")
+    print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmtl", description="Multi-task learning on medical images (MONAI).")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -212,6 +266,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", default=None, help="MLflow store of the run (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
     )
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "learning-curve",
+        help="train at 1-100 %% of the labels (supervised, semi-supervised, weak->strong); table + plot",
+        description="Train and evaluate a bundle at each label fraction in each mode, each run through "
+        "python -m monai.bundle run; write OUT/learning_curve.{csv,json,md,png}. Finished runs are reused, "
+        "failed ones are recorded and the sweep goes on (exit code 1 when any failed).",
+    )
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ultrasound_mtl (run from the repository root)")
+    p.add_argument("out", help="sweep folder: runs in OUT/<mode>/<fraction>, results in OUT/learning_curve.*")
+    p.add_argument(
+        "--fractions",
+        nargs="+",
+        type=_fraction,
+        default=None,
+        help="label fractions (default: 0.01 0.05 0.1 0.25 0.5 1)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=LEARNING_CURVE_MODES,
+        default=None,
+        help="training modes (default: all three; a mode without its bundle config is skipped)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle override for every run, repeatable: --set epochs=20 --set spatial_size=[64,64]",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bundle seed (weights, augmentation, label subsets)")
+    p.add_argument("--tracking", default=None, help="passed to every run as --tracking (e.g. mlflow)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.set_defaults(func=_cmd_learning_curve)
 
     p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")
     p.add_argument("run_dir", help="the bundle's output_dir (e.g. runs/demo)")
