@@ -220,7 +220,7 @@ def _rows(times: dict[str, list[float]], items: int, reference: str, second: str
 
 # --------------------------------------------------------------------------- 2D BUSI
 def bench_busi(args: argparse.Namespace) -> dict[str, Any]:
-    spec = load_spec(REPO / "data_specs" / "busi.yaml")
+    spec = load_spec(REPO / "data_specs" / "breast_ultrasound.yaml")
     datalist = spec.datalist("all")
     if args.quick:
         datalist = datalist[:: max(1, len(datalist) // 32)][:32]
@@ -318,7 +318,7 @@ def bench_brain(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- loader wait in training
 def bench_wait(args: argparse.Namespace) -> dict[str, Any]:
-    spec = load_spec(REPO / "data_specs" / "busi.yaml")
+    spec = load_spec(REPO / "data_specs" / "breast_ultrasound.yaml")
     cases = spec.build_cases()
     datalist = cases.datalist("train")
     steps = 2 if args.quick else 10

@@ -11,9 +11,9 @@ Run from the repository root (BUSI under ``../shared/data/busi`` or ``--data``):
     python benchmarks/learning_curve.py --quick         # 2 fractions x 2 modes x 2 epochs at 64 px: a smoke check
     python benchmarks/learning_curve.py --epochs 60 --size 128 --time-limit 0   # the bundle's own settings (GPU)
 
-The same through the CLI: ``medmtl learning-curve bundles/ultrasound_mtl runs/learning_curve_busi
+The same through the CLI: ``medmtl learning-curve bundles/ultrasound_mtl runs/learning_curve_breast_us
 --set epochs=30 --set spatial_size=[96,96] ...``. Results: ``OUT/learning_curve.{csv,json,md,png}``;
-a full (non ``--quick``) run also writes ``benchmarks/results/learning_curve_busi.json``. The
+a full (non ``--quick``) run also writes ``benchmarks/results/learning_curve_breast_us.json``. The
 ultrasound bundle has no weak labels (no ``pretrain.json``), so ``weak_strong`` is listed as skipped.
 Killed or rerun, the sweep resumes: delete ``OUT/<mode>/<fraction>`` to redo a point.
 """
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "busi", help="BUSI folder")
     parser.add_argument(
-        "--out", type=Path, default=None, help="sweep folder (default: runs/learning_curve_busi[_quick])"
+        "--out", type=Path, default=None, help="sweep folder (default: runs/learning_curve_breast_us[_quick])"
     )
     parser.add_argument("--quick", action="store_true", help="2 fractions x 2 modes x 2 epochs at 64 px")
     parser.add_argument("--fractions", type=float, nargs="+", default=None, help="default: 0.01 0.05 0.1 0.25 0.5 1")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if not args.data.is_dir():
-        print(f"BUSI not found at {args.data}: pass --data (see data_specs/busi.yaml for the layout)", file=sys.stderr)
+        print(f"BUSI not found at {args.data}: pass --data (see data_specs/breast_ultrasound.yaml for the layout)", file=sys.stderr)
         return 1
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every bundle process
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "early_stop_patience": 5,
         "time_limit_minutes": None if args.quick or not args.time_limit else args.time_limit,
     }
-    out = args.out or REPO / "runs" / ("learning_curve_busi_quick" if args.quick else "learning_curve_busi")
+    out = args.out or REPO / "runs" / ("learning_curve_breast_us_quick" if args.quick else "learning_curve_breast_us")
     result = run_learning_curve(
         BUNDLE, out, fractions, modes, overrides, seed=args.seed, tracking=args.tracking, cwd=REPO
     )
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             "rows": result.rows(),
         }
         RESULTS.mkdir(exist_ok=True)
-        tmp = RESULTS / "learning_curve_busi.json.tmp"
+        tmp = RESULTS / "learning_curve_breast_us.json.tmp"
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, RESULTS / "learning_curve_busi.json")
+        os.replace(tmp, RESULTS / "learning_curve_breast_us.json")
     return 1 if result.failed else 0
 
 

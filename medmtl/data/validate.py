@@ -737,7 +737,7 @@ def validate_dataset(
 
     Example::
 
-        report = validate_dataset("data_specs/busi.yaml", root="/data/Dataset_BUSI_with_GT")
+        report = validate_dataset("data_specs/breast_ultrasound.yaml", root="/data/Dataset_BUSI_with_GT")
         print(report.format())
     """
     if workers < 0:

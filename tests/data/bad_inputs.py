@@ -8,7 +8,7 @@ validation run must report them all, and :data:`CORPUS` is the table the tests a
 over.
 
 Layouts: ``brain`` (``data_specs/brain_nifti.yaml``: 3D NIfTI, strong + weak masks, ``labels.csv``),
-``busi`` (``busi.yaml``: 2D PNG with ``_mask.png`` files), ``nerve`` (``nerve_us.yaml``: TIFF, one
+``busi`` (``breast_ultrasound.yaml``: 2D PNG with ``_mask.png`` files), ``nerve`` (``nerve_us.yaml``: TIFF, one
 mask read for two tasks), ``mrnet`` (``mrnet.yaml``: ``.npy`` views, header-less label CSVs),
 ``demo2d`` (``demo.yaml``: CSV-listed PNG images and masks), ``demo3d`` (``demo3d.yaml``: CSV with
 an image column, strong + weak NIfTI masks), ``dicom`` (a hospital export: one DICOM series folder
@@ -521,7 +521,7 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "brain": Layout(str(SPECS / "brain_nifti.yaml"), layouts.write_brain_nifti),
-    "busi": Layout(str(SPECS / "busi.yaml"), layouts.write_busi),
+    "busi": Layout(str(SPECS / "breast_ultrasound.yaml"), layouts.write_busi),
     "nerve": Layout(str(SPECS / "nerve_us.yaml"), layouts.write_nerve_us),
     "mrnet": Layout(str(SPECS / "mrnet.yaml"), layouts.write_mrnet),
     "demo2d": Layout(str(SPECS / "demo.yaml"), _demo2d_clean),
@@ -618,7 +618,7 @@ CORPUS: list[BadInput] = [
         _csv_duplicate_id,
         ("labels.csv", "duplicate_case_id", "'B17'", "lines 23 and 24", "remove the duplicate row"),
     ),
-    # PNG (busi.yaml)
+    # PNG (breast_ultrasound.yaml)
     BadInput(
         "png_truncated",
         "busi",

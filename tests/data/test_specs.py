@@ -27,14 +27,15 @@ from medmtl.data.spec import SpecError, load_spec
 from medmtl.data.tasks import present_key
 
 SPECS = Path(__file__).resolve().parents[2] / "data_specs"
-SHIPPED = {
-    "busi": "busi/Dataset_BUSI_with_GT",
+SHIPPED = {  # spec file stem -> data root under MEDMTL_DATA_DIR
+    "breast_ultrasound": "busi/Dataset_BUSI_with_GT",
     "mrnet": "mrnet/MRNet-v1.0",
     "mura": "mura/MURA-v1.1",
     "jsrt": "jsrt",
     "nerve_us": "ultrasound-nerve-segmentation",
     "brain_nifti": "brain_nifti",
 }
+SPEC_NAMES = {"breast_ultrasound": "busi"}  # the dataset's own name where the file says what it holds
 
 
 def _by_id(cases: list[dict]) -> dict[str, dict]:
@@ -73,7 +74,7 @@ def test_readers_load_tiff_and_gif(tmp_path):
 def test_shipped_spec_loads_and_root_follows_env(name, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDMTL_DATA_DIR", str(tmp_path))
     spec = load_spec(SPECS / f"{name}.yaml")
-    assert spec.name == name
+    assert spec.name == SPEC_NAMES.get(name, name)
     assert spec.resolved_root() == (tmp_path / SHIPPED[name]).resolve()
     assert all(t.description for t in spec.tasks), "every task needs a description"
     assert spec.splits.stratify is not None
@@ -97,7 +98,7 @@ def busi_root(tmp_path_factory) -> Path:
 
 
 def test_busi_cases_labels_and_multi_masks(busi_root):
-    table = load_spec(SPECS / "busi.yaml", root=str(busi_root)).build_cases()
+    table = load_spec(SPECS / "breast_ultrasound.yaml", root=str(busi_root)).build_cases()
     assert table.errors == []
     cases = _by_id(table.cases)
     assert sorted(cases) == sorted(
@@ -124,7 +125,7 @@ def test_busi_cases_labels_and_multi_masks(busi_root):
 
 
 def test_busi_image_and_masks_load_on_one_grid(busi_root):
-    case = _by_id(load_spec(SPECS / "busi.yaml").datalist(root=busi_root))["benign_2"]
+    case = _by_id(load_spec(SPECS / "breast_ultrasound.yaml").datalist(root=busi_root))["benign_2"]
     image = readers.load_image(case["image"])
     masks = [readers.load_image(p) for p in case["lesion"]]
     assert image.shape == (20, 18)  # PIL axes reversed: (width, height)
@@ -617,7 +618,7 @@ def test_busi_real_data(shared_data):
     root = shared_data / "busi" / "Dataset_BUSI_with_GT"
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
-    table = load_spec(SPECS / "busi.yaml", root=str(root)).build_cases()
+    table = load_spec(SPECS / "breast_ultrasound.yaml", root=str(root)).build_cases()
     assert table.errors == []
     assert len(table.cases) == 780
     counts = table.label_counts()["diagnosis"]

@@ -210,7 +210,7 @@ def _write_busi(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_busi_like_masks_are_or_ed(tmp_path):
     first, second = _write_busi(tmp_path)
-    spec = load_spec(SPECS / "busi.yaml", root=str(tmp_path))
+    spec = load_spec(SPECS / "breast_ultrasound.yaml", root=str(tmp_path))
     datalist = spec.datalist("all")
     benign = next(c for c in datalist if c["case_id"] == "benign_1")
     assert isinstance(benign["lesion"], list) and len(benign["lesion"]) == 2
@@ -283,7 +283,7 @@ def test_bad_arguments_are_clear_errors(spec2d):
 
 @pytest.mark.shared_data
 def test_real_busi_multi_mask_cases(shared_data):
-    spec = load_spec(SPECS / "busi.yaml", root=str(shared_data / "busi" / "Dataset_BUSI_with_GT"))
+    spec = load_spec(SPECS / "breast_ultrasound.yaml", root=str(shared_data / "busi" / "Dataset_BUSI_with_GT"))
     datalist = spec.datalist("all")
     multi = [c for c in datalist if isinstance(c.get("lesion"), list)][:3]
     normal = [c for c in datalist if c["case_id"].startswith("normal")][:1]
