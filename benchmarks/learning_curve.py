@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if not args.data.is_dir():
-        print(f"BUSI not found at {args.data}: pass --data (see data_specs/breast_ultrasound.yaml for the layout)", file=sys.stderr)
+        print(
+            f"BUSI not found at {args.data}: pass --data (see data_specs/breast_ultrasound.yaml for the layout)",
+            file=sys.stderr,
+        )
         return 1
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every bundle process

@@ -256,7 +256,10 @@ def test_json_report_round_trips(tmp_path):
 def test_busi_real_data_is_clean(shared_data, specs_dir):
     start = time.perf_counter()
     report = validate_dataset(
-        specs_dir / "breast_ultrasound.yaml", root=shared_data / "busi" / "Dataset_BUSI_with_GT", workers=2, progress=False
+        specs_dir / "breast_ultrasound.yaml",
+        root=shared_data / "busi" / "Dataset_BUSI_with_GT",
+        workers=2,
+        progress=False,
     )
     duration = time.perf_counter() - start
     assert report.ok, report.format()
