@@ -206,6 +206,10 @@ def sigmoid_rampup(current: float, length: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+class EmptyLoaderError(ValueError):
+    """A loader of :class:`SemiSupervisedIteration` yields no batch at all."""
+
+
 class _Cycle:
     """Re-iterates a loader whenever it is exhausted (``itertools.cycle`` would replay cached batches,
     freezing the augmentations, and keep a whole epoch in memory); calls ``sampler.set_epoch`` so a
@@ -234,7 +238,9 @@ class _Cycle:
             try:
                 return next(self._iterator)  # type: ignore[arg-type]
             except StopIteration:
-                raise ValueError(f"SemiSupervisedIteration: the {self.name} yields no batch (empty dataset?)") from None
+                raise EmptyLoaderError(
+                    f"SemiSupervisedIteration: the {self.name} yields no batch (empty dataset?)"
+                ) from None
 
 
 def _plain(x: Any, device: Any, non_blocking: bool) -> torch.Tensor:
@@ -380,6 +386,7 @@ class SemiSupervisedIteration:
         self.strong_suffix = strong_suffix
         self.joint_forward = bool(joint_forward)
         self._unlabelled = _Cycle(unlabelled_loader, "unlabelled loader")
+        self._supervised_only = False
         self._labelled = [_Cycle(loader, f"labelled loader {i}") for i, loader in enumerate(labelled_loaders or [])]
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -476,13 +483,34 @@ class SemiSupervisedIteration:
                 fractions[task.name] = keep.float().mean()
         return pseudo, consistency, fractions
 
+    def _next_unlabelled(self) -> Mapping[str, Any] | None:
+        """The next unlabelled batch, or ``None`` (with one warning) when there are no unlabelled cases.
+
+        Why: a learning curve's 100 % point (``--label_fraction 1.0``, no ``unlabelled`` split) leaves
+        the unlabelled stream empty; training on the labelled data alone is what the user expects there,
+        not a crash.
+        """
+        if self._supervised_only:
+            return None
+        try:
+            return self._unlabelled.next()
+        except EmptyLoaderError:
+            self._supervised_only = True
+            logger.warning(
+                "semi-supervised training: the unlabelled stream is empty (every training case is labelled and the "
+                "spec has no 'unlabelled' split), so the pseudo-label and consistency terms are off and training "
+                "is supervised only; lower --label_fraction or add unlabelled cases to use them"
+            )
+            return None
+
     # -- the iteration ------------------------------------------------------------------------------
     def __call__(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
             raise ValueError("SemiSupervisedIteration got no batch")
         tasks = self._tasks(engine)
         inputs, targets = self._labelled_batch(engine, batchdata)
-        weak_inputs, strong_inputs = self._views(engine, self._unlabelled.next())
+        unlabelled = self._next_unlabelled()
+        weak_inputs, strong_inputs = (None, None) if unlabelled is None else self._views(engine, unlabelled)
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
 
         acc = int(getattr(engine, "accumulation_steps", 1) or 1)
@@ -504,20 +532,27 @@ class SemiSupervisedIteration:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         ramp = self.ramp(engine)
         with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else nullcontext():
-            with torch.no_grad():
-                weak_preds = _as_dict(engine.inferer(weak_inputs, engine.network))
-            if self.joint_forward:
-                n = _batch_size(inputs)
-                both = _as_dict(engine.inferer(self._joint(inputs, strong_inputs), engine.network))
-                preds = {k: v[:n] for k, v in both.items()}
-                strong_preds = {k: v[n:] for k, v in both.items()}
-            else:
+            if unlabelled is None:
                 preds = _as_dict(engine.inferer(inputs, engine.network))
-                strong_preds = _as_dict(engine.inferer(strong_inputs, engine.network))
+            else:
+                with torch.no_grad():
+                    weak_preds = _as_dict(engine.inferer(weak_inputs, engine.network))
+                if self.joint_forward:
+                    n = _batch_size(inputs)
+                    both = _as_dict(engine.inferer(self._joint(inputs, strong_inputs), engine.network))
+                    preds = {k: v[:n] for k, v in both.items()}
+                    strong_preds = {k: v[n:] for k, v in both.items()}
+                else:
+                    preds = _as_dict(engine.inferer(inputs, engine.network))
+                    strong_preds = _as_dict(engine.inferer(strong_inputs, engine.network))
             engine.state.output[CommonKeys.PRED] = preds
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             supervised = engine.loss_function(preds, targets).mean()
-            pseudo, consistency, fractions = self.unsupervised_terms(tasks, weak_preds, strong_preds)
+            if unlabelled is None:
+                pseudo = consistency = supervised.detach() * 0.0
+                fractions: dict[str, torch.Tensor] = {}
+            else:
+                pseudo, consistency, fractions = self.unsupervised_terms(tasks, weak_preds, strong_preds)
             unsupervised = ramp * (self.unsupervised_weight * pseudo + self.consistency_weight * consistency)
             total = supervised + unsupervised
         output = engine.state.output
@@ -533,7 +568,8 @@ class SemiSupervisedIteration:
         if getattr(engine.loss_function, "manipulates_gradients", False):
             # unsupervised terms first, keeping the (possibly shared) graph for the projected supervised backward
             rest = unsupervised / acc
-            (scaler.scale(rest) if scaler is not None else rest).backward(retain_graph=True)
+            if rest.requires_grad:  # a constant zero without unlabelled data
+                (scaler.scale(rest) if scaler is not None else rest).backward(retain_graph=True)
             scale = float(scaler.get_scale()) if scaler is not None else 1.0
             engine.loss_function.backward(supervised, unwrap(engine.network).shared_parameters(), scale=scale / acc)
         else:

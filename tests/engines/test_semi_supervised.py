@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import warnings
 
@@ -17,6 +18,7 @@ from monai.utils import set_determinism
 
 from medmtl.data import Task
 from medmtl.engines import (
+    GradientSurgeryIteration,
     MultiTaskLossHandler,
     MultiTaskPrepareBatch,
     SemiSupervisedHandler,
@@ -310,6 +312,39 @@ def test_supervised_gradient_is_unchanged_by_unlabelled_data() -> None:
     set_determinism(None)
 
 
+@pytest.mark.parametrize("weighting", ["fixed", "pcgrad"])
+def test_empty_unlabelled_stream_trains_supervised_only(weighting: str, caplog) -> None:
+    """No unlabelled case at all (label_fraction 1.0): one warning, then exactly the supervised steps."""
+    labelled = _labelled(4)
+    set_determinism(0)
+    semi_net = _net()
+    iteration = SemiSupervisedIteration(DataLoader(Dataset([]), batch_size=2), tasks=TASKS)
+    with caplog.at_level(logging.WARNING, logger="medmtl.engines.semi_supervised"):
+        semi = _trainer(semi_net, MultiTaskLoss(TASKS, weighting=weighting), iteration, labelled, 2, epochs=2)
+        semi.run()
+    warned = [r for r in caplog.records if "unlabelled stream is empty" in r.getMessage()]
+    assert len(warned) == 1  # once, not every step
+    assert semi.state.metrics["train_loss_pseudo_label"] == 0.0
+    assert semi.state.metrics["train_loss_consistency"] == 0.0
+
+    set_determinism(0)
+    plain_net = _net()
+    plain = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=DataLoader(Dataset(labelled), batch_size=2, shuffle=False, num_workers=0),
+        network=plain_net,
+        optimizer=torch.optim.Adam(MultiTaskLoss(TASKS).param_groups(plain_net.parameters()), lr=1e-2),
+        loss_function=MultiTaskLoss(TASKS, weighting=weighting),
+        prepare_batch=MultiTaskPrepareBatch(TASKS),
+        iteration_update=GradientSurgeryIteration() if weighting == "pcgrad" else None,
+    )
+    plain.run()
+    for (name, a), b in zip(semi_net.state_dict().items(), plain_net.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    set_determinism(None)
+
+
 def test_training_steps_reduce_loss_and_log_fractions() -> None:
     set_determinism(0)
     net, loss = _net(), MultiTaskLoss(TASKS)
@@ -364,9 +399,9 @@ def test_missing_views_and_bad_arguments() -> None:
         SemiSupervisedIteration(plain, unsupervised_weight=-1.0)
     with pytest.raises(ValueError, match="threshold"):
         SemiSupervisedIteration(plain, threshold={"grade": 2.0})
-    empty = SemiSupervisedIteration([], tasks=TASKS)
-    trainer = _trainer(_net(), MultiTaskLoss(TASKS), empty, _labelled(2), batch_size=2)
-    with pytest.raises(ValueError, match="no batch"):
+    empty_source = SemiSupervisedIteration(_unlabelled_loader(), tasks=TASKS, labelled_loaders=[[]])
+    trainer = _trainer(_net(), MultiTaskLoss(TASKS), empty_source, _labelled(2), batch_size=2)
+    with pytest.raises(ValueError, match="labelled loader 0 yields no batch"):
         trainer.run()
 
 
