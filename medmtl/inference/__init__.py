@@ -1,4 +1,4 @@
-"""Inference: multi-task sliding-window inferer and writers (masks in the input geometry + a table of class results)."""
+"""Inference: multi-task sliding-window inferer, mirroring TTA and writers (masks in the input geometry + a table of class results)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from medmtl.inference.sliding_window import (
     MultiTaskSlidingWindowInferer,
     estimate_activation_bytes,
 )
+from medmtl.inference.tta import MirrorTTAInferer, mirror_combinations
 from medmtl.inference.writer import MultiTaskPredictionWriter
 
 __all__ = [
     "CLASS_AGGREGATIONS",
     "MemoryBudgetError",
+    "MirrorTTAInferer",
     "MultiTaskPredictionWriter",
     "MultiTaskSlidingWindowInferer",
     "estimate_activation_bytes",
+    "mirror_combinations",
     "write_dicom_seg",
 ]
