@@ -246,6 +246,20 @@ class TrainingMemoryGuard:
             return int(free)
         return None
 
+    @staticmethod
+    def _inputs(engine: Engine, device: torch.device) -> Any:
+        """The batch's network input, without the batch augmentation: the shape is all the estimate needs,
+        and drawing augmentations here would shift the random stream of a resumed run by one batch."""
+        prepare_batch = engine.prepare_batch
+        augment = getattr(prepare_batch, "augment", None)
+        if augment is not None:
+            prepare_batch.augment = None
+        try:
+            return prepare_batch(engine.state.batch, device, getattr(engine, "non_blocking", False))[0]
+        finally:
+            if augment is not None:
+                prepare_batch.augment = augment
+
     def check(self, engine: Engine) -> None:
         from medmtl.inference import MemoryBudgetError, estimate_activation_bytes
 
@@ -257,7 +271,7 @@ class TrainingMemoryGuard:
         budget = self._budget(device)
         if network is None or budget is None or engine.state.batch is None:
             return
-        inputs = engine.prepare_batch(engine.state.batch, device, getattr(engine, "non_blocking", False))[0]
+        inputs = self._inputs(engine, device)
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
             logger.debug("TrainingMemoryGuard: the batch's input is not one tensor, no estimate")
             return

@@ -278,6 +278,17 @@ def _attached(engine: Engine) -> list[Any]:
     return owners
 
 
+def _batch_augment(trainer: Engine | None) -> Any:
+    """The trainer's batch augmentation (``prepare_batch.augment``) if it has a state to save, else ``None``.
+
+    Why: :class:`medmtl.transforms.BatchAugment` draws from its own generator, not from any global
+    RNG nor from the data loader, so its position must be saved for a resumed run to see the same
+    augmentations as an uninterrupted one.
+    """
+    augment = getattr(getattr(trainer, "prepare_batch", None), "augment", None)
+    return augment if hasattr(augment, "state_dict") and hasattr(augment, "load_state_dict") else None
+
+
 def _early_stoppers(*engines: Engine | None) -> list[EarlyStopping]:
     """Ignite ``EarlyStopping`` objects attached to the engines (MONAI's ``EarlyStopHandler`` holds one)."""
     found: list[EarlyStopping] = []
@@ -306,6 +317,7 @@ class ResumableCheckpoint:
     never interrupted (on CPU; CUDA kernels may be non-deterministic): the ``save_dict`` objects,
     the trainer's counters, the global RNGs (torch, CUDA, numpy, python: dropout and the data
     loader's shuffling), the random transforms' own states (see :func:`_random_generators`), the
+    batch augmentation's state (``prepare_batch.augment``, see :func:`_batch_augment`), the
     state of early stopping and the key-metric engine's best metric. It is written after every
     other end-of-epoch handler (history file, MLflow), so a kill between them makes the restart
     redo that epoch instead of skipping its records. Weights that are no longer finite (a diverged
@@ -413,6 +425,9 @@ class ResumableCheckpoint:
         trainer = self._trainer
         loader = getattr(trainer, "data_loader", None) if trainer is not None else None
         state["data_rng"] = _generator_states(loader)
+        augment = _batch_augment(trainer)
+        if augment is not None:
+            state["batch_augment"] = augment.state_dict()
         state["early_stopping"] = [dict(s.state_dict()) for s in _early_stoppers(self.key_metric_engine, self._trainer)]
         evaluator_state = getattr(self.key_metric_engine, "state", None)
         if evaluator_state is not None and hasattr(evaluator_state, "best_metric"):
@@ -443,6 +458,15 @@ class ResumableCheckpoint:
         _set_rng_state(checkpoint["rng"])
         if "data_rng" in checkpoint:  # absent in checkpoints written before it was saved
             _set_generator_states(getattr(trainer, "data_loader", None), checkpoint["data_rng"], self.last_path)
+        augment = _batch_augment(trainer)
+        if augment is not None and "batch_augment" in checkpoint:
+            augment.load_state_dict(checkpoint["batch_augment"])
+        elif augment is not None:
+            logger.warning(
+                "%s has no batch-augmentation state (written without prepare_batch augment): the batch "
+                "augmentations after the resume start from the beginning of their random stream",
+                self.last_path,
+            )
         stoppers = _early_stoppers(self.key_metric_engine, trainer)
         for stopper, saved in zip(stoppers, checkpoint.get("early_stopping", []), strict=False):
             stopper.load_state_dict(saved)

@@ -13,7 +13,7 @@ subclassed). Two small pieces make them multi-task:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,15 +50,27 @@ class MultiTaskPrepareBatch(PrepareBatch):
         tasks: the tasks (``Task`` or dicts).
         input_keys: batch keys holding the network input. One key gives a tensor; several (MRNet's
             ``axial``/``coronal``/``sagittal`` views) give ``{key: tensor}``.
+        augment: random augmentation of the whole batch, applied after the move to the device
+            (a :class:`medmtl.transforms.BatchAugment`, or any callable ``augment(data,
+            image_keys=..., label_keys=...) -> dict``); it gets the input keys as images and the
+            dense tasks' targets as label maps. For the trainer only: give the evaluator a
+            ``MultiTaskPrepareBatch`` without it. Its ``state_dict`` is saved in
+            :class:`~medmtl.engines.ResumableCheckpoint`'s ``last.pt``.
 
     Raises:
         KeyError: naming the missing key when the batch lacks an input, a task or a present flag
             (usually a transform chain without ``EnsureTaskLabelsd`` at its end).
     """
 
-    def __init__(self, tasks: Sequence[Task | Mapping[str, Any]], input_keys: str | Sequence[str] = "image") -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task | Mapping[str, Any]],
+        input_keys: str | Sequence[str] = "image",
+        augment: Callable[..., Mapping[str, Any]] | None = None,
+    ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.input_keys = (input_keys,) if isinstance(input_keys, str) else tuple(input_keys)
+        self.augment = augment
 
     def __call__(
         self,
@@ -91,7 +103,20 @@ class MultiTaskPrepareBatch(PrepareBatch):
             targets[present_key(task.name)] = move(
                 torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1)
             ).bool()
-        return inputs, targets
+        return self._augment(inputs, targets), targets
+
+    def _augment(self, inputs: Any, targets: dict[str, torch.Tensor]) -> Any:
+        """Run :attr:`augment` on the inputs and dense targets together (one draw per sample)."""
+        augment = self.augment
+        if augment is None:
+            return inputs
+        dense = [t.name for t in self.tasks if t.is_dense]
+        images = dict(inputs) if isinstance(inputs, Mapping) else {self.input_keys[0]: inputs}
+        out = augment({**images, **{name: targets[name] for name in dense}}, image_keys=list(images), label_keys=dense)
+        targets.update({name: out[name] for name in dense})
+        if isinstance(inputs, Mapping):
+            return {k: out[k] for k in images}
+        return out[self.input_keys[0]]
 
 
 class FlattenTaskOutputsd:

@@ -16,6 +16,7 @@ from medmtl.transforms.augment_pairs import (
     strong_key,
     weak_key,
 )
+from medmtl.transforms.batch_augment import BatchAugment
 from medmtl.transforms.dictionary import EnsureTaskLabelsd, FlagSafeSpacingd, MergeMasksd, ToGreyd
 from medmtl.transforms.presets import (
     INTENSITY_MODES,
@@ -26,6 +27,7 @@ from medmtl.transforms.presets import (
 )
 
 __all__ = [
+    "BatchAugment",
     "EnsureTaskLabelsd",
     "FlagSafeSpacingd",
     "INTENSITY_MODES",

@@ -14,6 +14,10 @@ ones after, :class:`~medmtl.transforms.dictionary.EnsureTaskLabelsd` last::
     [train: RandFlipd per axis -> RandAffined -> RandGaussianNoised -> RandAdjustContrastd]
     -> EnsureTaskLabelsd
 
+With ``batch_augment=True`` the bracketed random steps are left out of the chain and run on whole
+batches instead (:class:`~medmtl.transforms.batch_augment.BatchAugment`, same distributions): the
+dataset then caches every step, and the augmentation runs on the training device.
+
 Every MONAI spatial transform used here is invertible (``Invertd``).
 
 Multi-view inputs (MRNet's axial/coronal/sagittal stacks with different slice counts) go through
@@ -111,6 +115,7 @@ def build_transforms(
     noise_std: float = 0.05,
     aug_prob: float = 0.5,
     seg_dtype: str = "float32",
+    batch_augment: bool = False,
 ) -> Compose:
     """The training or evaluation transform chain for a dataset spec.
 
@@ -138,6 +143,11 @@ def build_transforms(
         noise_std: largest standard deviation of the Gaussian noise added to images.
         aug_prob: probability of each of the affine, noise and contrast augmentations.
         seg_dtype: dtype of segmentation labels in the batch (see :class:`EnsureTaskLabelsd`).
+        batch_augment: with ``train``, leave the random steps out: the chain is then fully
+            deterministic (``TrainingCacheDataset`` caches all of it) and the augmentation runs on
+            whole batches on the training device, by a :class:`~medmtl.transforms.BatchAugment` given
+            to ``MultiTaskPrepareBatch(augment=...)`` with the same options. The options above are
+            still checked, so a typo fails here as it would without the switch.
 
     Returns:
         A ``monai.transforms.Compose`` taking datalist dicts (``spec.datalist(...)``).
@@ -192,6 +202,8 @@ def build_transforms(
         for axis in axes:
             if not 0 <= int(axis) < dims:
                 raise ValueError(f"flip_axes has axis {axis}, but the spec has {dims} spatial axes (0..{dims - 1})")
+    if train and not batch_augment:
+        for axis in axes:
             steps.append(RandFlipd(spatial, prob=0.5, spatial_axis=int(axis), allow_missing_keys=True))
         angle = math.radians(rotate_degrees)
         steps.append(

@@ -20,6 +20,7 @@ from medmtl.engines import (
 )
 from medmtl.losses import MultiTaskLoss
 from medmtl.networks import MultiTaskNet
+from medmtl.transforms import BatchAugment
 
 TASKS = [
     Task(name="lesion", kind="segmentation", classes=["background", "lesion"]),
@@ -56,7 +57,7 @@ def _net() -> MultiTaskNet:
     return MultiTaskNet("unet", TASKS, backbone_kwargs={"spatial_dims": 2, "features": (4, 4, 8, 8, 16, 4)})
 
 
-def _trainer(net, loss, epochs: int, iteration_update=None) -> SupervisedTrainer:
+def _trainer(net, loss, epochs: int, iteration_update=None, augment=None) -> SupervisedTrainer:
     loader = DataLoader(Dataset(_samples()), batch_size=4, shuffle=True, num_workers=0)
     optimizer = torch.optim.Adam(loss.param_groups(net.parameters()), lr=1e-2)
     trainer = SupervisedTrainer(
@@ -66,7 +67,7 @@ def _trainer(net, loss, epochs: int, iteration_update=None) -> SupervisedTrainer
         network=net,
         optimizer=optimizer,
         loss_function=loss,
-        prepare_batch=MultiTaskPrepareBatch(TASKS),
+        prepare_batch=MultiTaskPrepareBatch(TASKS, augment=augment),
         iteration_update=iteration_update,
     )
     MultiTaskLossHandler(loss, net).attach(trainer)
@@ -114,12 +115,14 @@ def test_gradient_surgery_iteration_trains_with_pcgrad() -> None:
     assert "train_loss/grade" in trainer.state.metrics
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path) -> None:
+@pytest.mark.parametrize("batch_augment", [False, True])
+def test_resume_reproduces_uninterrupted_run(tmp_path, batch_augment: bool) -> None:
     def run(epochs: int, save_dir, state: dict | None = None):
         set_determinism(0) if state is None else None
         net = _net()
         loss = MultiTaskLoss(TASKS, weighting="uncertainty")
-        trainer = _trainer(net, loss, epochs=epochs)
+        augment = BatchAugment(2, seed=0) if batch_augment else None
+        trainer = _trainer(net, loss, epochs=epochs, augment=augment)
         ResumableCheckpoint(save_dir, {"network": net, "optimizer": trainer.optimizer, "loss": loss}).attach(trainer)
         trainer.run()
         return net, loss, trainer
@@ -128,6 +131,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path) -> None:
     run(2, tmp_path / "killed")  # "killed" after 2 epochs: last.pt is from epoch 2
     checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)  # what MONAI CheckpointLoader does
     assert checkpoint["trainer"]["iteration"] == 4  # 2 epochs x 2 batches
+    if batch_augment:
+        assert checkpoint["batch_augment"] == {"seed": 0, "calls": 4}
     resumed_net, resumed_loss, trainer = run(4, tmp_path / "killed", state={})
     assert trainer.state.epoch == 4
     for a, b in zip(full_net.state_dict().values(), resumed_net.state_dict().values(), strict=True):

@@ -66,6 +66,21 @@ def test_keys_and_modes_come_from_the_spec(spec2d, spec3d):
     assert tuple(affine.mode) == ("bilinear", "nearest")
 
 
+def test_batch_augment_leaves_a_fully_deterministic_chain(spec2d):
+    """With batch_augment the train chain is the eval chain: TrainingCacheDataset caches all of it."""
+    from monai.transforms import Randomizable
+
+    from medmtl.data.datasets import TrainingCacheDataset
+
+    chain = build_transforms(spec2d, 32, train=True, batch_augment=True)
+    assert [type(t) for t in chain.transforms] == [type(t) for t in build_transforms(spec2d, 32).transforms]
+    assert not any(isinstance(t, Randomizable) for t in chain.transforms)
+    ds = TrainingCacheDataset(spec2d.datalist("train")[:3], chain, cache_rate=1.0, progress=False)
+    assert ds[0]["image"] is ds._cache[0]["image"]  # served from the cache, no transform runs per item
+    with pytest.raises(ValueError, match="flip_axes has axis 2"):  # the options are still checked
+        build_transforms(spec2d, 64, train=True, batch_augment=True, flip_axes=(2,))
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_2d_batches(spec2d, train):
     datalist = spec2d.datalist("all")
