@@ -1,189 +1,623 @@
-"""Multi-task network vs separate single-task networks: FLOPs, training-step time, peak memory.
+"""Multi-task network vs separate single-task networks: FLOPs, training and inference time, peak memory.
 
 Sharing an encoder is the point of multi-task learning for users with one GPU (or none): this
-script measures what it saves on medmtl's own networks. For each configuration it builds the
-multi-task network and the separate single-task networks that answer the same questions, counts
-the FLOPs of one training step (forward + backward, ``torch.utils.flop_counter.FlopCounterMode``),
-and times training steps interleaved (warm-up, then the median of ``--repeats`` rounds, alternating
-multi-task and separate models so machine noise hits both alike). Ratios < 1 mean the multi-task
-network is cheaper; the FLOP ratio is the limit that sharing allows.
+script measures what it saves on medmtl's own networks. Each configuration pairs one multi-task
+``MultiTaskNet`` with the separate single-task networks that answer the same questions (the
+separate classifier is the same encoder + classification head the multi-task net shares: for a
+UNet backbone its unused decoder is dropped, so it is really encoder + head):
 
-Run: ``python benchmarks/multitask_vs_single.py [--repeats 7] [--threads 2]``; prints a table and
-writes ``benchmarks/results/multitask_vs_single.json``.
+- ``resnet2d_3heads``: 3 binary heads on one 2D ResNet-18 encoder (the radiograph bundle's
+  backbone) vs 3 single-head ResNet-18 classifiers; 128 px, batch 16.
+- ``basicunet2d``: the ultrasound bundle's default network, a 2D BasicUNet (features
+  32, 32, 64, 128, 256, 32, dropout 0.1) with lesion segmentation + 3-class diagnosis, vs a
+  seg-only BasicUNet + a BasicUNet-encoder classifier; 128 px, batch 16 (the bundle's settings).
+- ``resunet2d``: the network of the BUSI accuracy runs (``--accuracy-json``): the ultrasound
+  bundle with ``--backbone resunet`` and channels 16..256 (MONAI ``UNet``, 2 residual units),
+  lesion + diagnosis vs seg-only + encoder classifier; 128 px, batch 16.
+- ``resunet3d``: the brain MRI bundle's ``resunet`` preset, MONAI ``UNet`` (channels 16..256,
+  strides 2, 2 residual units) seg + binary vs seg-only + UNet-encoder classifier; 96^3, batch 2.
+- ``basicunet3d``: a small 3D BasicUNet (features 8, 8, 16, 32, 64, 8) seg + binary vs seg-only +
+  classifier; 64^3, batch 2.
+
+For each configuration and for **training** (one AdamW step: forward, loss, backward, update) and
+**inference** (forward in eval mode under ``torch.inference_mode()``, on copies of the networks):
+
+- **FLOPs** with ``torch.utils.flop_counter.FlopCounterMode`` (training: forward + backward;
+  inference: forward). The FLOP ratio multi / separate is the limit sharing allows. The counter
+  sees matmuls and convolutions only, so normalisation, activations and the optimizer are time
+  without FLOPs: they are why time can exceed the limit.
+- **Time**: the four candidates (multi and separate, training and inference) interleaved with
+  ``_bench.interleaved`` (warm-up, then ``--repeats`` rounds, order alternating), medians.
+  Goal: ``time_ratio / flop_ratio <= 1.05`` per row.
+- **Peak memory**: each network is measured in a fresh subprocess (this script with
+  ``--memory-worker``), so nothing of another model or of the timing runs is counted. The worker
+  builds the input batch, runs a throwaway copy of the network once on it and frees it (lazy
+  imports, thread pools and per-thread library caches, 10-40 MB per process on CPU, would otherwise
+  be counted once per separate network), records the baseline, builds the network (+ targets, loss,
+  optimizer), runs one untimed call (optimizer state), resets the peak and runs a second call;
+  peak memory = the peak during that call minus the baseline, i.e. parameters, optimizer state,
+  gradients, activations and workspace, without the interpreter, torch or the input. On
+  CUDA the counters are ``torch.cuda.memory_allocated`` / ``max_memory_allocated``. On CPU they
+  are the process's resident set (``VmRSS``) and its peak (``VmHWM``, reset by writing 5 to
+  ``/proc/self/clear_refs``), with glibc's mmap threshold fixed at 64 KiB in the worker so freed
+  tensors go back to the system and the peak is that of live memory, not of malloc's cache
+  (on systems without ``clear_refs`` the worker falls back to ``ru_maxrss`` growth over the first
+  call). Goal: the multi-task peak below the **sum** of the separate networks' peaks.
+
+``--accuracy-json PATH`` merges the per-task metrics of trained multi-task vs single-task models
+(the BUSI bundle trainings, run separately) into the results and the printed table: a JSON object
+``{"multi_task": {"lesion/dice": x, "diagnosis/balanced_accuracy": y}, "seg_only": {...},
+"cls_only": {...}, "command": "..."}``; every metric of ``multi_task`` is put side by side with the
+single-task model that has it (its difference multi - single is reported; the goal is that sharing
+costs no accuracy); a ``<metric>_ci95`` pair is printed beside its metric, other keys (notes,
+setting) are kept in the results as given.
+
+Run: ``python benchmarks/multitask_vs_single.py [--quick] [--repeats 5] [--threads 2]
+[--configs resunet3d ...] [--accuracy-json PATH]``; prints a table and writes
+``benchmarks/results/multitask_vs_single.json`` (``--quick``: 64 px / 32^3 inputs, batch 4 / 2,
+2 repeats, into ``multitask_vs_single.quick.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
-import platform
+import logging
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from _bench import interleaved, machine, print_table, summary, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
-from medmtl.data import Task
+from medmtl.data import Task, TaskKind
 from medmtl.losses import MultiTaskLoss
-from medmtl.networks import MultiTaskClassifier, MultiTaskNet
+from medmtl.networks import MultiTaskNet
 
-RESULTS = Path(__file__).parent / "results"
+NAME = "multitask_vs_single"
+GOAL = 1.05
+"""Goal: time ratio within this factor of the FLOP ratio (issue goal 1), training and inference."""
+MEMORY_TAG = "MEMORY_JSON "
+CI_SUFFIX = "_ci95"
+"""``--accuracy-json``: ``<metric>_ci95`` holds the 95 % interval of ``<metric>``, printed beside it."""
+WORKER_ENV = {  # freed tensors go straight back to the system (see the module docstring)
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=65536",
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+}
 
-SEG = Task(name="lesion", kind="segmentation", classes=["background", "lesion"])
-CLS = Task(name="malignant", kind="binary")
-FINDINGS = [Task(name=n, kind="binary") for n in ("abnormal", "acl", "meniscus")]
+LESION = Task(name="lesion", kind="segmentation", classes=["background", "lesion"])
+DIAGNOSIS = Task(name="diagnosis", kind="multiclass", classes=["normal", "benign", "malignant"])
+ABNORMAL = Task(name="abnormal", kind="binary")
+FINDINGS = tuple(Task(name=n, kind="binary") for n in ("effusion", "fracture", "hardware"))
 
 
-def _targets(tasks: list[Task], batch: int, spatial: tuple[int, ...]) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Config:
+    """One comparison: a multi-task network vs one single-task network per task.
+
+    Args:
+        key: short name (``--configs``).
+        title: what is compared, for the table.
+        backbone: registry name of the backbone.
+        backbone_kwargs: its arguments (a bundle preset where there is one).
+        tasks: the multi-task network's tasks; each separate network has one of them.
+        shape: input batch shape ``(B, C, *spatial)`` of the full run.
+        quick_shape: the shape of ``--quick``.
+    """
+
+    key: str
+    title: str
+    backbone: str
+    backbone_kwargs: Mapping[str, Any]
+    tasks: tuple[Task, ...]
+    shape: tuple[int, ...]
+    quick_shape: tuple[int, ...]
+    notes: str = ""
+
+    def input_shape(self, quick: bool) -> tuple[int, ...]:
+        return self.quick_shape if quick else self.shape
+
+    def task_sets(self) -> list[tuple[Task, ...]]:
+        """Index -1: the multi-task network's tasks; 0..n-1: the separate networks' tasks."""
+        return [self.tasks, *((t,) for t in self.tasks)]
+
+
+CONFIGS: dict[str, Config] = {
+    c.key: c
+    for c in (
+        Config(
+            "resnet2d_3heads",
+            "3 binary heads on one 2D ResNet-18 encoder vs 3 classifiers",
+            "resnet18",
+            {"spatial_dims": 2, "in_channels": 1},
+            FINDINGS,
+            (16, 1, 128, 128),
+            (4, 1, 64, 64),
+            "radiograph bundle backbone (resnet18); issue limit 0.333",
+        ),
+        Config(
+            "basicunet2d",
+            "2D BasicUNet seg + cls vs seg-only + encoder classifier",
+            "unet",
+            {"spatial_dims": 2, "in_channels": 1, "features": (32, 32, 64, 128, 256, 32), "dropout": 0.1},
+            (LESION, DIAGNOSIS),
+            (16, 1, 128, 128),
+            (4, 1, 64, 64),
+            "ultrasound bundle default unet preset and batch; issue limit 0.755",
+        ),
+        Config(
+            "resunet2d",
+            "2D ResUNet seg + cls vs seg-only + encoder classifier",
+            "resunet",
+            {
+                "spatial_dims": 2,
+                "in_channels": 1,
+                "channels": (16, 32, 64, 128, 256),
+                "strides": (2, 2, 2, 2),
+                "num_res_units": 2,
+            },
+            (LESION, DIAGNOSIS),
+            (16, 1, 128, 128),
+            (4, 1, 64, 64),
+            "the network of the BUSI accuracy runs (ultrasound bundle, --backbone resunet, channels 16..256)",
+        ),
+        Config(
+            "resunet3d",
+            "3D UNet (resunet) seg + cls vs seg-only + encoder classifier",
+            "resunet",
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "channels": (16, 32, 64, 128, 256),
+                "strides": (2, 2, 2, 2),
+                "num_res_units": 2,
+            },
+            (LESION, ABNORMAL),
+            (2, 1, 96, 96, 96),
+            (2, 1, 32, 32, 32),
+            "brain MRI bundle 'resunet' preset (MONAI UNet); issue limit 0.649 for its own 3D UNet",
+        ),
+        Config(
+            "basicunet3d",
+            "3D BasicUNet seg + cls vs seg-only + encoder classifier",
+            "unet",
+            {"spatial_dims": 3, "in_channels": 1, "features": (8, 8, 16, 32, 64, 8)},
+            (LESION, ABNORMAL),
+            (2, 1, 64, 64, 64),
+            (2, 1, 32, 32, 32),
+            "small BasicUNet of the sliding-window benchmark",
+        ),
+    )
+}
+
+
+def build_network(config: Config, tasks: Sequence[Task]) -> MultiTaskNet:
+    """A ``MultiTaskNet`` for ``tasks``; without a segmentation task the unused decoder is dropped.
+
+    A classification-only ``MultiTaskNet`` on a UNet backbone never runs the decoder, but still
+    holds its parameters; emptying them makes the separate classifier exactly encoder + head in
+    memory as well as in FLOPs (what a user would build as a separate classifier).
+    """
+    net = MultiTaskNet(config.backbone, tasks, backbone_kwargs=dict(config.backbone_kwargs))
+    if not net.has_dense:
+        for module in net.backbone.decoder_modules():
+            for param in module.parameters():
+                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+                param.requires_grad_(False)
+    return net
+
+
+def make_targets(tasks: Sequence[Task], shape: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """Random labels in the shapes ``MultiTaskLoss`` takes, every sample labelled for every task."""
+    g = torch.Generator().manual_seed(1)
+    batch, spatial = shape[0], tuple(shape[2:])
     targets: dict[str, torch.Tensor] = {}
     for task in tasks:
         if task.is_dense:
-            targets[task.name] = (torch.rand(batch, 1, *spatial) > 0.7).float()
+            target = torch.randint(0, task.num_outputs, (batch, 1, *spatial), generator=g).float()
+        elif task.kind == TaskKind.MULTICLASS:
+            target = torch.randint(0, task.num_outputs, (batch,), generator=g)
         else:
-            targets[task.name] = (torch.rand(batch, task.num_outputs) > 0.5).float()
-        targets[f"{task.name}_present"] = torch.ones(batch, dtype=torch.bool)
+            target = torch.randint(0, 2, (batch, task.num_outputs), generator=g).float()
+        targets[task.name] = target.to(device)
+        targets[task.present_key] = torch.ones(batch, dtype=torch.bool, device=device)
     return targets
 
 
-class _Model:
-    """One network with its loss and optimizer: ``step()`` is one training iteration."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, network: torch.nn.Module, tasks: list[Task], x: torch.Tensor) -> None:
-        self.network, self.x = network, x
-        self.loss = MultiTaskLoss(tasks)
-        self.targets = _targets(tasks, x.shape[0], tuple(x.shape[2:]))
-        self.optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
 
-    def step(self) -> None:
+class Model:
+    """One network with its loss and optimizer (training) and an eval-mode copy (inference).
+
+    Args:
+        network: the network (moved to ``x``'s device).
+        tasks: its tasks (they build the loss and the targets).
+        x: the input batch.
+        inference_copy: keep an eval-mode deep copy for :meth:`infer` (else :meth:`infer` switches
+            ``network`` to eval and :meth:`train_step` back to train: what the memory worker uses).
+    """
+
+    def __init__(self, network: torch.nn.Module, tasks: Sequence[Task], x: torch.Tensor, inference_copy: bool) -> None:
+        self.x = x
+        self.device = x.device
+        self.network = network.to(self.device).train()
+        self.eval_network = copy.deepcopy(network).eval() if inference_copy else None
+        self.loss = MultiTaskLoss(tasks).to(self.device)
+        self.targets = make_targets(tasks, x.shape, self.device)
+        self.optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_step(self) -> None:
+        if self.eval_network is None:
+            self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.loss(self.network(self.x), self.targets).backward()
         self.optimizer.step()
+        _sync(self.device)
 
+    def infer(self) -> None:
+        net = self.eval_network if self.eval_network is not None else self.network.eval()
+        with torch.inference_mode():
+            net(self.x)
+        _sync(self.device)
 
-def _flops(models: list[_Model]) -> int:
-    total = 0
-    for model in models:
+    def flops(self, mode: str) -> int:
+        """FLOPs of one training step (forward + backward) or one inference forward pass."""
         with FlopCounterMode(display=False) as counter:
-            model.optimizer.zero_grad(set_to_none=True)
-            model.loss(model.network(model.x), model.targets).backward()
-        total += counter.get_total_flops()
-    return total
+            if mode == "training":
+                self.optimizer.zero_grad(set_to_none=True)
+                self.loss(self.network(self.x), self.targets).backward()
+            else:
+                self.infer()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
 
 
-def _peak_bytes(models: list[_Model]) -> int | None:
-    """Peak CUDA memory of one training step of each model in turn (None on CPU: torch's CPU
-    allocator has no peak counter, and process RSS would mix in the other models)."""
-    if not torch.cuda.is_available():
+def make_input(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(*shape, generator=g).to(device)
+
+
+# -- peak memory (subprocess) -----------------------------------------------------------------------
+def _proc_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
         return None
-    torch.cuda.reset_peak_memory_stats()
-    for model in models:
-        model.step()
-    return torch.cuda.max_memory_allocated()
+    return None
 
 
-def _time(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _reset_cpu_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_kib("VmHWM") is not None
 
 
-def compare(name: str, multi: _Model, separate: list[_Model], repeats: int) -> dict:
-    run_multi = multi.step
-
-    def run_separate() -> None:
-        for model in separate:
-            model.step()
-
-    for _ in range(2):  # warm-up: allocator, kernels, lazy init
-        run_multi()
-        run_separate()
-    multi_times, separate_times = [], []
-    for _ in range(repeats):  # interleaved
-        multi_times.append(_time(run_multi))
-        separate_times.append(_time(run_separate))
-    flops_multi, flops_separate = _flops([multi]), _flops(separate)
-    peak_multi, peak_separate = _peak_bytes([multi]), _peak_bytes(separate)
-    params_multi = sum(p.numel() for p in multi.network.parameters())
-    params_separate = sum(p.numel() for m in separate for p in m.network.parameters())
-    return {
-        "configuration": name,
-        "flops_multi": flops_multi,
-        "flops_separate": flops_separate,
-        "flop_ratio": flops_multi / flops_separate,
-        "time_multi_s": statistics.median(multi_times),
-        "time_separate_s": statistics.median(separate_times),
-        "time_ratio": statistics.median(multi_times) / statistics.median(separate_times),
-        "params_multi": params_multi,
-        "params_separate": params_separate,
-        "memory_ratio": None if peak_multi is None else peak_multi / peak_separate,
-    }
+def _maxrss_kib() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
 
 
-def configurations(batch: int) -> list[tuple[str, _Model, list[_Model]]]:
-    torch.manual_seed(0)
-    x2d = torch.randn(batch, 1, 128, 128)
-    x3d = torch.randn(max(1, batch // 4), 1, 64, 64, 64)
-    res = {"backbone_kwargs": {"layers": (1, 1, 1, 1), "block_inplanes": (32, 64, 128, 256)}}
-    unet2d = {"spatial_dims": 2, "features": (16, 16, 32, 64, 128, 16)}
-    unet3d = {"spatial_dims": 3, "features": (8, 8, 16, 32, 64, 8)}
-    return [
-        (
-            "3 classification heads, one 2D ResNet encoder",
-            _Model(MultiTaskClassifier(FINDINGS, backbone="resnet", **res), FINDINGS, x2d),
-            [_Model(MultiTaskClassifier([t], backbone="resnet", **res), [t], x2d) for t in FINDINGS],
-        ),
-        (
-            "2D BasicUNet seg+cls vs seg-only + classifier",
-            _Model(MultiTaskNet("unet", [SEG, CLS], backbone_kwargs=unet2d), [SEG, CLS], x2d),
-            [
-                _Model(MultiTaskNet("unet", [SEG], backbone_kwargs=unet2d), [SEG], x2d),
-                _Model(MultiTaskNet("unet", [CLS], backbone_kwargs=unet2d), [CLS], x2d),
-            ],
-        ),
-        (
-            "3D BasicUNet seg+cls vs seg-only + classifier",
-            _Model(MultiTaskNet("unet", [SEG, CLS], backbone_kwargs=unet3d), [SEG, CLS], x3d),
-            [
-                _Model(MultiTaskNet("unet", [SEG], backbone_kwargs=unet3d), [SEG], x3d),
-                _Model(MultiTaskNet("unet", [CLS], backbone_kwargs=unet3d), [CLS], x3d),
-            ],
-        ),
+def measure_memory(config: Config, index: int, quick: bool, device: torch.device) -> dict[str, Any]:
+    """Peak memory (bytes) of one inference pass and one training step of one network (run in a worker).
+
+    Args:
+        config: the configuration.
+        index: -1 for the multi-task network, ``i`` for the separate network of task ``i``.
+        quick: use the ``--quick`` input shape.
+        device: where to run.
+    """
+    logging.disable(logging.WARNING)
+    tasks = config.task_sets()[index + 1]
+    x = make_input(config.input_shape(quick), device)
+    # One step of a throwaway copy of the network on the same input first: lazy imports, thread
+    # pools and per-thread library caches then belong to the baseline and are not counted once per
+    # network (warming up on a smaller input left a second thread idle and its caches uncounted).
+    warm = Model(build_network(config, tasks), tasks, x, inference_copy=False)
+    warm.infer()
+    warm.train_step()
+    del warm
+    gc.collect()
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = (_proc_kib("VmRSS") or 0) * 1024
+    model = Model(build_network(config, tasks), tasks, x, inference_copy=False)
+    result: dict[str, Any] = {"tasks": [t.name for t in tasks]}
+    for mode, fn in (("inference", model.infer), ("training", model.train_step)):
+        if device.type == "cuda":
+            fn()
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            result[mode] = torch.cuda.max_memory_allocated(device) - base
+            result["method"] = "torch.cuda.max_memory_allocated - memory_allocated before building"
+        elif _reset_cpu_peak() and base:
+            fn()
+            _reset_cpu_peak()
+            fn()
+            result[mode] = (_proc_kib("VmHWM") or 0) * 1024 - base
+            result["method"] = "VmHWM (reset via clear_refs) - VmRSS before building, mmap threshold 64 KiB"
+        else:  # no /proc: growth of the lifetime peak over the first call of each mode
+            before = _maxrss_kib()
+            fn()
+            fn()
+            result[mode] = max(0, _maxrss_kib() - before) * 1024
+            result["method"] = "ru_maxrss growth over the first call (lower bound)"
+    return result
+
+
+def memory_in_subprocess(config: Config, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Run :func:`measure_memory` in a fresh interpreter and return its result."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-worker",
+        config.key,
+        str(index),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        *(["--quick"] if args.quick else []),
     ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **WORKER_ENV}, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MEMORY_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"memory worker for {config.key} network {index} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(MEMORY_TAG) :])
+
+
+# -- the comparison -------------------------------------------------------------------------------
+def compare(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs, times and peak memory of one configuration, training and inference."""
+    device = torch.device(args.device)
+    shape = config.input_shape(args.quick)
+    x = make_input(shape, device)
+    torch.manual_seed(0)
+    multi = Model(build_network(config, config.tasks), config.tasks, x, inference_copy=True)
+    separate = [Model(build_network(config, [t]), [t], x, inference_copy=True) for t in config.tasks]
+
+    def each(fn_name: str) -> Callable[[], None]:
+        def run() -> None:
+            for model in separate:
+                getattr(model, fn_name)()
+
+        return run
+
+    flops = {mode: (multi.flops(mode), sum(m.flops(mode) for m in separate)) for mode in ("training", "inference")}
+    candidates = {
+        "training multi": multi.train_step,
+        "training separate": each("train_step"),
+        "inference multi": multi.infer,
+        "inference separate": each("infer"),
+    }
+    times = interleaved(candidates, args.repeats, warmup=args.warmup)
+    memory = None
+    if not args.no_memory:
+        memory = [memory_in_subprocess(config, i, args) for i in range(-1, len(config.tasks))]
+
+    row: dict[str, Any] = {
+        "key": config.key,
+        "configuration": config.title,
+        "notes": config.notes,
+        "backbone": config.backbone,
+        "backbone_kwargs": dict(config.backbone_kwargs),
+        "tasks": {t.name: t.kind.value for t in config.tasks},
+        "input_shape": list(shape),
+        "params_multi": multi.num_parameters(),
+        "params_separate": [m.num_parameters() for m in separate],
+    }
+    for mode in ("training", "inference"):
+        flops_multi, flops_separate = flops[mode]
+        t_multi, t_sep = statistics.median(times[f"{mode} multi"]), statistics.median(times[f"{mode} separate"])
+        flop_ratio, time_ratio = flops_multi / flops_separate, t_multi / t_sep
+        entry: dict[str, Any] = {
+            "flops_multi": flops_multi,
+            "flops_separate": flops_separate,
+            "flop_ratio": flop_ratio,
+            "time_multi": summary(times[f"{mode} multi"]),
+            "time_separate": summary(times[f"{mode} separate"]),
+            "time_ratio": time_ratio,
+            "time_over_flop_ratio": time_ratio / flop_ratio,
+            "time_goal_met": time_ratio / flop_ratio <= GOAL,
+        }
+        if memory is not None:
+            peak_multi = memory[0][mode]
+            peaks_separate = [m[mode] for m in memory[1:]]
+            entry["memory"] = {
+                "method": memory[0]["method"],
+                "peak_multi_bytes": peak_multi,
+                "peak_separate_bytes": peaks_separate,
+                "peak_separate_sum_bytes": sum(peaks_separate),
+                "ratio_to_sum": peak_multi / sum(peaks_separate),
+                "goal_met": peak_multi < sum(peaks_separate),
+            }
+        row[mode] = entry
+    return row
+
+
+def load_accuracy(path: Path) -> dict[str, Any]:
+    """Read ``--accuracy-json`` and pair every multi-task metric with the single-task model that has it.
+
+    Raises:
+        ValueError: when the file has no ``multi_task`` dict or no single-task model dict.
+    """
+    data = json.loads(path.read_text())
+    multi = data.get("multi_task") if isinstance(data, dict) else None
+    singles = {k: v for k, v in data.items() if k != "multi_task" and isinstance(v, dict)} if multi else {}
+    if not isinstance(multi, dict) or not singles:
+        raise ValueError(
+            f"{path}: expected {{'multi_task': {{metric: value}}, 'seg_only': {{...}}, 'cls_only': {{...}}, "
+            f"'command': '...'}}, got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}"
+        )
+    rows = []
+    for metric, value in multi.items():
+        if metric.endswith(CI_SUFFIX):
+            continue  # shown next to its metric
+        owner = next((name for name, metrics in singles.items() if metric in metrics), None)
+        single = singles[owner][metric] if owner else None
+        numeric = isinstance(value, (int, float)) and isinstance(single, (int, float))
+        rows.append(
+            {
+                "metric": metric,
+                "multi_task": value,
+                "multi_task_ci95": multi.get(metric + CI_SUFFIX),
+                "single_task": single,
+                "single_task_ci95": singles[owner].get(metric + CI_SUFFIX) if owner else None,
+                "single_task_model": owner,
+                "difference": value - single if numeric else None,
+            }
+        )
+    return {"source": str(path), "command": data.get("command"), "rows": rows, "raw": data}
+
+
+def _with_ci(value: Any, ci: Any) -> Any:
+    if isinstance(value, float) and isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
+    return value
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else n / 2**20
+
+
+def report(rows: list[dict[str, Any]], accuracy: dict[str, Any] | None) -> None:
+    table = []
+    for r in rows:
+        for mode in ("training", "inference"):
+            e, mem = r[mode], r[mode].get("memory")
+            table.append(
+                [
+                    r["key"],
+                    mode,
+                    e["flop_ratio"],
+                    e["time_ratio"],
+                    e["time_over_flop_ratio"],
+                    "pass" if e["time_goal_met"] else "FAIL",
+                    e["time_multi"]["median_s"],
+                    e["time_separate"]["median_s"],
+                    _mb(mem["peak_multi_bytes"]) if mem else None,
+                    _mb(mem["peak_separate_sum_bytes"]) if mem else None,
+                    ("pass" if mem["goal_met"] else "FAIL") if mem else None,
+                ]
+            )
+    print_table(
+        [
+            "configuration",
+            "mode",
+            "FLOP ratio",
+            "time ratio",
+            "time/FLOP",
+            f"<= {GOAL}",
+            "multi s",
+            "separate s",
+            "peak MiB multi",
+            "sum separate",
+            "mem < sum",
+        ],
+        table,
+        "multi-task vs separate single-task networks (ratios multi / separate; medians)",
+    )
+    for r in rows:
+        print(f"  {r['key']}: {r['configuration']}, input {'x'.join(map(str, r['input_shape']))} ({r['notes']})")
+    if accuracy:
+        print_table(
+            ["metric", "multi-task", "single-task", "single model", "multi - single"],
+            [
+                [
+                    a["metric"],
+                    _with_ci(a["multi_task"], a["multi_task_ci95"]),
+                    _with_ci(a["single_task"], a["single_task_ci95"]),
+                    a["single_task_model"],
+                    a["difference"],
+                ]
+                for a in accuracy["rows"]
+            ],
+            f"accuracy, trained models ({accuracy['source']})",
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="64 px / 32^3 inputs, 2 repeats: a smoke check")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed calls of each candidate (default 2; --quick: 1)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--accuracy-json", type=Path, default=None, help="per-task metrics to merge (see docstring)")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("CONFIG", "INDEX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [compare(name, multi, separate, args.repeats) for name, multi, separate in configurations(args.batch)]
-    header = f"{'configuration':<48} {'FLOP ratio':>10} {'time ratio':>10} {'time/FLOP':>9} {'memory':>7}"
-    print(header)
-    print("-" * len(header))
+    if args.memory_worker:
+        if args.device == "cpu" and any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
+            sys.exit("--memory-worker measures CPU memory only with WORKER_ENV set: use memory_in_subprocess()")
+        key, index = args.memory_worker
+        result = measure_memory(CONFIGS[key], int(index), args.quick, torch.device(args.device))
+        print(MEMORY_TAG + json.dumps(result), flush=True)
+        return
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    accuracy = load_accuracy(args.accuracy_json) if args.accuracy_json else None
+    logging.disable(logging.WARNING)  # classification-only UNets warn that their decoder is unused
+
+    start = time.perf_counter()
+    rows = []
+    for key in args.configs:
+        print(f"[{time.strftime('%X')}] {key}...", flush=True)
+        rows.append(compare(CONFIGS[key], args))
+    elapsed = time.perf_counter() - start
+    report(rows, accuracy)
+    met: dict[str, bool] = {}
     for r in rows:
-        print(
-            f"{r['configuration']:<48} {r['flop_ratio']:>10.3f} {r['time_ratio']:>10.3f} "
-            f"{r['time_ratio'] / r['flop_ratio']:>9.3f} "
-            + (f"{r['memory_ratio']:>7.3f}" if r["memory_ratio"] is not None else f"{'n/a':>7}")
-        )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "multitask_vs_single.json"
-    meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "batch": args.batch,
+        for mode in ("training", "inference"):
+            met[f"{r['key']} {mode} time"] = r[mode]["time_goal_met"]
+            if "memory" in r[mode]:
+                met[f"{r['key']} {mode} memory"] = r[mode]["memory"]["goal_met"]
+    print(f"goals met: {sum(met.values())}/{len(met)}; benchmark time {elapsed:.0f} s")
+    results: dict[str, Any] = {
+        "goal": f"time_ratio / flop_ratio <= {GOAL} (training and inference); multi-task peak memory < sum of "
+        "the separate networks' peaks; sharing must not cost accuracy",
+        "rows": rows,
+        "goals_met": met,
     }
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    print(f"wrote {out}")
+    if accuracy:
+        results["accuracy"] = accuracy
+    meta = machine(
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        quick=args.quick,
+        device=args.device,
+        duration_s=elapsed,
+    )
+    write_results(NAME, meta, results, quick=args.quick)
 
 
 if __name__ == "__main__":
