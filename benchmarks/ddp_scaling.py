@@ -3,32 +3,51 @@
 ``multi_gpu_train.json`` is how a user scales out: the same training config run by ``torchrun``.
 On a CPU machine the question is whether 2 single-threaded processes train faster than 1 process
 using both cores through intra-op threads, and whether they train *the same model*. This script
-generates demo data (``medmtl.data.demo.generate_demo2d``, 64 px) in a temporary folder, then runs
-the demo bundle's ``train.json`` the way a user does (``python -m monai.bundle run``), alternating:
+generates demo data (``medmtl.data.demo.generate_demo2d``) in a temporary folder, then runs the demo
+bundle's ``train.json`` the way a user does (``python -m monai.bundle run``), alternating:
 
 - **single**: 1 process, ``OMP_NUM_THREADS=2``, batch 8;
 - **DDP**: ``torchrun --standalone --nproc_per_node=2`` with ``multi_gpu_train.json``,
-  ``OMP_NUM_THREADS=1``, batch 4 per rank (the same global batch of 8).
+  ``OMP_NUM_THREADS=1``, batch 4 per rank (the same global batch of 8, the same 2 cores).
 
 Speed: the training time of each epoch as Ignite measures it (``state.times['EPOCH_COMPLETED']``:
 the epoch's iterations, without start-up, caching, validation or checkpoints; printed by a small
 handler added through an extra config file); the first epoch is a warm-up and not counted. Samples/s
-= training samples / median epoch time; goal DDP / single >= 1.1.
+= training samples / median epoch time; goal DDP / single >= 1.1. Where the time goes is printed
+per phase of an iteration (:class:`PhaseTimes`). ``--size`` sets the image size (default 64 px, the
+demo's own). On the 2-core machine of the results file the 2-thread process already runs this
+network's convolutions almost twice as fast as 1 thread, so a 1-thread rank's compute for 4 samples
+(forward + loss + backward + step: 55 ms at 64 px) is only ~10% below the single process's whole
+step for 8 samples (61 ms), and the per-step synchronisation (gloo all-reduce of 1.9 MB, ~1 ms, plus
+waiting for the slower rank at the loss and backward all-reduces, ~5-8 ms) takes more than that;
+``--size 128`` gives 4x the convolution work per step but did not change the picture (0.98x).
 
 Equality: DDP with ``even_divisible`` shards and averaged gradients computes the same step as one
-process on the global batch only when nothing random or per-rank remains, so both runs get
+process on the global batch only when nothing random or per-rank remains, so every run gets
 overrides that make them comparable: augmentation off (``train::preprocessing::train false``), no
-dropout, only fully labelled training cases (a masked per-task mean over 4 + 4 samples equals the
-mean over 8 only when every sample carries every label), an even number of them, and the single
-process draws its batches through a ``DistributedSampler`` with 1 replica and the same seed (the
-union of the two ranks' batches is then exactly the single process's batch). ``multi_gpu_train.json``
-seeds rank r with ``seed + r``; rank 0's initial weights (broadcast by DDP) then equal the single
-run's. What remains is float summation order (gloo's all-reduce, per-rank batches), so the per-epoch
-training losses should agree to a small relative difference that may grow slowly over epochs.
+dropout, an even number of training cases, and the single process draws its batches through a
+``DistributedSampler`` with 1 replica and the same seed (the union of the two ranks' batches is then
+exactly the single process's batch). The demo's partly labelled cases are kept: ``MultiTaskLoss``
+scales each rank's per-task mean by its share of the labelled samples (``global_label_mean``), so
+the averaged gradient is the masked mean over the global batch. ``multi_gpu_train.json`` seeds rank
+r with ``seed + r``; rank 0's initial weights (broadcast by DDP) equal the single run's.
 
-Run: ``python benchmarks/ddp_scaling.py [--quick] [--epochs 7] [--rounds 2]``; prints tables and
-writes ``benchmarks/results/ddp_scaling.json`` (``--quick``: 32 px, 2 epochs, 1 round, into
-``ddp_scaling.quick.json``).
+What remains is float summation order (gloo's all-reduce, per-rank batches), and training amplifies
+it: in float32 the per-epoch losses of DDP and single drift apart after a few dozen steps, exactly
+as a single process run with 1 thread instead of 2 drifts from itself (a different summation order
+in the convolutions). So the script reports three comparisons of the per-epoch training losses:
+
+- **float32**, DDP vs single (the timed runs): the drift users see;
+- **float32 reference**, single with 1 thread vs single with 2 threads: the drift of the same
+  computation in another summation order, the yardstick for the line above;
+- **float64**, DDP vs single (``--f64-epochs`` epochs, network, loss and batches in float64 through
+  config overrides): rounding starts near 1e-16 instead of 1e-7, so a real difference between the
+  two computations (a rank-local statistic, an unsynchronised parameter) would show while rounding
+  stays far below the 1e-9 tolerance. This is the equality check.
+
+Run: ``python benchmarks/ddp_scaling.py [--quick] [--epochs 7] [--rounds 2] [--size 64]``; prints
+tables and writes ``benchmarks/results/ddp_scaling.json`` (``--quick``: 32 px, 40 cases, 2 epochs,
+1 round, into ``ddp_scaling.quick.json``).
 """
 
 from __future__ import annotations
@@ -50,25 +69,99 @@ from _bench import REPO, machine, print_table, summary, write_results
 from medmtl.data.demo import generate_demo2d
 
 NAME = "ddp_scaling"
+PHASES = ("forward", "loss", "backward", "optimizer", "between")
 CONFIGS = REPO / "bundles" / "demo" / "configs"
 SPEC = REPO / "data_specs" / "demo.yaml"
 GLOBAL_BATCH = 8
+F64_TOLERANCE = 1e-9
 EPOCH_LINE = re.compile(r"^BENCH_EPOCH rank=(\d+) epoch=(\d+) seconds=([0-9.eE+-]+)$", re.MULTILINE)
 SAMPLES_LINE = re.compile(r"^BENCH_SAMPLES (\d+)$", re.MULTILINE)
+PHASES_LINE = re.compile(r"^BENCH_PHASES rank=(\d+) (\{.*\})$", re.MULTILINE)
+
+
+class PhaseTimes:
+    """Median wall and main-thread CPU milliseconds of each part of a training iteration.
+
+    Also prints each epoch's training time (``BENCH_EPOCH``). Attached to the trainer by the extra config (this file is importable in the bundle's process:
+    ``run_bundle`` puts ``benchmarks/`` on ``PYTHONPATH``); prints one ``BENCH_PHASES`` line per rank
+    at the end. Phases (each with the bundle's handlers on the event that ends it, which run first):
+    ``forward`` (zero_grad, prepare_batch, network), ``loss`` (with the non-finite guard's and the
+    label counts' all-reduce), ``backward`` (with DDP's gradient all-reduce and the loss weights'
+    gradient sync), ``optimizer`` (step), ``between`` (the iteration's end, loading the next batch). Why: the epoch time alone
+    does not say whether DDP loses on compute, communication or waiting; for a 1-thread DDP rank,
+    wall minus CPU is time spent waiting for the other rank or for gloo, while for the 2-thread
+    single process the main thread's CPU includes OpenMP's spinning. The first epoch is skipped.
+    """
+
+    _MARKS = ("ITERATION_STARTED", "FORWARD_COMPLETED", "LOSS_COMPLETED", "BACKWARD_COMPLETED", "MODEL_COMPLETED")
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[tuple[float, float]]] = {p: [] for p in PHASES}
+        self._marks: dict[str, tuple[float, float]] = {}
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+        from monai.engines.utils import IterationEvents
+
+        for name in self._MARKS:
+            event = getattr(Events, name, None) or getattr(IterationEvents, name)
+            engine.add_event_handler(event, self._mark, name)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_time)
+        engine.add_event_handler(Events.COMPLETED, self._report)
+
+    @staticmethod
+    def emit(line: str) -> None:
+        """One line in one ``write``: the ranks share torchrun's stdout, and ``print`` writes the
+        text and the newline separately, so two ranks' lines could interleave."""
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def _epoch_time(self, engine: Any) -> None:
+        import medmtl.engines
+
+        seconds = engine.state.times["EPOCH_COMPLETED"]
+        self.emit(f"BENCH_EPOCH rank={medmtl.engines.get_rank()} epoch={engine.state.epoch} seconds={seconds}")
+
+    def _mark(self, engine: Any, name: str) -> None:
+        now = (time.perf_counter(), time.thread_time())
+        if name == "ITERATION_STARTED" and "MODEL_COMPLETED" in self._marks:
+            self._record("between", self._marks["MODEL_COMPLETED"], now, engine)
+            self._marks = {}
+        self._marks[name] = now
+        previous = self._MARKS[self._MARKS.index(name) - 1] if name != "ITERATION_STARTED" else None
+        if previous in self._marks:
+            phase = PHASES[self._MARKS.index(name) - 1]
+            self._record(phase, self._marks[previous], now, engine)
+
+    def _record(self, phase: str, start: tuple[float, float], end: tuple[float, float], engine: Any) -> None:
+        if engine.state.epoch > 1:
+            self.samples[phase].append((end[0] - start[0], end[1] - start[1]))
+
+    def _report(self, engine: Any) -> None:
+        import medmtl.engines
+
+        out = {
+            phase: {
+                "wall_ms": statistics.median(w for w, _ in values) * 1e3,
+                "cpu_ms": statistics.median(c for _, c in values) * 1e3,
+            }
+            for phase, values in self.samples.items()
+            if values
+        }
+        self.emit(f"BENCH_PHASES rank={medmtl.engines.get_rank()} {json.dumps(out)}")
+
 
 # Extra config merged after train.json (and multi_gpu_train.json): comparable runs + epoch timing.
 # (No "import" anywhere in an expression: MONAI then parses it as Python before resolving "@" ids.)
 COMMON_OVERRIDES: dict[str, Any] = {
     "train::preprocessing::train": False,
     "network_def::backbone_kwargs::dropout": 0.0,
-    "train::dataset::data": "$(lambda cs: cs[: len(cs) // 2 * 2])("
-    "(lambda cs: [c for c in cs if c['lesion_present'] and c['malignant_present']])(@train_cases[0]))",
+    "train::dataset::data": "$(lambda cs: cs[: len(cs) // 2 * 2])(@train_cases[0])",
+    "bench_phases": {"_target_": "ddp_scaling.PhaseTimes"},
     "run": [
+        "$@bench_phases.attach(@train::trainer)",
         "$@validate::early_stop.set_trainer(@train::trainer)",
-        "$print('BENCH_SAMPLES', len(@train::dataset), flush=True) if medmtl.engines.is_main_process() else None",
-        "$@train::trainer.add_event_handler(monai.engines.workflow.Events.EPOCH_COMPLETED, "
-        'lambda e: print(f"BENCH_EPOCH rank={medmtl.engines.get_rank()} epoch={e.state.epoch} '
-        "seconds={e.state.times['EPOCH_COMPLETED']}\", flush=True))",
+        "$@bench_phases.emit('BENCH_SAMPLES ' + str(len(@train::dataset))) if medmtl.engines.is_main_process() else None",
         "$@train::trainer.run()",
     ],
 }
@@ -85,14 +178,44 @@ SINGLE_OVERRIDES: dict[str, Any] = {  # the batches of DDP's sampler, in one pro
     "train::dataloader::sampler": "@train::sampler",
     "train::dataloader::shuffle": False,
 }
+# float64: the batches through the trainer's ``to_kwargs`` (the demo's targets are all float), the
+# network and the loss (its uncertainty log-variances and pos_weight) with ``.double()``
+F64_OVERRIDES: dict[str, Any] = {
+    "train::trainer::to_kwargs": {"dtype": "$torch.float64"},
+    "loss_function": "$@loss.double().to(@device)",
+}
+F64_NETWORK = {
+    "single": {"network": "$@network_def.double().to(@device)"},
+    "ddp": {"network::module": "$@network_def.double().to(@device)"},
+}
 
 
-def run_bundle(mode: str, work: Path, data: Path, args: argparse.Namespace, index: int) -> dict[str, Any]:
-    """One training run; returns its epoch times, per-epoch losses and wall time."""
-    extra = work / f"bench_{mode}.json"
-    extra.write_text(json.dumps({**COMMON_OVERRIDES, **(SINGLE_OVERRIDES if mode == "single" else {})}))
+def run_bundle(
+    mode: str,
+    work: Path,
+    data: Path,
+    args: argparse.Namespace,
+    label: str,
+    epochs: int,
+    threads: int | None = None,
+    f64: bool = False,
+) -> dict[str, Any]:
+    """One training run; returns its epoch times, per-epoch losses and wall time.
+
+    Args:
+        mode: ``"single"`` or ``"ddp"``.
+        label: names the run's output folder and extra config (unique per run).
+        epochs: epochs of this run.
+        threads: ``OMP_NUM_THREADS`` of each process (default: ``nproc`` for single, 1 for DDP).
+        f64: train in float64 (the equality check).
+    """
+    extra_config = {**COMMON_OVERRIDES, **(SINGLE_OVERRIDES if mode == "single" else {})}
+    if f64:
+        extra_config.update({**F64_OVERRIDES, **F64_NETWORK[mode]})
+    extra = work / f"bench_{label}.json"
+    extra.write_text(json.dumps(extra_config))
     configs = [CONFIGS / "train.json"] + ([CONFIGS / "multi_gpu_train.json"] if mode == "ddp" else []) + [extra]
-    out = work / f"run_{mode}_{index}"
+    out = work / f"run_{label}"
     cmd = [sys.executable]
     if mode == "ddp":
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
@@ -102,7 +225,7 @@ def run_bundle(mode: str, work: Path, data: Path, args: argparse.Namespace, inde
         "data_spec": SPEC,
         "dataset_dir": data,
         "output_dir": out,
-        "epochs": args.epochs,
+        "epochs": epochs,
         "batch_size": per_rank_batch,
         "spatial_size": f"[{args.size},{args.size}]",
         "val_interval": 10**6,  # no validation: training time only
@@ -112,30 +235,36 @@ def run_bundle(mode: str, work: Path, data: Path, args: argparse.Namespace, inde
     }
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
-    threads = 1 if mode == "ddp" else args.nproc
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    threads = threads or (1 if mode == "ddp" else args.nproc)
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
     env.pop("MLFLOW_TRACKING_URI", None)
-    print(f"[{time.strftime('%X')}] {mode} run {index + 1}: {args.epochs} epochs...", flush=True)
+    print(f"[{time.strftime('%X')}] {label}: {mode}, {threads} thread(s), {epochs} epochs...", flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=args.timeout)
     wall = time.perf_counter() - start
     log = result.stdout + result.stderr
     if result.returncode != 0:
-        raise RuntimeError(f"{mode} run failed (exit {result.returncode}):\n{log[-6000:]}")
-    epochs: dict[int, dict[int, float]] = {}
+        raise RuntimeError(f"{label} run failed (exit {result.returncode}):\n{log[-6000:]}")
+    times: dict[int, dict[int, float]] = {}
     for rank, epoch, seconds in EPOCH_LINE.findall(log):
-        epochs.setdefault(int(epoch), {})[int(rank)] = float(seconds)
+        times.setdefault(int(epoch), {})[int(rank)] = float(seconds)
     samples = [int(n) for n in SAMPLES_LINE.findall(log)]
-    if len(epochs) != args.epochs or not samples:
-        raise RuntimeError(f"{mode} run printed {len(epochs)} epoch times, expected {args.epochs}:\n{log[-4000:]}")
+    if len(times) != epochs or not samples:
+        raise RuntimeError(f"{label} run printed {len(times)} epoch times, expected {epochs}:\n{log[-4000:]}")
     history = json.loads((out / "history.json").read_text())
+    phases = {int(rank): json.loads(text) for rank, text in PHASES_LINE.findall(log)}
     return {
         "mode": mode,
+        "label": label,
+        "threads_per_process": threads,
+        "dtype": "float64" if f64 else "float32",
         "wall_s": wall,
         "samples": samples[0],
         # the slowest rank sets the pace (the ranks wait for each other at every all-reduce)
-        "epoch_s": [max(epochs[e].values()) for e in sorted(epochs)],
-        "epoch_s_per_rank": {str(e): epochs[e] for e in sorted(epochs)},
+        "epoch_s": [max(times[e].values()) for e in sorted(times)],
+        "epoch_s_per_rank": {str(e): times[e] for e in sorted(times)},
+        "phases_ms_per_rank": {str(rank): phases[rank] for rank in sorted(phases)},
         "losses": [
             {k: v for k, v in record.items() if k == "epoch" or k.startswith(("train_loss", "train_weight"))}
             for record in history
@@ -143,19 +272,57 @@ def run_bundle(mode: str, work: Path, data: Path, args: argparse.Namespace, inde
     }
 
 
+def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]) -> dict[str, Any]:
+    """Per-epoch training losses and weights of runs ``a`` and ``b`` with their relative differences."""
+    keys = sorted({k for rec in a["losses"] for k in rec if k != "epoch"})
+    rows = []
+    for ra, rb in zip(a["losses"], b["losses"], strict=True):
+        row: dict[str, Any] = {"epoch": ra["epoch"]}
+        for key in keys:
+            va, vb = ra.get(key), rb.get(key)
+            rel = abs(va - vb) / max(abs(va), 1e-12) if va is not None and vb is not None else None
+            row[key] = {names[0]: va, names[1]: vb, "rel_diff": rel}
+        rows.append(row)
+    loss_keys = [k for k in keys if k.startswith("train_loss")]
+    return {
+        "runs": list(names),
+        "epochs": rows,
+        "max_rel_diff_train_loss": max((row[k]["rel_diff"] or 0.0) for row in rows for k in loss_keys),
+        "max_rel_diff_per_epoch": [max((row[k]["rel_diff"] or 0.0) for k in keys) for row in rows],
+    }
+
+
+def print_comparison(result: dict[str, Any], title: str) -> None:
+    a, b = result["runs"]
+    keys = [k for k in result["epochs"][0] if k.startswith("train_loss")]
+    print_table(
+        ["epoch"] + [f"{k} {a}" for k in keys] + [f"{k} {b}" for k in keys] + ["max rel diff"],
+        [
+            [row["epoch"]] + [row[k][a] for k in keys] + [row[k][b] for k in keys] + [worst]
+            for row, worst in zip(result["epochs"], result["max_rel_diff_per_epoch"], strict=True)
+        ],
+        title,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32 px, 40 cases, 2 epochs, 1 round: a smoke check")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run, the first a warm-up (default 7)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per timed run, the first a warm-up (default 7)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="single/DDP run pairs, alternating (default 2)")
     parser.add_argument("--cases", type=int, default=None, help="demo images to generate (default 480)")
+    parser.add_argument("--size", type=int, default=None, help="image size in px (default 64; --quick 32)")
+    parser.add_argument("--f64-epochs", type=int, default=None, help="epochs of the float64 runs (default 3)")
     parser.add_argument("--nproc", type=int, default=2, help="DDP processes = threads of the single process")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per run")
     args = parser.parse_args()
     args.epochs = args.epochs or (2 if args.quick else 7)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.cases = args.cases or (40 if args.quick else 480)
-    args.size = 32 if args.quick else 64
+    args.size = args.size or (32 if args.quick else 64)
+    args.f64_epochs = args.f64_epochs or (2 if args.quick else 3)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is a warm-up")
 
@@ -167,7 +334,12 @@ def main() -> None:
         generate_demo2d(data, num_cases=args.cases, seed=0)
         for index in range(args.rounds):
             order = ("single", "ddp") if index % 2 == 0 else ("ddp", "single")
-            runs += [run_bundle(mode, work, data, args, index) for mode in order]
+            runs += [run_bundle(mode, work, data, args, f"{mode}_{index}", args.epochs) for mode in order]
+        reference = run_bundle("single", work, data, args, "single_1thread", args.epochs, threads=1)
+        f64 = {
+            mode: run_bundle(mode, work, data, args, f"{mode}_f64", args.f64_epochs, f64=True)
+            for mode in ("single", "ddp")
+        }
     elapsed = time.perf_counter() - start
 
     modes: dict[str, dict[str, Any]] = {}
@@ -183,21 +355,15 @@ def main() -> None:
             "epoch": summary(timed),
             "samples_per_s": samples / statistics.median(timed),
             "wall_s_per_run": [r["wall_s"] for r in mine],
+            "phases_ms_rank0_first_run": mine[0]["phases_ms_per_rank"].get("0", {}),
         }
     ratio = modes["ddp"]["samples_per_s"] / modes["single"]["samples_per_s"]
 
-    # equality: the first run of each mode, epoch by epoch
     single, ddp = (next(r for r in runs if r["mode"] == m) for m in ("single", "ddp"))
-    keys = sorted({k for rec in single["losses"] for k in rec if k.startswith("train_loss")})
-    comparison = []
-    for a, b in zip(single["losses"], ddp["losses"], strict=True):
-        row = {"epoch": a["epoch"]}
-        for key in keys:
-            va, vb = a.get(key), b.get(key)
-            row[key] = {"single": va, "ddp": vb}
-            row[key]["rel_diff"] = abs(va - vb) / max(abs(va), 1e-12) if va is not None and vb is not None else None
-        comparison.append(row)
-    max_rel = max((row[k]["rel_diff"] or 0.0) for row in comparison for k in keys)
+    float32 = compare(single, ddp, ("single", "ddp"))
+    noise = compare(single, reference, ("single", "single_1thread"))
+    float64 = compare(f64["single"], f64["ddp"], ("single", "ddp"))
+    equal = float64["max_rel_diff_train_loss"] <= F64_TOLERANCE
 
     print_table(
         ["mode", "processes x threads", "batch/process", "samples", "epoch s (median)", "samples/s"],
@@ -211,35 +377,59 @@ def main() -> None:
     )
     print(f"DDP / single samples/s: {ratio:.3f} (goal >= 1.1)")
     print_table(
-        ["epoch"] + [f"{k} single" for k in keys] + [f"{k} DDP" for k in keys] + ["max rel diff"],
+        ["mode"] + [f"{p} wall/cpu ms" for p in PHASES],
         [
-            [row["epoch"]]
-            + [row[k]["single"] for k in keys]
-            + [row[k]["ddp"] for k in keys]
-            + [max((row[k]["rel_diff"] or 0.0) for k in keys)]
-            for row in comparison
+            [m]
+            + [
+                "{wall_ms:.1f} / {cpu_ms:.1f}".format(**v["phases_ms_rank0_first_run"][p])
+                if p in v["phases_ms_rank0_first_run"]
+                else "-"
+                for p in PHASES
+            ]
+            for m, v in modes.items()
         ],
-        "per-epoch training loss, single process vs DDP (first run of each)",
+        "median per iteration, rank 0 of the first run (cpu: main thread)",
     )
-    print(f"max relative difference of the per-epoch training losses: {max_rel:.3g}")
+    print_comparison(float32, "float32: per-epoch training loss, single process vs DDP (first run of each)")
+    print_comparison(noise, "float32 reference: single process, 2 threads vs 1 thread (same computation)")
+    print_comparison(float64, "float64: per-epoch training loss, single process vs DDP (the equality check)")
+    print(
+        f"max relative difference of the per-epoch training losses: float32 DDP vs single "
+        f"{float32['max_rel_diff_train_loss']:.3g}, float32 1 vs 2 threads {noise['max_rel_diff_train_loss']:.3g}, "
+        f"float64 DDP vs single {float64['max_rel_diff_train_loss']:.3g} "
+        f"({'equal' if equal else 'NOT equal'} within {F64_TOLERANCE:g})"
+    )
     print(f"benchmark time {elapsed:.0f} s")
     results = {
         "modes": modes,
         "ratio_ddp_vs_single": {"goal": ">= 1.1", "measured": ratio},
-        "loss_comparison": comparison,
-        "max_rel_diff_train_loss": max_rel,
+        "equality": {
+            "goal": f"float64 per-epoch training losses of DDP and single agree within {F64_TOLERANCE:g} (relative)",
+            "float64_max_rel_diff": float64["max_rel_diff_train_loss"],
+            "met": equal,
+            "float32_max_rel_diff": float32["max_rel_diff_train_loss"],
+            "float32_reference_1_vs_2_threads_max_rel_diff": noise["max_rel_diff_train_loss"],
+        },
+        "loss_comparison_float32": float32,
+        "loss_comparison_float32_reference": noise,
+        "loss_comparison_float64": float64,
         "setup": {
             "configs_single": ["train.json"],
             "configs_ddp": ["train.json", "multi_gpu_train.json"],
-            "extra_config": {**COMMON_OVERRIDES, "single process only": SINGLE_OVERRIDES},
+            "extra_config": {
+                **COMMON_OVERRIDES,
+                "single process only": SINGLE_OVERRIDES,
+                "float64 runs only": {**F64_OVERRIDES, "network": F64_NETWORK},
+            },
             "demo_cases": args.cases,
             "spatial_size": args.size,
             "global_batch": GLOBAL_BATCH,
             "epochs": args.epochs,
+            "float64_epochs": args.f64_epochs,
             "rounds": args.rounds,
             "backend": "gloo",
         },
-        "runs": runs,
+        "runs": runs + [reference, f64["single"], f64["ddp"]],
     }
     meta = machine(
         quick=args.quick,

@@ -10,6 +10,18 @@ The same file runs on CPU (``gloo``) and on GPUs (``nccl``, one GPU per process,
 
     torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
         --config_file "['bundles/demo/configs/train.json','bundles/demo/configs/multi_gpu_train.json']"
+
+With N processes and ``batch_size`` B per process, a step computes what one process computes on a
+batch of N x B (checked in float64 by ``tests/engines/test_ddp_equivalence.py`` and
+``benchmarks/ddp_scaling.py``): DDP averages the network's gradients; ``MultiTaskLossHandler``
+averages the gradients of the loss weighting's own parameters (uncertainty log-variances, outside
+the DDP module) and sums the epoch losses over ranks (DWA's history, the logged losses);
+``MultiTaskLoss(global_label_mean=True)`` weighs each rank's per-task mean by its share of the
+labelled samples, so partly labelled batches average as one. What still differs by design: random
+augmentation and dropout (rank r is seeded ``seed + r``), BatchNorm statistics (per rank;
+PyTorch's ``SyncBatchNorm`` needs GPUs), GradNorm/PCGrad (per-rank gradient statistics, averaged),
+and float32 rounding, which training amplifies as it amplifies a change of thread count.
+``gradient_as_bucket_view`` lets the gradients live in DDP's all-reduce buckets (no copy per step).
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ Wiring into MONAI's trainer: ``MultiTaskPrepareBatch`` returns ``(image, targets
 ``loss_function(pred_dict, targets)``, and this module reads the presence flags from the
 ``<task>_present`` keys (``medmtl.data.present_key``). A three-argument call
 ``loss(preds, targets, present)`` is accepted as well.
+
+Under DDP (``torchrun``, ``multi_gpu_train.json``) each rank scores its own shard of the global
+batch and DDP averages the ranks' gradients. A per-task mean over each rank's labelled samples,
+averaged over ranks, is not the mean over the global batch when the ranks hold different numbers of
+labelled samples (partly labelled data), so by default each rank's mean is scaled by its share of
+the labelled samples (``global_label_mean``): the averaged gradients are then those of one process
+on the global batch.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from medmtl.data.tasks import Task, as_tasks, present_key
 from medmtl.losses.task_losses import as_present_mask, build_task_loss
-from medmtl.losses.weighting import Weighting, build_weighting
+from medmtl.losses.weighting import Weighting, _world_size, build_weighting
 
 __all__ = ["MultiTaskLoss"]
 
@@ -56,6 +64,15 @@ class MultiTaskLoss(nn.Module):
         class_weights: ``{task: weights}`` overriding ``Task.class_weights``.
         seg_kwargs: extra arguments of the MONAI segmentation loss (``lambda_dice``, ``batch``...).
         weighting_kwargs: hyperparameters when ``weighting`` is a registry name.
+        global_label_mean: under ``torch.distributed`` with more than one process, and while
+            gradients are enabled, scale each rank's per-task mean by ``n_rank * world_size /
+            n_global`` (its share of the task's labelled samples; one all-reduce of the label counts
+            per call), so that the gradients DDP averages, the epoch losses and the weighting's
+            updates equal those of the masked mean over the global batch in one process. A task
+            labelled on another rank only then enters this rank's weighting with a zero loss, as
+            it enters the single process's. Without it, DDP weighs the ranks' means equally.
+            Weightings that need per-task gradients (GradNorm, PCGrad) always get the rank's own
+            means. No effect in a single process.
 
     Raises:
         ValueError: for duplicate task names, dict keys naming unknown tasks, a weighting built
@@ -83,6 +100,7 @@ class MultiTaskLoss(nn.Module):
         class_weights: Mapping[str, Sequence[float] | torch.Tensor] | None = None,
         seg_kwargs: Mapping[str, Any] | None = None,
         weighting_kwargs: Mapping[str, Any] | None = None,
+        global_label_mean: bool = True,
     ) -> None:
         super().__init__()
         task_list = list(as_tasks(tasks, owner="MultiTaskLoss"))
@@ -125,11 +143,13 @@ class MultiTaskLoss(nn.Module):
                 f"MultiTaskLoss: the weighting was built for tasks {list(weighting.task_names)} but the loss has {names}"
             )
         self.weighting = weighting
+        self.global_label_mean = bool(global_label_mean)
         self.last_components: dict[str, torch.Tensor] = {}
         self.last_weights: dict[str, float] = {}
         self.last_num_labelled: dict[str, int] = {}
         self.last_losses: dict[str, torch.Tensor] = {}
         self._last_absent: torch.Tensor | None = None
+        self._local_means: dict[str, torch.Tensor] = {}
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -152,14 +172,16 @@ class MultiTaskLoss(nn.Module):
         Returns:
             ``(losses, absent)``: ``{task: loss}`` for tasks labelled in at least one sample, and
             the sum of ``pred.sum() * 0`` over the other tasks (``None`` when there is none).
+            Under DDP with ``global_label_mean``, "labelled" means on any rank, and each loss is
+            scaled by this rank's share of the labelled samples (zero where it has none).
 
         Raises:
             KeyError: when ``preds`` or ``targets`` lack a task.
             ValueError: on shape mismatches (naming the task, the shape received and the one expected).
         """
-        losses: dict[str, torch.Tensor] = {}
-        absent: torch.Tensor | None = None
-        self.last_num_labelled = {}
+        values: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        device: torch.device | None = None
         for name, loss_fn in self.task_losses.items():
             if name not in preds:
                 raise KeyError(f"MultiTaskLoss: the network returned no output for task '{name}' (got {sorted(preds)})")
@@ -172,18 +194,44 @@ class MultiTaskLoss(nn.Module):
             if flags is None:
                 flags = targets.get(present_key(name))
             pred = preds[name]
+            device = pred.device
             mask = as_present_mask(flags, pred.shape[0], pred.device, name)
             target = targets[name]
             if not isinstance(target, torch.Tensor):
                 target = torch.as_tensor(target, device=pred.device)
-            value = loss_fn(pred, target, mask)
-            count = int(mask.sum())
-            self.last_num_labelled[name] = count
-            if count:
+            values[name] = loss_fn(pred, target, mask)
+            counts[name] = int(mask.sum())
+        self.last_num_labelled = counts
+        self._local_means = {k: v for k, v in values.items() if counts[k]}
+        shares = self._rank_shares(counts, device) if device is not None else None
+
+        losses: dict[str, torch.Tensor] = {}
+        absent: torch.Tensor | None = None
+        for name, value in values.items():
+            if shares is None and counts[name]:
                 losses[name] = value
+            elif shares is not None and name in shares:
+                losses[name] = value if shares[name] == 1.0 else value * shares[name]
             else:
                 absent = value if absent is None else absent + value
         return losses, absent
+
+    def _rank_shares(self, counts: Mapping[str, int], device: torch.device) -> dict[str, float] | None:
+        """``{task: n_rank * world_size / n_global}`` for tasks labelled on some rank; ``None`` when inactive.
+
+        Why: DDP averages the ranks' gradients, so scaling each rank's masked mean by its share of
+        the global labelled count makes the average exactly the masked mean over the global batch
+        (``sum_r n_r mean_r / N``). Every rank must call the loss the same number of times while
+        this is active (training does); monitoring under ``torch.no_grad()``, where validation
+        shards may differ in length, runs no collective.
+        """
+        world = _world_size()
+        if not self.global_label_mean or world == 1 or self.needs_shared_params or not torch.is_grad_enabled():
+            return None
+        names = list(counts)  # the task order of self.task_losses: the same on every rank
+        totals = torch.tensor([float(counts[n]) for n in names], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        return {n: counts[n] * world / total for n, total in zip(names, totals.tolist(), strict=True) if total > 0}
 
     def forward(
         self,
@@ -215,7 +263,8 @@ class MultiTaskLoss(nn.Module):
             total = total + absent.to(total.device)
         self.last_losses = losses
         self._last_absent = absent
-        self.last_components = {k: v.detach() for k, v in losses.items()}
+        # this rank's own means (unscaled): the handler weighs them by last_num_labelled for the epoch log
+        self.last_components = {k: v.detach() for k, v in self._local_means.items()}
         return total
 
     # -- trainer hooks ----------------------------------------------------------------------------
