@@ -38,6 +38,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.utils import path_to_sqlite_uri, path_to_uri
 
+from medmtl.tracking_batch import MetricBatchingClient
+
 __all__ = ["TrackingGuard", "FALLBACK_DB", "FALLBACK_ARTIFACTS"]
 
 logger = logging.getLogger(__name__)
@@ -425,6 +427,10 @@ class TrackingGuard:
             outage at once, without urllib3's "Retrying" warning per call.
         timeout: MLflow HTTP timeout in seconds (environment default, see above).
         max_buffered: calls kept in memory at most; beyond that they go to the local store early.
+        batch_metrics: merge MONAI's per-iteration metric calls and send them once per epoch (or every
+            ``flush_interval`` seconds) with :class:`~medmtl.tracking_batch.MetricBatchingClient`: one
+            store transaction per epoch instead of one per step (6 % of a small 2D run's time on SQLite).
+        flush_interval: longest delay, in seconds, of a batched metric.
     """
 
     def __init__(
@@ -434,12 +440,17 @@ class TrackingGuard:
         max_retries: int = 0,
         timeout: int = 30,
         max_buffered: int = 100_000,
+        batch_metrics: bool = True,
+        flush_interval: float = 30.0,
     ) -> None:
         self.fallback_dir = Path(fallback_dir if fallback_dir is not None else os.getcwd()).absolute()
         self.retry_interval = float(retry_interval)
         self.max_retries = max_retries
         self.timeout = timeout
         self.max_buffered = max_buffered
+        self.batch_metrics = batch_metrics
+        self.flush_interval = float(flush_interval)
+        self._batchers: list[MetricBatchingClient] = []
         self._outages: dict[str, _Outage] = {}
         self._clients: list[tuple[Any, _Outage]] = []
         self._main: Engine | None = None
@@ -471,6 +482,8 @@ class TrackingGuard:
         if engine is self._main and not engine.has_event_handler(self.finish, Events.COMPLETED):
             # added now, after MLFlowHandler's COMPLETED callbacks (its final artifacts, set_terminated)
             engine.add_event_handler(Events.COMPLETED, self.finish)
+            # likewise after its EPOCH_COMPLETED logging (and the validation run before it)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.flush)
         if not self._atexit:  # a run that ends with an exception never fires COMPLETED
             atexit.register(self.finish)
             self._atexit = True
@@ -498,15 +511,30 @@ class TrackingGuard:
     def guard(self, handler: Any) -> None:
         """Route ``handler.client`` (an ``MlflowClient``) through the outage logic; idempotent."""
         client = handler.client
-        if isinstance(client, _GuardedClient):
+        if isinstance(client, (_GuardedClient, MetricBatchingClient)):
             return
         uri = str(getattr(client, "tracking_uri", "") or "")
         outage = self._outages.setdefault(uri, _Outage(uri, self))
-        handler.client = _GuardedClient(client, outage)
+        guarded = _GuardedClient(client, outage)
+        if self.batch_metrics:
+            batcher = MetricBatchingClient(guarded, flush_interval=self.flush_interval)
+            self._batchers.append(batcher)
+            handler.client = batcher
+        else:
+            handler.client = guarded
         self._clients.append((client, outage))
+
+    def flush(self, _engine: Engine | None = None) -> None:
+        """Send the metrics kept by the batching clients (each epoch end, and when the run ends)."""
+        for batcher in self._batchers:
+            try:
+                batcher.flush()
+            except Exception as error:  # noqa: BLE001 - tracking must never end a training
+                logger.warning("MLflow metrics kept for batching could not be sent (%s)", _short(error))
 
     def finish(self, _engine: Engine | None = None) -> None:
         """Send what was kept, or write it to the local store; called when the run ends."""
+        self.flush()
         done: set[int] = set()
         for client, outage in self._clients:
             if id(outage) not in done:
