@@ -329,6 +329,7 @@ def build_task_loss(
     seg_kwargs: Mapping[str, Any] | None = None,
     pos_weight: float | Sequence[float] | torch.Tensor | None = None,
     class_weights: Sequence[float] | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> MaskedTaskLoss:
     """The masked loss for ``task``, chosen from its kind.
 
@@ -338,6 +339,8 @@ def build_task_loss(
         seg_kwargs: extra arguments of the MONAI segmentation loss.
         pos_weight: positives' weight (binary / multilabel); defaults to the task's numeric ``pos_weight``.
         class_weights: class weights (multiclass / segmentation); defaults to ``task.class_weights``.
+        label_smoothing: label smoothing of multiclass cross-entropy (ignored by other kinds, so one
+            value can be given for every task of a network).
 
     Returns:
         a :class:`MaskedTaskLoss`.
@@ -352,5 +355,5 @@ def build_task_loss(
     if task.kind == TaskKind.SEGMENTATION:
         return MaskedSegmentationLoss(task, seg_loss, class_weights, **dict(seg_kwargs or {}))
     if task.kind == TaskKind.MULTICLASS:
-        return MaskedCELoss(task, class_weights)
+        return MaskedCELoss(task, class_weights, label_smoothing=label_smoothing)
     return MaskedBCELoss(task, pos_weight)

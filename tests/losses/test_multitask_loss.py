@@ -93,6 +93,26 @@ def test_unlabelled_sample_does_not_change_the_loss():
     assert loss.last_components["malignant"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_label_smoothing_reaches_multiclass_tasks_only():
+    net = _Net()
+    image, targets = _batch()
+    targets["diagnosis_present"] = torch.tensor([True, False, True, True])
+    preds = net(image)
+    weights = [0.5, 1.0, 2.0]
+    plain = MultiTaskLoss(TASKS, class_weights={"diagnosis": weights})
+    smooth = MultiTaskLoss(TASKS, class_weights={"diagnosis": weights}, label_smoothing=0.1)
+    plain(preds, targets)
+    smooth(preds, targets)
+    keep = targets["diagnosis_present"]
+    expected = nn.functional.cross_entropy(
+        preds["diagnosis"][keep], targets["diagnosis"][keep], weight=torch.tensor(weights), label_smoothing=0.1
+    )
+    assert smooth.last_components["diagnosis"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert smooth.last_components["diagnosis"].item() != pytest.approx(plain.last_components["diagnosis"].item())
+    for name in ("lesion", "malignant", "findings"):  # other kinds have no label smoothing
+        assert smooth.last_components[name].item() == pytest.approx(plain.last_components[name].item())
+
+
 def test_task_missing_from_whole_batch_gives_zero_and_finite_gradients():
     net, loss = _Net(), MultiTaskLoss(TASKS)
     image, targets = _batch()
