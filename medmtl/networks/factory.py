@@ -48,12 +48,17 @@ def build_multitask_network(
         backbone_kwargs: backbone constructor arguments.
         return_saliency: also return the classifier's saliency map (``saliency_bridge`` only; what
             inference writes with ``MultiTaskPredictionWriter(maps=("saliency",))``).
-        kwargs: further arguments of the chosen class (``pooling``, ``head_dropout``, ``groups``...).
+        kwargs: further arguments of the chosen class (``pooling``, ``head_dropout``, ``groups``,
+            ``mask_pooling`` (``hard`` only; ``None`` is dropped for every scheme)...).
 
     Raises:
         ValueError: an unknown ``sharing`` (the message lists the known ones).
     """
     cls = look_up_option(sharing, SHARING)
+    if kwargs.get("mask_pooling", "") is None:  # bundles pass mask_pooling: null for every sharing
+        kwargs.pop("mask_pooling")
+    if "mask_pooling" in kwargs and cls is not MultiTaskNet:
+        raise ValueError(f"mask_pooling needs sharing='hard', got {sharing!r}")
     if return_saliency:
         if cls is not SaliencyBridgeNet:
             raise ValueError(

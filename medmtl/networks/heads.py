@@ -14,7 +14,7 @@ from torch import nn
 
 from medmtl.data.tasks import Task
 
-__all__ = ["SegmentationHead", "ClassificationHead", "build_head", "POOLINGS"]
+__all__ = ["SegmentationHead", "ClassificationHead", "MaskPooledClassificationHead", "build_head", "POOLINGS"]
 
 #: Global pooling choices of :class:`ClassificationHead`.
 POOLINGS = ("avgmax", "avg", "max", "none")
@@ -71,15 +71,68 @@ class ClassificationHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` (or ``(B, in_channels)`` with ``pooling="none"``) -> ``(B, out_channels)``."""
-        if self.pooling != "none":
-            flat = x.flatten(2)
-            if self.pooling == "avgmax":
-                x = torch.cat([flat.mean(dim=-1), flat.amax(dim=-1)], dim=1)
-            elif self.pooling == "avg":
-                x = flat.mean(dim=-1)
-            else:
-                x = flat.amax(dim=-1)
-        return self.fc(self.dropout(x))
+        return self.fc(self.dropout(global_pool(x, self.pooling)))
+
+
+def global_pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, C, *spatial)`` -> ``(B, C)`` (``(B, 2C)`` for ``avgmax``); ``none`` returns ``x`` unchanged."""
+    if pooling == "none":
+        return x
+    flat = x.flatten(2)
+    if pooling == "avgmax":
+        return torch.cat([flat.mean(dim=-1), flat.amax(dim=-1)], dim=1)
+    if pooling == "avg":
+        return flat.mean(dim=-1)
+    return flat.amax(dim=-1)
+
+
+class MaskPooledClassificationHead(nn.Module):
+    """Image-level logits from the pooled bottleneck **and** the decoder features under a predicted mask.
+
+    Why: a classifier on the bottleneck sees the image at 1/16 resolution. When the image-level
+    label is about a structure that a segmentation task of the same network outlines (benign vs
+    malignant lesion; "normal" = no lesion), the full-resolution decoder features under that
+    structure, and how much of it the network finds, carry what the label depends on. The head
+    concatenates: the bottleneck pooled as in :class:`ClassificationHead`; the decoder features
+    averaged with the predicted foreground probability as weights (``sum(p * f) / (sum(p) + 1)``,
+    so an empty mask gives ~0 instead of NaN); the mean and the max of that probability (the soft
+    area and the confidence that there is a structure at all).
+
+    Args:
+        bottleneck_channels: channels of the bottleneck features.
+        dense_channels: channels of the decoder (dense) features.
+        out_channels: logits (``task.num_outputs``).
+        pooling: global pooling of the bottleneck (``"avgmax"``, ``"avg"``, ``"max"``).
+        dropout: dropout before the linear layer.
+
+    Example::
+
+        head = MaskPooledClassificationHead(64, 16, 3)
+        logits = head(bottleneck, dense, foreground)  # (B, 64, h, w), (B, 16, H, W), (B, 1, H, W) -> (B, 3)
+    """
+
+    def __init__(
+        self,
+        bottleneck_channels: int,
+        dense_channels: int,
+        out_channels: int,
+        pooling: str = "avgmax",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pooling = look_up_option(pooling, POOLINGS[:-1])
+        pooled = bottleneck_channels * 2 if self.pooling == "avgmax" else bottleneck_channels
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(pooled + dense_channels + 2, out_channels)
+        self.is_dense = False
+        self.pools_under_mask = True  # MultiTaskNet passes (bottleneck, dense, foreground) to heads with it
+
+    def forward(self, bottleneck: torch.Tensor, dense: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels)`` from ``(B, Cb, *s)``, ``(B, Cd, *S)`` and a probability map ``(B, 1, *S)``."""
+        weight = foreground.flatten(2)  # (B, 1, N)
+        under_mask = (dense.flatten(2) * weight).sum(dim=-1) / (weight.sum(dim=-1) + 1.0)
+        features = [global_pool(bottleneck, self.pooling), under_mask, weight.mean(dim=-1), weight.amax(dim=-1)]
+        return self.fc(self.dropout(torch.cat(features, dim=1)))
 
 
 def build_head(

@@ -21,7 +21,7 @@ from torch import nn
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
 from medmtl.networks.backbones import Backbone
-from medmtl.networks.heads import build_head
+from medmtl.networks.heads import MaskPooledClassificationHead, build_head
 from medmtl.networks.registry import build_backbone
 
 __all__ = ["MultiTaskModule", "MultiTaskNet", "MultiTaskClassifier", "resolve_backbone"]
@@ -132,10 +132,17 @@ class MultiTaskNet(MultiTaskModule):
         backbone_kwargs: constructor arguments when ``backbone`` is a name.
         pooling: global pooling of classification heads (``"avgmax"``, ``"avg"``, ``"max"``).
         head_dropout: dropout before the linear layer of classification heads.
+        mask_pooling: name of a segmentation task: every classification head then also pools the
+            decoder features under that task's predicted foreground probability
+            (:class:`~medmtl.networks.heads.MaskPooledClassificationHead`), for image-level labels
+            about the structure the task outlines (lesion diagnosis, "no lesion" = normal).
+        detach_mask: stop the classification losses' gradients at the predicted mask, so they
+            train the classifier and the shared features but do not reshape the segmentation
+            through the pooling weights.
 
     Raises:
-        ValueError: on an empty or duplicated task list, or a segmentation task on a backbone
-            without decoder.
+        ValueError: on an empty or duplicated task list, a segmentation task on a backbone
+            without decoder, or a ``mask_pooling`` that is not a segmentation task of the network.
         TypeError: if ``backbone`` is not a medmtl backbone.
 
     Example::
@@ -161,15 +168,30 @@ class MultiTaskNet(MultiTaskModule):
         backbone_kwargs: Mapping[str, Any] | None = None,
         pooling: str = "avgmax",
         head_dropout: float = 0.0,
+        mask_pooling: str | None = None,
+        detach_mask: bool = True,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         tasks = self._set_tasks(tasks)
         self.backbone = resolve_backbone(backbone, backbone_kwargs, owner)
         b = self.backbone
+        by_name = {t.name: t for t in tasks}
+        if mask_pooling is not None and (mask_pooling not in by_name or not by_name[mask_pooling].is_dense):
+            dense = [t.name for t in tasks if t.is_dense]
+            raise ValueError(
+                f"{owner}: mask_pooling={mask_pooling!r} must name a segmentation task of the network; "
+                f"its segmentation tasks are {dense}"
+            )
+        self.mask_pooling = mask_pooling
+        self.detach_mask = bool(detach_mask)
         self.heads = nn.ModuleDict(
             {
-                t.name: build_head(
+                t.name: MaskPooledClassificationHead(
+                    b.bottleneck_channels, b.dense_channels, t.num_outputs, pooling, head_dropout
+                )
+                if mask_pooling is not None and not t.is_dense
+                else build_head(
                     t, b.spatial_dims, b.dense_channels, b.bottleneck_channels, pooling, head_dropout, owner
                 )
                 for t in tasks
@@ -201,13 +223,30 @@ class MultiTaskNet(MultiTaskModule):
         dense = bottleneck
         if self.has_dense:
             dense = crop_to(self.backbone.decode_features(feats), sizes)
-        out: dict[str, torch.Tensor] = {}
+        dense_out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
-            if head.is_dense:
-                out[name] = head(dense)
+            if hasattr(head, "pools_under_mask"):  # compile-time branch: keeps TorchScript off head(dense)
+                pass
+            elif head.is_dense:
+                dense_out[name] = head(dense)
+        foreground = bottleneck  # TorchScript needs a tensor here; replaced when mask pooling is on
+        mask_task = self.mask_pooling
+        if mask_task is not None:
+            foreground = self._foreground(dense_out[mask_task])
+        out: dict[str, torch.Tensor] = {}
+        for name, head in self.heads.items():  # task order
+            if hasattr(head, "pools_under_mask"):  # evaluated at compile time by TorchScript, unlike isinstance
+                out[name] = head(bottleneck, dense, foreground)
+            elif head.is_dense:
+                out[name] = dense_out[name]
             else:
                 out[name] = head(bottleneck)
         return out
+
+    def _foreground(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, *spatial)`` probability of "not background" from segmentation logits."""
+        probability = torch.sigmoid(logits) if logits.shape[1] == 1 else 1.0 - torch.softmax(logits, dim=1)[:, :1]
+        return probability.detach() if self.detach_mask else probability
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predict every task.
