@@ -55,10 +55,11 @@ def build_multitask_network(
         ValueError: an unknown ``sharing`` (the message lists the known ones).
     """
     cls = look_up_option(sharing, SHARING)
-    if kwargs.get("mask_pooling", "") is None:  # bundles pass mask_pooling: null for every sharing
-        kwargs.pop("mask_pooling")
-    if "mask_pooling" in kwargs and cls is not MultiTaskNet:
-        raise ValueError(f"mask_pooling needs sharing='hard', got {sharing!r}")
+    mask_pooling = kwargs.pop("mask_pooling", None)  # bundles pass mask_pooling: null for every sharing
+    if mask_pooling is not None:
+        if cls is not MultiTaskNet:
+            raise ValueError(f"mask_pooling needs sharing='hard', got {sharing!r}")
+        kwargs["mask_pooling"] = mask_pooling
     if return_saliency:
         if cls is not SaliencyBridgeNet:
             raise ValueError(

@@ -120,7 +120,7 @@ class MaskPooledClassificationHead(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.pooling = look_up_option(pooling, POOLINGS[:-1])
+        self.pooling = look_up_option(pooling, tuple(p for p in POOLINGS if p != "none"))
         pooled = bottleneck_channels * 2 if self.pooling == "avgmax" else bottleneck_channels
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(pooled + dense_channels + 2, out_channels)
@@ -143,6 +143,7 @@ def build_head(
     pooling: str = "avgmax",
     dropout: float = 0.0,
     owner: str = "network",
+    mask_pooled: bool = False,
 ) -> nn.Module:
     """The head for ``task``: segmentation on the dense features, classification on the bottleneck.
 
@@ -154,9 +155,11 @@ def build_head(
         pooling: global pooling of classification heads.
         dropout: dropout of classification heads.
         owner: name of the network, for error messages.
+        mask_pooled: image-level tasks get a :class:`MaskPooledClassificationHead` (the network
+            passes it the dense features and a predicted foreground map).
 
     Returns:
-        A :class:`SegmentationHead` or :class:`ClassificationHead`.
+        A :class:`SegmentationHead`, :class:`ClassificationHead` or :class:`MaskPooledClassificationHead`.
 
     Raises:
         ValueError: for a segmentation task on a backbone without decoder.
@@ -168,4 +171,6 @@ def build_head(
                 "(dense_channels=0); use a UNet/ResUNet/SegResNet/MeshNet backbone or drop the task"
             )
         return SegmentationHead(spatial_dims, dense_channels, task.num_outputs)
+    if mask_pooled:
+        return MaskPooledClassificationHead(bottleneck_channels, dense_channels, task.num_outputs, pooling, dropout)
     return ClassificationHead(bottleneck_channels, task.num_outputs, pooling=pooling, dropout=dropout)

@@ -21,7 +21,7 @@ from torch import nn
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
 from medmtl.networks.backbones import Backbone
-from medmtl.networks.heads import MaskPooledClassificationHead, build_head
+from medmtl.networks.heads import build_head
 from medmtl.networks.registry import build_backbone
 
 __all__ = ["MultiTaskModule", "MultiTaskNet", "MultiTaskClassifier", "resolve_backbone"]
@@ -187,12 +187,15 @@ class MultiTaskNet(MultiTaskModule):
         self.detach_mask = bool(detach_mask)
         self.heads = nn.ModuleDict(
             {
-                t.name: MaskPooledClassificationHead(
-                    b.bottleneck_channels, b.dense_channels, t.num_outputs, pooling, head_dropout
-                )
-                if mask_pooling is not None and not t.is_dense
-                else build_head(
-                    t, b.spatial_dims, b.dense_channels, b.bottleneck_channels, pooling, head_dropout, owner
+                t.name: build_head(
+                    t,
+                    b.spatial_dims,
+                    b.dense_channels,
+                    b.bottleneck_channels,
+                    pooling,
+                    head_dropout,
+                    owner,
+                    mask_pooled=mask_pooling is not None,
                 )
                 for t in tasks
             }
