@@ -238,6 +238,7 @@ def run_bundle(
     threads = threads or (1 if mode == "ddp" else args.nproc)
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU (gloo) comparison this benchmark is about, also on GPU machines
     env.pop("MLFLOW_TRACKING_URI", None)
     print(f"[{time.strftime('%X')}] {label}: {mode}, {threads} thread(s), {epochs} epochs...", flush=True)
     start = time.perf_counter()

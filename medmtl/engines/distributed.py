@@ -102,10 +102,25 @@ def distributed_backend() -> str:
 
 
 def distributed_device() -> torch.device:
-    """This process's device: ``cuda:LOCAL_RANK`` on GPU machines (``torchrun`` sets it), else CPU."""
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
+    """This process's device: ``cuda:LOCAL_RANK`` on GPU machines (``torchrun`` sets it), else CPU.
+
+    Raises:
+        RuntimeError: when ``LOCAL_RANK`` has no GPU of its own (``--nproc_per_node`` larger than
+            the visible GPUs). Without this check the rank fails deep in CUDA with "invalid device
+            ordinal", and two ranks sharing one GPU would hang NCCL.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if local_rank >= visible:
+        processes = os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1))
+        raise RuntimeError(
+            f"torchrun started {processes} processes on this machine but only {visible} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); NCCL needs one GPU per "
+            f"process -> fix: torchrun --nproc_per_node={visible} ..., or train on CPU (gloo) with "
+            "CUDA_VISIBLE_DEVICES='' torchrun ..."
+        )
+    return torch.device(f"cuda:{local_rank}")
 
 
 def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> torch.device:

@@ -80,7 +80,8 @@ def _start(setup: dict, output_dir: Path, env: dict | None = None) -> subprocess
     return subprocess.Popen(
         _command(setup, output_dir),
         cwd=setup["work"],
-        env=env or dict(os.environ),
+        # on CPU even where a GPU is visible: CUDA kernels are not bit-reproducible, CPU runs are
+        env={**(env or os.environ), "CUDA_VISIBLE_DEVICES": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

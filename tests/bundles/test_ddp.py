@@ -72,7 +72,13 @@ def ddp_run(tmp_path_factory) -> dict:
             }
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    # the CPU (gloo) path even on a GPU machine: 2 ranks need 2 GPUs under NCCL
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+    }
     common = {
         "data_spec": SPEC,
         "dataset_dir": data,

@@ -26,10 +26,11 @@ def _free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
         [
-            str(mlflow),
+            sys.executable,  # python -m mlflow: works wherever mlflow imports (no console script needed)
+            "-m",
+            "mlflow",
             "server",
             "--host",
             "127.0.0.1",

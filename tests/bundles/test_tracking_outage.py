@@ -56,8 +56,7 @@ def _free_port() -> int:
 
 def _start_server(port: int, folder: Path) -> subprocess.Popen:
     """``mlflow server`` in its own process group (its workers stop with it); returns once it answers."""
-    mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'server.db'}"]
     cmd += ["--artifacts-destination", str(folder / "server_artifacts")]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

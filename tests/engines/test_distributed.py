@@ -50,6 +50,24 @@ def test_init_without_torchrun_says_how_to_start(monkeypatch) -> None:
         D.init_distributed()
 
 
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch) -> None:
+    """torchrun --nproc_per_node=2 on a 1-GPU machine: rank 1 says what to change instead of a CUDA error."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert D.distributed_device() == torch.device("cuda:0")
+    assert D.distributed_backend() in ("nccl", "gloo")  # nccl where this build has it
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device}) reached"))
+    with pytest.raises(
+        RuntimeError, match=r"started 2 processes.*only 1 GPU.*--nproc_per_node=1.*CUDA_VISIBLE_DEVICES=''"
+    ):
+        D.init_distributed()
+
+
 def test_resume_loads_a_checkpoint_saved_from_a_ddp_wrapper(tmp_path) -> None:
     """last.pt whose network keys all start with ``module.`` (a DDP state_dict) resumes a plain network."""
     torch.manual_seed(0)
