@@ -11,12 +11,16 @@ masks are mapped back to the input geometry), so they use MONAI's datasets uncha
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from monai.data import CacheDataset, MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import Compose
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingCacheDataset", "strip_meta"]
 
@@ -70,7 +74,15 @@ class TrainingCacheDataset(CacheDataset):
             # nested Composes (a preprocessing chain inside an augmentation chain) count as random to
             # CacheDataset, which would then cache nothing: flatten so the deterministic prefix is cached
             transform = transform.flatten()
+        start = time.perf_counter()
         super().__init__(data, transform, **kwargs)
+        if self.cache_num:  # the start-up cost a user waits for before epoch 1 (decoding, resampling)
+            logger.info(
+                "cached the deterministic transforms of %d of %d cases in %.1f s",
+                self.cache_num,
+                len(self.data),
+                time.perf_counter() - start,
+            )
 
     def _load_cache_item(self, idx: int) -> Any:
         item = super()._load_cache_item(idx)

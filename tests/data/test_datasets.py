@@ -36,7 +36,7 @@ def test_strip_meta_nested() -> None:
     assert out["b"][1] == 3 and out["c"] == "x"
 
 
-def test_nested_preprocessing_is_cached_and_uncached_items_keep_working(tmp_path) -> None:
+def test_nested_preprocessing_is_cached_and_uncached_items_keep_working(tmp_path, caplog) -> None:
     """Weak/strong pairs wrap the preprocessing Compose: its deterministic prefix is still cached."""
     from medmtl.transforms import build_weak_strong_transforms
 
@@ -44,8 +44,10 @@ def test_nested_preprocessing_is_cached_and_uncached_items_keep_working(tmp_path
     spec = load_spec("data_specs/demo.yaml", root=str(tmp_path / "demo2d"))
     data = spec.build_cases().datalist("train")
     pairs = build_weak_strong_transforms("image", 2, preprocessing=build_transforms(spec, 32, train=False))
-    dataset = TrainingCacheDataset(data, pairs, cache_rate=0.5, progress=False)
+    with caplog.at_level("INFO", logger="medmtl.data.datasets"):
+        dataset = TrainingCacheDataset(data, pairs, cache_rate=0.5, progress=False)
     assert 0 < dataset.cache_num < len(data)
+    assert f"of {dataset.cache_num} of {len(data)} cases in" in caplog.text  # the start-up cost is logged
     assert all(isinstance(item["image"], torch.Tensor) for item in dataset._cache)  # loaded once, cached
     for i in (0, len(data) - 1):  # a cached and an uncached item
         sample = dataset[i]
