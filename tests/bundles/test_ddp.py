@@ -162,6 +162,8 @@ def test_validation_counts_every_case_once_and_matches_one_process(ddp_run) -> N
             "spec_overrides": {"splits": SPLITS},
             "spatial_size": [32, 32],
             "batch_size": common["batch_size"],
+            "device": "$torch.device('cpu')",  # the DDP run was on CPU (gloo); on a GPU machine the
+            "amp": False,  # defaults would evaluate with CUDA AMP and differ by ~3e-4
             "validate::handlers": [
                 {
                     "_target_": "CheckpointLoader",
