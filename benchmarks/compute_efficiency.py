@@ -17,7 +17,14 @@ Network: 2D ``MultiTaskNet`` (BasicUNet features (16, 16, 32, 64, 128, 16)), tas
 (segmentation, 2 classes) + diagnosis (multiclass, 3 classes), 128 px, batch 16, random tensors.
 Goal: engine / bare throughput >= 0.9 for both. One epoch of each candidate per round, interleaved.
 
-Run: ``python benchmarks/compute_efficiency.py [--quick] [--repeats 5] [--threads 2]``; prints a
+On CUDA (``--device cuda``, the default when a GPU is visible) every candidate runs in three
+settings, each with its own network, loss and optimizer: fp32, AMP (``torch.autocast`` + GradScaler;
+the engines' ``amp=True``) and AMP with a channels-last network. Each row gives its throughput
+against the bare loop of the same setting (the pipeline's overhead) and against the first
+setting's bare loop (what AMP and channels-last gain). Timings end with ``torch.cuda.synchronize``;
+results go to ``compute_efficiency_cuda.json``, so the CPU figures stay.
+
+Run: ``python benchmarks/compute_efficiency.py [--quick] [--repeats 5] [--threads 2] [--device cuda]``; prints a
 table and writes ``benchmarks/results/compute_efficiency.json`` (``--quick``: 2 batches, 2 repeats,
 ``compute_efficiency.quick.json``).
 """
