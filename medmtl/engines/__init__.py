@@ -56,8 +56,10 @@ from medmtl.engines.semi_supervised import (
     sigmoid_rampup,
 )
 from medmtl.engines.time_budget import TimeBudget
+from medmtl.engines.weight_average import EMAWeights
 
 __all__ = [
+    "EMAWeights",
     "TimeBudget",
     "EpochProgress",
     "log_run_summary",
