@@ -56,9 +56,7 @@ def test_network_holds_the_average_between_epochs_and_trains_on_raw_weights() ->
     trainer.add_event_handler(  # after EMAWeights' own EPOCH_STARTED: the raw weights are back
         Events.EPOCH_STARTED, lambda e: seen["start"].append(network[0].weight.detach().clone())
     )
-    trainer.add_event_handler(
-        Events.EPOCH_COMPLETED, lambda e: seen["end"].append(network[0].weight.detach().clone())
-    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen["end"].append(network[0].weight.detach().clone()))
     raw_after_epoch: list[torch.Tensor] = []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: raw_after_epoch.append(ema._raw[0].clone()))
     trainer.run(_batches(), max_epochs=3)
