@@ -22,7 +22,6 @@ and list it in ``ResumableCheckpoint``'s ``save_dict`` (``"weight_average": "@..
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +31,6 @@ from ignite.engine import Engine, Events
 from medmtl.engines.handlers import unwrap
 
 __all__ = ["EMAWeights"]
-
-logger = logging.getLogger(__name__)
 
 
 class EMAWeights:
@@ -49,7 +46,7 @@ class EMAWeights:
             the average is not dominated by the random initial weights (timm's rule).
 
     Floating-point parameters and buffers are averaged; integer buffers (BatchNorm's
-    ``num_batches_tracked``) are copied.
+    ``num_batches_tracked``) are left as trained.
     """
 
     def __init__(self, network: torch.nn.Module, decay: float | None = 0.995, warmup: bool = True) -> None:
@@ -135,12 +132,13 @@ class EMAWeights:
         if not state:
             self.steps, self._average, self._raw = 0, None, None
             return
-        device = self._tensors()[0].device
+        tensors = self._tensors()
+        if len(state["average"]) != len(tensors):
+            raise ValueError(
+                f"EMAWeights state holds {len(state['average'])} tensors but the network has {len(tensors)}: "
+                "the checkpoint was written for another network"
+            )
+        device = tensors[0].device
         self.steps = int(state["steps"])
         self._average = [t.to(device) for t in state["average"]]
         self._raw = None if state["raw"] is None else [t.to(device) for t in state["raw"]]
-        if len(self._average) != len(self._tensors()):
-            raise ValueError(
-                f"EMAWeights state holds {len(self._average)} tensors but the network has {len(self._tensors())}: "
-                "the checkpoint was written for another network"
-            )
