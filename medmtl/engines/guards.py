@@ -95,6 +95,21 @@ def _finite(value: Any) -> bool:
         return True
 
 
+def _finite_flags(values: Mapping[str, Any]) -> dict[str, bool]:
+    """``{name: all finite}`` with one device-to-host transfer for all tensors.
+
+    Why: the guard runs every iteration; one check per value would block the host once per task
+    on a GPU, where a single transfer costs the same as one.
+    """
+    flags = {name: _finite(v) for name, v in values.items() if not isinstance(v, torch.Tensor)}
+    tensors = {name: v for name, v in values.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        checks = torch.stack([torch.isfinite(v.detach()).all().to(device) for v in tensors.values()])
+        flags.update(zip(tensors, checks.tolist(), strict=True))
+    return flags
+
+
 def _number(value: Any) -> float:
     return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -147,8 +162,9 @@ class NonFiniteLossGuard:
         first = output[0] if isinstance(output, list) and output else output
         total = first.get(CommonKeys.LOSS) if isinstance(first, Mapping) else None
         components = getattr(getattr(engine, "loss_function", None), "last_components", None) or {}
-        bad_tasks = sorted(t for t, v in components.items() if not _finite(v))
-        bad = not (total is None or _finite(total)) or bool(bad_tasks)
+        finite = _finite_flags({"": total, **components} if total is not None else dict(components))
+        bad_tasks = sorted(t for t in components if not finite[t])
+        bad = not finite.get("", True) or bool(bad_tasks)
         if not _any_rank(bad):
             return
         state = engine.state

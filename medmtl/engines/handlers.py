@@ -52,6 +52,13 @@ def _shared_parameters(network: torch.nn.Module) -> Iterable[torch.nn.Parameter]
     return inner.shared_parameters()
 
 
+def _detached(value: Any) -> torch.Tensor | float:
+    """A loss value to accumulate: a float64 tensor on its own device (not read yet), or a float."""
+    if not isinstance(value, torch.Tensor):
+        return float(value)
+    return value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)  # MPS has no float64
+
+
 class MultiTaskLossHandler:
     """Logs per-task losses/weights per epoch and drives the loss's epoch and gradient hooks.
 
@@ -66,9 +73,12 @@ class MultiTaskLossHandler:
         self.loss_function = loss_function
         self.network = network
         self.prefix = prefix
-        self._sums: dict[str, float] = defaultdict(float)
+        # running sums stay tensors on the loss's device until the epoch ends: converting them
+        # every iteration would block the host on a GPU (see MultiTaskPrepareBatch)
+        self._sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
-        self._total: list[float] = []
+        self._total: torch.Tensor | float = 0.0
+        self._n_total = 0
 
     def attach(self, engine: Engine) -> None:
         if engine.has_event_handler(self.iteration_completed, IterationEvents.LOSS_COMPLETED):
@@ -85,10 +95,11 @@ class MultiTaskLossHandler:
             loss.before_backward(_shared_parameters(self.network))
         total = engine.state.output.get("loss") if isinstance(engine.state.output, dict) else None
         if total is not None:
-            self._total.append(float(total.detach()) if isinstance(total, torch.Tensor) else float(total))
+            self._total = self._total + _detached(total)
+            self._n_total += 1
         for task, value in loss.last_components.items():
             count = loss.last_num_labelled.get(task, 1)
-            self._sums[task] += float(value) * count
+            self._sums[task] = self._sums[task] + _detached(value) * count
             self._counts[task] += count
             engine.state.output[f"loss_{task}"] = value
 
@@ -102,8 +113,8 @@ class MultiTaskLossHandler:
         Under DDP this is a collective (every rank has the handler): the logged losses and the
         weighting's epoch hook (DWA history) then see the same global means on every rank.
         """
-        sums, counts = dict(self._sums), {t: float(c) for t, c in self._counts.items()}
-        total, n_total = sum(self._total), float(len(self._total))
+        sums, counts = {t: float(v) for t, v in self._sums.items()}, {t: float(c) for t, c in self._counts.items()}
+        total, n_total = float(self._total), float(self._n_total)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             names = list(self.loss_function.task_names)  # same order on every rank
             device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
@@ -128,7 +139,7 @@ class MultiTaskLossHandler:
         self.loss_function.on_epoch_end(means or None)
         self._sums.clear()
         self._counts.clear()
-        self._total.clear()
+        self._total, self._n_total = 0.0, 0
 
 
 CHECKPOINT_PAUSE_ENV = "MEDMTL_CHECKPOINT_PAUSE_S"

@@ -43,8 +43,36 @@ def _target(task: Task, value: torch.Tensor, batch_size: int) -> torch.Tensor:
     return value.reshape(batch_size, task.num_outputs).float()
 
 
+def _check_class_range(task: Task, target: torch.Tensor, batchdata: Mapping[str, Any]) -> None:
+    """Class labels of the labelled samples within ``[0, K-1]``, checked on the host before the move.
+
+    Why here: on a GPU the losses skip this check (it would block the host every iteration), and an
+    out-of-range label there ends in a device-side assert that names nothing.
+    """
+    if task.kind.value not in ("segmentation", "multiclass") or not target.numel():
+        return
+    flags = torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1) != 0
+    k = task.num_outputs
+    per_sample = torch.as_tensor(target).reshape(target.shape[0], -1)
+    outside = flags & ((per_sample.amin(1) < 0) | (per_sample.amax(1) >= k))
+    bad = outside.nonzero().reshape(-1).tolist()
+    if bad:
+        ids = batchdata.get("case_id")
+        names = [str(ids[i]) if isinstance(ids, Sequence) and not isinstance(ids, str) else f"sample {i}" for i in bad]
+        raise ValueError(
+            f"task '{task.name}' ({task.kind.value}): labels outside [0, {k - 1}] in {names}; "
+            "check the label mapping or mark these cases as not labelled"
+        )
+
+
 class MultiTaskPrepareBatch(PrepareBatch):
     """``(inputs, {task: target, task_present: flags})`` from a collated medmtl batch.
+
+    Inputs and targets move to the engine's device; the ``<task>_present`` flags stay on the host
+    as ``(B,)`` bool tensors. Why: :class:`medmtl.losses.MultiTaskLoss` needs the number of
+    labelled samples per task as a Python number (to leave unlabelled tasks out of the weighting),
+    and counting flags that live on a GPU blocks the host until the forward pass has finished,
+    every iteration. Host flags keep the GPU's queue full.
 
     Args:
         tasks: the tasks (``Task`` or dicts).
@@ -99,10 +127,13 @@ class MultiTaskPrepareBatch(PrepareBatch):
         batch_size = first.shape[0]
         targets: dict[str, torch.Tensor] = {}
         for task in self.tasks:
-            targets[task.name] = move(_target(task, batchdata[task.name], batch_size))
-            targets[present_key(task.name)] = move(
-                torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1)
-            ).bool()
+            target = _target(task, batchdata[task.name], batch_size)
+            if torch.device(device or "cpu").type != "cpu":  # the loss checks host targets itself
+                _check_class_range(task, target, batchdata)
+            targets[task.name] = move(target)
+            # the flags stay on the host: the loss counts labelled samples and the metrics read
+            # them per sample without waiting for the GPU (a device copy would cost a sync each)
+            targets[present_key(task.name)] = torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1).bool()
         return self._augment(inputs, targets), targets
 
     def _augment(self, inputs: Any, targets: dict[str, torch.Tensor]) -> Any:

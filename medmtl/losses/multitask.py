@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from medmtl.data.tasks import Task, as_tasks, present_key
-from medmtl.losses.task_losses import as_present_mask, build_task_loss
+from medmtl.losses.task_losses import as_present_mask, build_task_loss, count_present
 from medmtl.losses.weighting import Weighting, _world_size, build_weighting
 
 __all__ = ["MultiTaskLoss"]
@@ -151,11 +151,19 @@ class MultiTaskLoss(nn.Module):
         self.weighting = weighting
         self.global_label_mean = bool(global_label_mean)
         self.last_components: dict[str, torch.Tensor] = {}
-        self.last_weights: dict[str, float] = {}
+        self._last_weight_vector: torch.Tensor | None = None
         self.last_num_labelled: dict[str, int] = {}
         self.last_losses: dict[str, torch.Tensor] = {}
         self._last_absent: torch.Tensor | None = None
         self._local_means: dict[str, torch.Tensor] = {}
+
+    @property
+    def last_weights(self) -> dict[str, float]:
+        """``{task: weight}`` the last forward used (``{}`` before the first), read on demand."""
+        if self._last_weight_vector is None:
+            return {}
+        values = self._last_weight_vector.cpu().tolist()
+        return dict(zip(self.weighting.task_names, values, strict=True))
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -205,8 +213,8 @@ class MultiTaskLoss(nn.Module):
             target = targets[name]
             if not isinstance(target, torch.Tensor):
                 target = torch.as_tensor(target, device=pred.device)
-            values[name] = loss_fn(pred, target, mask)
-            counts[name] = int(mask.sum())
+            values[name] = loss_fn(pred, target, flags)  # the flags, not the mask: decided on the host
+            counts[name] = count_present(flags, mask)
         self.last_num_labelled = counts
         self._local_means = {k: v for k, v in values.items() if counts[k]}
         shares = self._rank_shares(counts, device) if device is not None else None
@@ -263,7 +271,8 @@ class MultiTaskLoss(nn.Module):
             ValueError: on shape mismatches.
         """
         losses, absent = self.compute_task_losses(preds, targets, present)
-        self.last_weights = self.weighting.current_weights()
+        # a copy on the device: reading it now would block the host (see ``last_weights``)
+        self._last_weight_vector = self.weighting.weight_vector().detach().clone()
         total = self.weighting(losses)
         if absent is not None:
             total = total + absent.to(total.device)

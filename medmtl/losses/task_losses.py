@@ -51,6 +51,29 @@ def _plain(x: Any) -> Any:
     return as_tensor() if callable(as_tensor) and isinstance(x, torch.Tensor) else x
 
 
+def _host_flags(present: Any) -> torch.Tensor | None:
+    """``present`` as a ``(B,)`` bool tensor on the host, or ``None`` when the flags are on a GPU."""
+    if present is None:
+        return None
+    flags = _plain(present)
+    if isinstance(flags, torch.Tensor) and flags.device.type != "cpu":
+        return None
+    return torch.as_tensor(flags).reshape(-1) != 0
+
+
+def count_present(present: Any, mask: torch.Tensor) -> int:
+    """Number of labelled samples, counted where the flags live.
+
+    Why: host flags (what :class:`medmtl.engines.MultiTaskPrepareBatch` passes) are counted on the
+    host, so the count needs no GPU sync; flags that are already on a GPU are counted from ``mask``
+    (one sync). ``mask`` is :func:`as_present_mask`'s result for the same flags.
+    """
+    if present is None:
+        return int(mask.numel())
+    host = _host_flags(present)
+    return int(mask.sum()) if host is None else int(host.sum())
+
+
 def as_present_mask(present: Any, batch_size: int, device: torch.device, name: str = "task") -> torch.Tensor:
     """Turn a per-sample presence flag into a ``(B,)`` bool mask on ``device``.
 
@@ -69,7 +92,10 @@ def as_present_mask(present: Any, batch_size: int, device: torch.device, name: s
     """
     if present is None:
         return torch.ones(batch_size, dtype=torch.bool, device=device)
-    mask = torch.as_tensor(_plain(present), device=device)
+    mask = torch.as_tensor(_plain(present))
+    if mask.device != torch.device(device):
+        # non-blocking: host flags join the GPU's queue instead of waiting for it to drain
+        mask = mask.to(device, non_blocking=True)
     if mask.numel() != batch_size:
         raise ValueError(
             f"task '{name}': presence flags have shape {tuple(mask.shape)} but the batch has {batch_size} samples; "
@@ -134,10 +160,17 @@ class MaskedTaskLoss(nn.Module):
         """
         pred, target = self.check(_plain(pred), _plain(target))
         mask = as_present_mask(present, pred.shape[0], pred.device, self.name)
-        if not bool(mask.any()):
+        # decide on the host flags when there are some: reading a GPU mask would block the host
+        host = _host_flags(present)
+        decide = mask if host is None else host
+        if not bool(decide.any()):
             return pred.sum() * 0
-        if not bool(mask.all()):
-            pred, target = pred[mask], target[mask]
+        if not bool(decide.all()):
+            if host is None:
+                pred, target = pred[mask], target[mask]
+            else:
+                index = host.nonzero().reshape(-1).to(pred.device, non_blocking=True)
+                pred, target = pred.index_select(0, index), target.index_select(0, index.to(target.device))
         return self.loss(pred, self.prepare_target(pred, target))
 
     def prepare_target(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -145,6 +178,14 @@ class MaskedTaskLoss(nn.Module):
         return target
 
     def _check_class_range(self, target: torch.Tensor) -> None:
+        """Labels outside ``[0, K-1]`` -> a clear error (the base losses would fail obscurely).
+
+        Checked for host targets only: on a GPU the check would block the host every iteration,
+        and :class:`medmtl.engines.MultiTaskPrepareBatch` has already checked the batch on the
+        host before moving it (naming the cases).
+        """
+        if target.device.type != "cpu":
+            return
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= self.task.num_outputs:
             raise ValueError(
