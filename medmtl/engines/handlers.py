@@ -320,6 +320,43 @@ def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
     return state
 
 
+_SCHEDULE_HORIZONS = ("T_max", "total_iters")  # CosineAnnealingLR; LinearLR, PolynomialLR, ConstantLR
+
+
+def stretch_lr_schedules(objects: Iterable[Any], old_epochs: int, new_epochs: int) -> list[str]:
+    """Give epoch-based LR schedules that ended at ``old_epochs`` the new length ``new_epochs``.
+
+    Why: a finished run resumed with a larger ``--epochs`` would otherwise keep the checkpoint's
+    schedule: a cosine schedule sits at its minimum (about 0) and the extra epochs barely train,
+    or it climbs back up past its end. Stretching the horizon gives each scheduler the learning
+    rate it would have at this epoch had the run been started with ``new_epochs`` (its closed
+    form), and the rest of the schedule follows that run. Schedulers whose horizon is not
+    ``old_epochs`` (per-iteration ones, step schedules) are left alone.
+
+    Returns:
+        one message per changed scheduler, for the log.
+    """
+    messages = []
+    for obj in objects:
+        if not isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or not hasattr(obj, "_get_closed_form_lr"):
+            continue
+        for attr in _SCHEDULE_HORIZONS:
+            if getattr(obj, attr, None) != old_epochs:
+                continue
+            before = obj.get_last_lr()
+            setattr(obj, attr, new_epochs)
+            lrs = obj._get_closed_form_lr()
+            for group, lr in zip(obj.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            obj._last_lr = list(lrs)
+            messages.append(
+                f"the checkpoint's {type(obj).__name__} was for {old_epochs} epochs, this run has {new_epochs}: "
+                f"its {attr} is now {new_epochs} and the learning rate goes from {before[0]:.3g} to {lrs[0]:.3g} "
+                "(as if the run had been started with the new --epochs)"
+            )
+    return messages
+
+
 class ResumableCheckpoint:
     """Atomic last/best checkpoints and automatic resume.
 
@@ -466,6 +503,10 @@ class ResumableCheckpoint:
             else:
                 obj.load_state_dict(checkpoint[name])
         trainer.state.max_epochs = max_epochs  # the command line's epochs win over the checkpoint's
+        saved_epochs = checkpoint.get("trainer", {}).get("max_epochs")
+        if saved_epochs is not None and max_epochs is not None and saved_epochs != max_epochs:
+            for message in stretch_lr_schedules(self.save_dict.values(), saved_epochs, max_epochs):
+                logger.warning("resuming %s: %s", self.last_path, message)
         _set_rng_state(checkpoint["rng"])
         if "data_rng" in checkpoint:  # absent in checkpoints written before it was saved
             _set_generator_states(getattr(trainer, "data_loader", None), checkpoint["data_rng"], self.last_path)

@@ -140,6 +140,34 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, batch_augment: bool) -> N
     torch.testing.assert_close(full_loss.state_dict(), resumed_loss.state_dict())
 
 
+def test_resume_with_more_epochs_stretches_the_cosine_schedule(tmp_path, caplog) -> None:
+    """A finished 2-epoch run extended to 4 epochs follows the schedule of a run started with 4."""
+    from monai.handlers import LrScheduleHandler
+
+    def run(epochs: int, save_dir) -> list[float]:
+        set_determinism(0)
+        net = _net()
+        loss = MultiTaskLoss(TASKS, weighting="fixed")
+        trainer = _trainer(net, loss, epochs=epochs)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(trainer.optimizer, T_max=epochs)
+        LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
+        save = {"network": net, "optimizer": trainer.optimizer, "lr_scheduler": scheduler}
+        ResumableCheckpoint(save_dir, save).attach(trainer)
+        lrs: list[float] = []
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(trainer.optimizer.param_groups[0]["lr"]))
+        trainer.run()
+        return lrs
+
+    straight = run(4, tmp_path / "straight")
+    assert straight == pytest.approx([1e-2, 1e-2 * (1 + 2**-0.5) / 2, 5e-3, 1e-2 * (1 - 2**-0.5) / 2])
+    first = run(2, tmp_path / "extended")
+    assert first == pytest.approx(straight[:1] + [5e-3])  # the 2-epoch schedule
+    with caplog.at_level("WARNING"):
+        extended = run(4, tmp_path / "extended")
+    assert extended == pytest.approx(straight[2:])  # epochs 3-4 as in the 4-epoch run, not from LR 0
+    assert "CosineAnnealingLR was for 2 epochs, this run has 4" in caplog.text
+
+
 def test_atomic_save_keeps_old_file_when_interrupted(tmp_path, monkeypatch) -> None:
     path = atomic_torch_save({"epoch": 1}, tmp_path / "last.pt")
 
