@@ -18,12 +18,14 @@ binary task:
   (mirrored copies along the first, then the third axis, so the window count grows with the
   volume): the time per voxel should not grow.
 
-The stitching buffer is on the host (``device="cpu"``), the only device of a CPU machine; on CUDA
-the windows would run on the GPU (``sw_device``) with the same host buffer.
+The volume and the stitching buffer stay on the host (``device="cpu"``, ``--buffer-device``); the
+windows run on ``--device`` (``sw_device``): the CPU, or a GPU when one is visible, where ``--amp``
+runs them under ``torch.autocast`` and every timed pass ends with a CUDA synchronize.
 
-Run: ``python benchmarks/sliding_window.py [--quick] [--repeats 5] [--threads 2]``; prints tables
-and writes ``benchmarks/results/sliding_window.json`` (``--quick``: a 4 mm volume, ROI 32^3, 2
-repeats, into ``sliding_window.quick.json``). Skipped (exit 0) when the data is absent.
+Run: ``python benchmarks/sliding_window.py [--quick] [--repeats 5] [--threads 2] [--device cuda]
+[--amp] [--buffer-device cuda]``; prints tables and writes ``benchmarks/results/sliding_window.json``
+(on CUDA ``sliding_window_cuda[_amp].json``; ``--quick``: a 4 mm volume, ROI 32^3, 2 repeats, into
+``<name>.quick.json``). Skipped (exit 0) when the data is absent.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ BACKBONES: dict[str, dict[str, Any]] = {  # small on purpose: a 2-core CPU runs 
     "meshnet": {"spatial_dims": 3, "channels": 8, "dilations": "revisited"},
 }
 WHOLE_BUDGET_MB = 1e9  # "large": always the whole-volume pass
-BUFFER_DEVICE = "cpu"
 
 
 def load_volume(voxel_mm: float) -> torch.Tensor:
@@ -98,17 +99,24 @@ def _positions(size: int, roi: int, overlap: float) -> range:
     return range(math.ceil((size - roi) / interval) + 1)
 
 
-def network(backbone: str) -> MultiTaskNet:
+def network(backbone: str, device: torch.device) -> MultiTaskNet:
     torch.manual_seed(0)
-    return MultiTaskNet(backbone, TASKS, backbone_kwargs=BACKBONES[backbone]).eval()
+    return MultiTaskNet(backbone, TASKS, backbone_kwargs=BACKBONES[backbone]).eval().to(device)
 
 
-def _pass(fn: Callable[[], Any], keep: dict[str, Any] | None = None, key: str = "") -> Callable[[], Any]:
-    """``fn`` under ``no_grad``; its last result is kept in ``keep[key]`` (to check the answers agree)."""
+def _pass(
+    fn: Callable[[], Any], args: argparse.Namespace, keep: dict[str, Any] | None = None, key: str = ""
+) -> Callable[[], Any]:
+    """``fn`` under ``no_grad`` (and autocast with ``--amp``), ended by a CUDA synchronize on a GPU.
+
+    Its last result is kept in ``keep[key]`` (to check the answers agree).
+    """
 
     def run() -> Any:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(args.device.type, enabled=args.amp):
             out = fn()
+        if args.device.type == "cuda":
+            torch.cuda.synchronize(args.device)
         if keep is not None:
             keep[key] = out
         return out
@@ -119,17 +127,25 @@ def _pass(fn: Callable[[], Any], keep: dict[str, Any] | None = None, key: str = 
 # --------------------------------------------------------------------------- inferer overhead
 def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     voxel_mm, roi = (4.0, 32) if args.quick else (1.0, 96)
-    volume = load_volume(voxel_mm)
-    net = network("unet")
-    common = {"roi_size": (roi,) * 3, "sw_batch_size": args.sw_batch_size, "overlap": 0.25, "mode": "gaussian"}
-    medmtl = MultiTaskSlidingWindowInferer(TASKS, device=BUFFER_DEVICE, **common)
-    whole = MultiTaskSlidingWindowInferer(TASKS, device=BUFFER_DEVICE, whole_volume_budget_mb=WHOLE_BUDGET_MB, **common)
+    volume = load_volume(voxel_mm).to(args.buffer_device)
+    net = network("unet", args.device)
+    common = {
+        "roi_size": (roi,) * 3,
+        "sw_batch_size": args.sw_batch_size,
+        "overlap": 0.25,
+        "mode": "gaussian",
+        "sw_device": args.device,
+        "device": args.buffer_device,
+    }
+    medmtl = MultiTaskSlidingWindowInferer(TASKS, **common)
+    whole = MultiTaskSlidingWindowInferer(TASKS, whole_volume_budget_mb=WHOLE_BUDGET_MB, **common)
     monai_kwargs = {
         "roi_size": common["roi_size"],
         "sw_batch_size": common["sw_batch_size"],
         "overlap": common["overlap"],
         "mode": common["mode"],
-        "device": BUFFER_DEVICE,
+        "sw_device": args.device,
+        "device": args.buffer_device,
     }
 
     def seg_only(window: torch.Tensor) -> torch.Tensor:
@@ -142,14 +158,14 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     candidates = {
-        "medmtl MultiTaskSlidingWindowInferer": _pass(lambda: medmtl(volume, net), out, "sliding"),
+        "medmtl MultiTaskSlidingWindowInferer": _pass(lambda: medmtl(volume, net), args, out, "sliding"),
         "MONAI sliding_window_inference, seg head only": _pass(
-            lambda: sliding_window_inference(volume, predictor=seg_only, **monai_kwargs), out, "monai"
+            lambda: sliding_window_inference(volume, predictor=seg_only, **monai_kwargs), args, out, "monai"
         ),
         "naive: class logits as a 1x1x1 map through MONAI": _pass(
-            lambda: sliding_window_inference(volume, predictor=naive, **monai_kwargs)
+            lambda: sliding_window_inference(volume, predictor=naive, **monai_kwargs), args
         ),
-        "medmtl whole-volume pass": _pass(lambda: whole(volume, net), out, "whole"),
+        "medmtl whole-volume pass": _pass(lambda: whole(volume, net), args, out, "whole"),
     }
     names = list(candidates)
     print(f"[{time.strftime('%X')}] overhead: volume {tuple(volume.shape[2:])}, ROI {roi}^3...", flush=True)
@@ -157,9 +173,9 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     last = (windows(volume.shape[2:], roi) % batch) or batch
 
     def warm_windows() -> None:  # every window shape the sliding candidates use, plus the importance map
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(args.device.type, enabled=args.amp):
             for n in {batch, last}:
-                net(torch.zeros(n, 1, roi, roi, roi))
+                net(torch.zeros(n, 1, roi, roi, roi, device=args.device))
             medmtl(volume[..., :roi, :roi, :roi], net)
 
     times = interleaved(candidates, args.repeats, warmups=[warm_windows, candidates[names[3]]])
@@ -181,7 +197,7 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
         "overlap": common["overlap"],
         "sw_batch_size": common["sw_batch_size"],
         "mode": common["mode"],
-        "buffer_device": BUFFER_DEVICE,
+        "buffer_device": str(args.buffer_device),
         "network": f"MultiTaskNet unet features {BACKBONES['unet']['features']}, tasks: {SEG.name} (segmentation), "
         f"{CLS.name} (binary)",
         "methods": rows,
@@ -189,9 +205,9 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
         "whole_vs_sliding_ratio": statistics.median(times[names[3]]) / statistics.median(times[names[0]]),
         "whole_volume_estimated_activation_mb": max(whole._bytes_per_voxel.values()) * volume[0, 0].numel() / 2**20,
         "checks": {
-            "seg_max_abs_diff_medmtl_vs_monai": float((ours[SEG.name] - reference).abs().max()),
+            "seg_max_abs_diff_medmtl_vs_monai": float((ours[SEG.name].float() - reference.float()).abs().max()),
             "seg_argmax_agreement_whole_vs_sliding": float(
-                (whole_out[SEG.name].argmax(1) == ours[SEG.name].argmax(1)).float().mean()
+                (whole_out[SEG.name].cpu().argmax(1) == ours[SEG.name].cpu().argmax(1)).float().mean()
             ),
             "class_logit_sliding": ours[CLS.name].flatten().tolist(),
             "class_logit_whole": whole_out[CLS.name].flatten().tolist(),
@@ -202,13 +218,13 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- throughput vs size
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     voxel_mm, roi = (4.0, 32) if args.quick else (2.0, 64)
-    base = load_volume(voxel_mm)
+    base = load_volume(voxel_mm).to(args.buffer_device)
     volumes = {factor: tile(base, factor) for factor in (1, 2, 4)}
     common = {"roi_size": (roi,) * 3, "sw_batch_size": args.sw_batch_size, "overlap": 0.25, "mode": "gaussian"}
-    inferer = MultiTaskSlidingWindowInferer(TASKS, device=BUFFER_DEVICE, **common)
-    nets = {name: network(name) for name in BACKBONES}
+    inferer = MultiTaskSlidingWindowInferer(TASKS, sw_device=args.device, device=args.buffer_device, **common)
+    nets = {name: network(name, args.device) for name in BACKBONES}
     candidates = {
-        (name, factor): _pass(lambda net=net, vol=vol: inferer(vol, net))
+        (name, factor): _pass(lambda net=net, vol=vol: inferer(vol, net), args)
         for name, net in nets.items()
         for factor, vol in volumes.items()
     }
@@ -247,7 +263,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "roi_size": roi,
         "overlap": common["overlap"],
         "sw_batch_size": common["sw_batch_size"],
-        "buffer_device": BUFFER_DEVICE,
+        "buffer_device": str(args.buffer_device),
         "backbones": {
             k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()} for k, v in BACKBONES.items()
         },
@@ -261,7 +277,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sw-batch-size", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where windows run")
+    parser.add_argument("--amp", action="store_true", help="windows under torch.autocast (CUDA)")
+    parser.add_argument("--buffer-device", default="cpu", help="where the volume and the stitched output live")
     args = parser.parse_args()
+    args.device, args.buffer_device = torch.device(args.device), torch.device(args.buffer_device)
+    name = NAME if args.device.type == "cpu" else f"{NAME}_{args.device.type}" + ("_amp" if args.amp else "")
     args.repeats = args.repeats or (2 if args.quick else 5)
     if missing_data(VOLUME):
         return
@@ -276,7 +297,7 @@ def main() -> None:
         [[r["method"], r["time"]["median_s"], r["ratio_vs_monai_seg_only"]] for r in overhead["methods"]],
         f"inference on {overhead['volume']} {tuple(overhead['shape'])} at {overhead['voxel_mm']:g} mm, "
         f"ROI {overhead['roi_size']}^3, overlap 0.25, gaussian, sw_batch_size {overhead['sw_batch_size']}, "
-        f"buffer on {BUFFER_DEVICE}",
+        f"windows on {args.device}{' (AMP)' if args.amp else ''}, buffer on {args.buffer_device}",
     )
     checks = overhead["checks"]
     print(
@@ -302,9 +323,12 @@ def main() -> None:
         quick=args.quick,
         data=str(SHARED_DATA),
         duration_s=elapsed,
-        buffer_device=BUFFER_DEVICE,
+        buffer_device=str(args.buffer_device),
+        device=str(args.device),
+        amp=args.amp,
+        gpu=torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None,
     )
-    write_results(NAME, meta, {"overhead": overhead, "throughput": throughput}, quick=args.quick)
+    write_results(name, meta, {"overhead": overhead, "throughput": throughput}, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,10 @@ class MultiTaskSlidingWindowInferer(Inferer):
                 raise KeyError(f"the network output lacks tasks {missing} (has {sorted(out)})")
             if self.class_tasks:
                 cases = [int(c[0].start) for c in coords]
-                weights = torch.stack([inside[tuple(c[2:])].sum() for c in coords])
+                if inside is None:  # every window lies inside the image: equal weights
+                    weights = torch.ones(len(coords))
+                else:
+                    weights = torch.stack([inside[tuple(c[2:])].sum() for c in coords])
                 collected.append(({t: out[t].detach().float() for t in self.class_tasks}, cases, weights))
             seg = {t: out[t] for t in self.seg_tasks}
             # classification-only networks: MONAI needs one spatial output to stitch; a zero map costs least
@@ -243,9 +246,17 @@ class MultiTaskSlidingWindowInferer(Inferer):
         return result
 
     # ------------------------------------------------------------------ helpers
-    def _inside_weights(self, spatial: tuple, roi: tuple, inputs: torch.Tensor) -> torch.Tensor:
-        """Importance of each voxel of the padded image, zero on padding: a window's weight is its slice's sum."""
+    def _inside_weights(self, spatial: tuple, roi: tuple, inputs: torch.Tensor) -> torch.Tensor | _WindowWeights | None:
+        """Importance of each voxel of the padded image, zero on padding: a window's weight is its slice's sum.
+
+        ``None`` when the image is at least ``roi`` along every axis: MONAI then pads nothing and
+        places every window inside the image, so all windows weigh the same. Why: summing the
+        importance map per window is host work of the window's size, as long as the window's
+        forward pass on a GPU (it made the multi-task inferer 1.2x MONAI's seg-only pass there).
+        """
         padded = tuple(max(s, r) for s, r in zip(spatial, roi, strict=True))
+        if padded == tuple(spatial):
+            return None
         inside = torch.zeros(padded, dtype=torch.float32, device=inputs.device)
         region = tuple(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, spatial, strict=True))
         inside[region] = 1.0
