@@ -496,6 +496,15 @@ class ResumableCheckpoint:
         checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
         max_epochs = trainer.state.max_epochs
         for name, obj in self.save_dict.items():
+            if name not in checkpoint and getattr(obj, "resumes_without_state", False):
+                logger.warning(
+                    "%s has no '%s' (written before it was part of the run): %s starts empty",
+                    self.last_path,
+                    name,
+                    type(obj).__name__,
+                )
+                obj.load_state_dict({})
+                continue
             if name not in checkpoint:
                 raise KeyError(f"{self.last_path} has no '{name}'; it holds {sorted(checkpoint)}")
             if isinstance(obj, torch.nn.Module):

@@ -49,6 +49,11 @@ class EMAWeights:
     ``num_batches_tracked``) are left as trained.
     """
 
+    resumes_without_state = True
+    """A ``last.pt`` without this handler's entry (a run started before it was added, or with an
+    older medmtl) resumes with an empty average instead of failing: the average only smooths the
+    weights, so restarting it loses nothing the run needs (see ``ResumableCheckpoint``)."""
+
     def __init__(self, network: torch.nn.Module, decay: float | None = 0.995, warmup: bool = True) -> None:
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ValueError(f"EMAWeights decay must be in [0, 1) (or None to turn it off), got {decay}")

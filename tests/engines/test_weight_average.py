@@ -92,6 +92,34 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path) -> None:
         torch.testing.assert_close(a, b)
 
 
+def test_checkpoint_written_without_the_average_resumes_with_an_empty_one(tmp_path, caplog) -> None:
+    network = _network()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    trainer = _trainer(network, optimizer)
+    ResumableCheckpoint(tmp_path, {"network": network, "optimizer": optimizer}).attach(trainer)
+    trainer.run(_batches(), max_epochs=1)  # an older run: no weight_average in last.pt
+    trained = [t.clone() for t in network.state_dict().values()]
+
+    network = _network()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    ema = EMAWeights(network, decay=0.8)
+    trainer = _trainer(network, optimizer)
+    ema.attach(trainer)
+    ResumableCheckpoint(tmp_path, {"network": network, "optimizer": optimizer, "weight_average": ema}).attach(trainer)
+    loaded: list[torch.Tensor] = []
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED(once=2), lambda e: loaded.extend(t.clone() for t in network.state_dict().values())
+    )
+    with caplog.at_level("WARNING"):
+        trainer.run(_batches(), max_epochs=2)
+    assert "has no 'weight_average'" in caplog.text and "EMAWeights starts empty" in caplog.text
+    for a, b in zip(trained, loaded, strict=True):  # resumed from the old weights, not from scratch
+        torch.testing.assert_close(a, b)
+    assert ema.steps == len(_batches())  # one epoch of averaging since the resume
+    with pytest.raises(KeyError, match="has no 'optimizer2'"):  # other missing entries still fail
+        ResumableCheckpoint(tmp_path, {"network": network, "optimizer2": optimizer}).load_last(trainer)
+
+
 def test_off_when_decay_is_none_and_rejects_bad_decay() -> None:
     network = _network()
     ema = EMAWeights(network, decay=None)
