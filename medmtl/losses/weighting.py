@@ -515,21 +515,31 @@ class ScheduledWeighting(Weighting):
         for spec in self.schedules.values():
             schedule_value(spec, 0)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        # the buffer is the checkpointed state; this host copy is what every forward reads, since
+        # reading a GPU buffer would block the host once per iteration
+        self._host_epoch = 0
+        self.register_load_state_dict_post_hook(_refresh_host_epoch)
 
     def weight_vector(self) -> torch.Tensor:
-        e = int(self.epoch)
-        return torch.tensor([schedule_value(self.schedules[n], e) for n in self.task_names], device=self.epoch.device)
+        values = [schedule_value(self.schedules[n], self._host_epoch) for n in self.task_names]
+        return torch.tensor(values).to(self.epoch.device, non_blocking=True)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the number of completed epochs (e.g. ``engine.state.epoch - 1`` at ``EPOCH_STARTED``)."""
-        self.epoch.fill_(int(epoch))
+        self._host_epoch = int(epoch)
+        self.epoch.fill_(self._host_epoch)
 
     def on_epoch_end(self, epoch_losses: Mapping[str, float] | None = None) -> None:
         """Advance the schedule by one epoch (``epoch_losses`` is ignored)."""
-        self.epoch += 1
+        self.set_epoch(self._host_epoch + 1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, schedules={self.schedules}"
+
+
+def _refresh_host_epoch(module: ScheduledWeighting, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the host copy of the epoch follows the loaded buffer (read once)."""
+    module._host_epoch = int(module.epoch)
 
 
 def _flat_params(params: Iterable[torch.Tensor], who: str) -> list[torch.Tensor]:

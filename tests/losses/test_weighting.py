@@ -92,6 +92,19 @@ def test_scheduled_poly_ramp_at_0_half_end_and_beyond():
     assert float(w(_losses(seg=2.0, cls=1.0))) == pytest.approx(2.0 + 1.0)
 
 
+def test_scheduled_weights_never_read_the_device_buffer_and_follow_a_loaded_state():
+    linear = {"seg": {"name": "linear", "start": 0.0, "end": 1.0, "epochs": 4}}
+    on_meta = ScheduledWeighting(NAMES, schedules=linear).to("meta")  # reading a meta tensor raises
+    on_meta.set_epoch(2)
+    on_meta.on_epoch_end()
+    assert on_meta.weight_vector().device.type == "meta"  # computed from the host copy (epoch 3)
+    saved = ScheduledWeighting(NAMES, schedules=linear)
+    saved.set_epoch(3)
+    loaded = ScheduledWeighting(NAMES, schedules=linear)
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.current_weights()["seg"] == pytest.approx(0.75)
+
+
 def test_schedule_shapes_and_validation():
     assert schedule_value({"name": "linear", "start": 0.0, "end": 1.0, "epochs": 4}, 1) == pytest.approx(0.25)
     assert schedule_value({"name": "cosine", "start": 1.0, "end": 0.0, "epochs": 4}, 2) == pytest.approx(0.5)
