@@ -44,17 +44,18 @@ def _target(task: Task, value: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def _check_class_range(task: Task, target: torch.Tensor, batchdata: Mapping[str, Any]) -> None:
-    """Class labels of the labelled samples within ``[0, K-1]``, checked on the host before the move.
+    """Multiclass labels of the labelled samples within ``[0, K-1]``, checked on the host before the move.
 
     Why here: on a GPU the losses skip this check (it would block the host every iteration), and an
-    out-of-range label there ends in a device-side assert that names nothing.
+    out-of-range label there ends in a device-side assert that names nothing. B numbers per batch
+    cost nothing; segmentation masks (a volume per sample) are checked once, up front, by the
+    dataset validation (``medmtl validate``, the bundles' ``validate_data``), not every iteration.
     """
-    if task.kind.value not in ("segmentation", "multiclass") or not target.numel():
+    if task.kind.value != "multiclass":
         return
     flags = torch.as_tensor(batchdata[present_key(task.name)]).reshape(-1) != 0
     k = task.num_outputs
-    per_sample = torch.as_tensor(target).reshape(target.shape[0], -1)
-    outside = flags & ((per_sample.amin(1) < 0) | (per_sample.amax(1) >= k))
+    outside = flags & ((target < 0) | (target >= k))
     bad = outside.nonzero().reshape(-1).tolist()
     if bad:
         ids = batchdata.get("case_id")
@@ -126,9 +127,10 @@ class MultiTaskPrepareBatch(PrepareBatch):
         first = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))
         batch_size = first.shape[0]
         targets: dict[str, torch.Tensor] = {}
+        to_accelerator = torch.device(device or "cpu").type != "cpu"  # the loss checks host targets itself
         for task in self.tasks:
             target = _target(task, batchdata[task.name], batch_size)
-            if torch.device(device or "cpu").type != "cpu":  # the loss checks host targets itself
+            if to_accelerator:
                 _check_class_range(task, target, batchdata)
             targets[task.name] = move(target)
             # the flags stay on the host: the loss counts labelled samples and the metrics read

@@ -252,7 +252,7 @@ class MultiTaskSlidingWindowInferer(Inferer):
         ``None`` when the image is at least ``roi`` along every axis: MONAI then pads nothing and
         places every window inside the image, so all windows weigh the same. Why: summing the
         importance map per window is host work of the window's size, as long as the window's
-        forward pass on a GPU (it made the multi-task inferer 1.2x MONAI's seg-only pass there).
+        forward pass on a GPU (it made the multi-task inferer 1.20x MONAI's seg-only pass in an fp32 run).
         """
         padded = tuple(max(s, r) for s, r in zip(spatial, roi, strict=True))
         if padded == tuple(spatial):

@@ -15,8 +15,8 @@ from medmtl.losses.task_losses import (
     MaskedCELoss,
     MaskedSegmentationLoss,
     MaskedTaskLoss,
-    as_present_mask,
     build_task_loss,
+    present_flags,
 )
 from medmtl.losses.weighting import (
     SCHEDULES,
@@ -39,7 +39,7 @@ __all__ = [
     "MaskedBCELoss",
     "MaskedCELoss",
     "SEGMENTATION_LOSSES",
-    "as_present_mask",
+    "present_flags",
     "build_task_loss",
     "Weighting",
     "WEIGHTINGS",

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from medmtl.data.tasks import Task, as_tasks, present_key
-from medmtl.losses.task_losses import as_present_mask, build_task_loss, count_present
+from medmtl.losses.task_losses import build_task_loss, present_flags
 from medmtl.losses.weighting import Weighting, _world_size, build_weighting
 
 __all__ = ["MultiTaskLoss"]
@@ -209,12 +209,12 @@ class MultiTaskLoss(nn.Module):
                 flags = targets.get(present_key(name))
             pred = preds[name]
             device = pred.device
-            mask = as_present_mask(flags, pred.shape[0], pred.device, name)
+            flags = present_flags(flags, pred.shape[0], name)  # host flags are counted without a GPU read
             target = targets[name]
             if not isinstance(target, torch.Tensor):
                 target = torch.as_tensor(target, device=pred.device)
-            values[name] = loss_fn(pred, target, flags)  # the flags, not the mask: decided on the host
-            counts[name] = count_present(flags, mask)
+            values[name] = loss_fn(pred, target, flags)
+            counts[name] = pred.shape[0] if flags is None else int(flags.sum())
         self.last_num_labelled = counts
         self._local_means = {k: v for k, v in values.items() if counts[k]}
         shares = self._rank_shares(counts, device) if device is not None else None

@@ -38,7 +38,7 @@ __all__ = [
     "MaskedBCELoss",
     "MaskedCELoss",
     "build_task_loss",
-    "as_present_mask",
+    "present_flags",
 ]
 
 #: names accepted by ``seg_loss``, mapped to the MONAI loss they build.
@@ -51,57 +51,35 @@ def _plain(x: Any) -> Any:
     return as_tensor() if callable(as_tensor) and isinstance(x, torch.Tensor) else x
 
 
-def _host_flags(present: Any) -> torch.Tensor | None:
-    """``present`` as a ``(B,)`` bool tensor on the host, or ``None`` when the flags are on a GPU."""
-    if present is None:
-        return None
-    flags = _plain(present)
-    if isinstance(flags, torch.Tensor) and flags.device.type != "cpu":
-        return None
-    return torch.as_tensor(flags).reshape(-1) != 0
+def present_flags(present: Any, batch_size: int, name: str = "task") -> torch.Tensor | None:
+    """Per-sample presence flags as a checked ``(B,)`` bool tensor, on the device they came on.
 
-
-def count_present(present: Any, mask: torch.Tensor) -> int:
-    """Number of labelled samples, counted where the flags live.
-
-    Why: host flags (what :class:`medmtl.engines.MultiTaskPrepareBatch` passes) are counted on the
-    host, so the count needs no GPU sync; flags that are already on a GPU are counted from ``mask``
-    (one sync). ``mask`` is :func:`as_present_mask`'s result for the same flags.
-    """
-    if present is None:
-        return int(mask.numel())
-    host = _host_flags(present)
-    return int(mask.sum()) if host is None else int(host.sum())
-
-
-def as_present_mask(present: Any, batch_size: int, device: torch.device, name: str = "task") -> torch.Tensor:
-    """Turn a per-sample presence flag into a ``(B,)`` bool mask on ``device``.
+    Why not move them: :class:`medmtl.engines.MultiTaskPrepareBatch` keeps the flags on the host,
+    so the losses count and select the labelled samples without reading anything back from a GPU
+    (each read would block the host until the GPU's queue drains). Flags given on a GPU stay there
+    and cost one such read where a decision needs them.
 
     Args:
         present: ``None`` (every sample labelled), or B flags (bool, int or float; non-zero means
             labelled) as a tensor, list or array of shape ``(B,)`` or ``(B, 1)``.
         batch_size: B, the number of samples in the prediction.
-        device: device of the prediction.
         name: task name, used in error messages.
 
     Returns:
-        bool tensor of shape ``(B,)``.
+        ``None`` for ``present=None``, else a bool tensor of shape ``(B,)``.
 
     Raises:
         ValueError: when the flags do not hold exactly one value per sample.
     """
     if present is None:
-        return torch.ones(batch_size, dtype=torch.bool, device=device)
-    mask = torch.as_tensor(_plain(present))
-    if mask.device != torch.device(device):
-        # non-blocking: host flags join the GPU's queue instead of waiting for it to drain
-        mask = mask.to(device, non_blocking=True)
-    if mask.numel() != batch_size:
+        return None
+    flags = torch.as_tensor(_plain(present))
+    if flags.numel() != batch_size:
         raise ValueError(
-            f"task '{name}': presence flags have shape {tuple(mask.shape)} but the batch has {batch_size} samples; "
+            f"task '{name}': presence flags have shape {tuple(flags.shape)} but the batch has {batch_size} samples; "
             f"expected one flag per sample, shape ({batch_size},)"
         )
-    return mask.reshape(-1) != 0
+    return flags.reshape(-1) != 0
 
 
 class MaskedTaskLoss(nn.Module):
@@ -159,18 +137,12 @@ class MaskedTaskLoss(nn.Module):
             ValueError: when shapes do not match the task (the message names the task and both shapes).
         """
         pred, target = self.check(_plain(pred), _plain(target))
-        mask = as_present_mask(present, pred.shape[0], pred.device, self.name)
-        # decide on the host flags when there are some: reading a GPU mask would block the host
-        host = _host_flags(present)
-        decide = mask if host is None else host
-        if not bool(decide.any()):
+        flags = present_flags(present, pred.shape[0], self.name)  # decisions read them where they live
+        if flags is not None and not bool(flags.any()):
             return pred.sum() * 0
-        if not bool(decide.all()):
-            if host is None:
-                pred, target = pred[mask], target[mask]
-            else:
-                index = host.nonzero().reshape(-1).to(pred.device, non_blocking=True)
-                pred, target = pred.index_select(0, index), target.index_select(0, index.to(target.device))
+        if flags is not None and not bool(flags.all()):
+            index = flags.nonzero().reshape(-1)
+            pred, target = pred.index_select(0, index.to(pred.device)), target.index_select(0, index.to(target.device))
         return self.loss(pred, self.prepare_target(pred, target))
 
     def prepare_target(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -180,9 +152,9 @@ class MaskedTaskLoss(nn.Module):
     def _check_class_range(self, target: torch.Tensor) -> None:
         """Labels outside ``[0, K-1]`` -> a clear error (the base losses would fail obscurely).
 
-        Checked for host targets only: on a GPU the check would block the host every iteration,
-        and :class:`medmtl.engines.MultiTaskPrepareBatch` has already checked the batch on the
-        host before moving it (naming the cases).
+        Checked for host targets only: on a GPU the check would block the host every iteration.
+        There :class:`medmtl.engines.MultiTaskPrepareBatch` checks multiclass labels on the host
+        before the move (naming the cases), and the dataset validation checks the masks up front.
         """
         if target.device.type != "cpu":
             return
