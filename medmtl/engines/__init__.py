@@ -38,6 +38,7 @@ from medmtl.engines.handlers import (
     atomic_torch_save,
     unwrap,
 )
+from medmtl.engines.host_memory import tune_host_allocator
 from medmtl.engines.iteration import GradientSurgeryIteration
 from medmtl.engines.prepare_batch import (
     FlattenTaskOutputsd,
@@ -104,4 +105,5 @@ __all__ = [
     "NonFiniteLossGuard",
     "TrainingMemoryGuard",
     "non_finite_tensors",
+    "tune_host_allocator",
 ]
