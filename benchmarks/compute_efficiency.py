@@ -18,6 +18,7 @@ user would write by hand, on the same network, loss and tensors:
 Network: 2D ``MultiTaskNet`` (BasicUNet features (16, 16, 32, 64, 128, 16)), tasks: lesion
 (segmentation, 2 classes) + diagnosis (multiclass, 3 classes), 128 px, batch 16, random tensors.
 Goal: engine / bare throughput >= 0.9 for both. One epoch of each candidate per round, interleaved.
+On CPU the allocator is tuned as the bundles tune it (``tune_host_allocator``), for both candidates.
 
 On CUDA (``--device cuda``, the default when a GPU is visible) every candidate runs in three
 settings, each with its own network, loss and optimizer: fp32, AMP (``torch.autocast`` + GradScaler;
@@ -47,7 +48,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import set_determinism
 
 from medmtl.data import Task
-from medmtl.engines import FlattenTaskOutputsd, MultiTaskLossHandler, MultiTaskPrepareBatch
+from medmtl.engines import FlattenTaskOutputsd, MultiTaskLossHandler, MultiTaskPrepareBatch, tune_host_allocator
 from medmtl.losses import MultiTaskLoss
 from medmtl.networks import MultiTaskNet
 
@@ -210,6 +211,7 @@ def main() -> None:
     settings = args.settings or (list(SETTINGS) if device.type == "cuda" else ["fp32"])
     size, batch = (64 if args.quick else 128), 16
     torch.set_num_threads(args.threads)
+    tune_host_allocator(device)  # as the bundles do on CPU (both candidates run in this process)
     set_determinism(seed=0)
     logging.getLogger("ignite").setLevel(logging.WARNING)  # engines log every run start at INFO
     if device.type == "cuda":
