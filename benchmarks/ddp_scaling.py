@@ -4,23 +4,32 @@
 On a CPU machine the question is whether 2 single-threaded processes train faster than 1 process
 using both cores through intra-op threads, and whether they train *the same model*. This script
 generates demo data (``medmtl.data.demo.generate_demo2d``) in a temporary folder, then runs the demo
-bundle's ``train.json`` the way a user does (``python -m monai.bundle run``), alternating:
+bundle's ``train.json`` the way a user does (``python -m monai.bundle run``) with the ultrasound
+bundle's default network and batch (BasicUNet 32..256, ``--features``; 128 px, ``--size``; global
+batch 16, ``--global-batch``), alternating:
 
-- **single**: 1 process, ``OMP_NUM_THREADS=2``, batch 8;
+- **single**: 1 process, ``OMP_NUM_THREADS=2``, batch 16;
 - **DDP**: ``torchrun --standalone --nproc_per_node=2`` with ``multi_gpu_train.json``,
-  ``OMP_NUM_THREADS=1``, batch 4 per rank (the same global batch of 8, the same 2 cores).
+  ``OMP_NUM_THREADS=1``, batch 8 per rank (the same global batch, the same 2 cores).
 
 Speed: the training time of each epoch as Ignite measures it (``state.times['EPOCH_COMPLETED']``:
 the epoch's iterations, without start-up, caching, validation or checkpoints; printed by a small
 handler added through an extra config file); the first epoch is a warm-up and not counted. Samples/s
 = training samples / median epoch time; goal DDP / single >= 1.1. Where the time goes is printed
-per phase of an iteration (:class:`PhaseTimes`). ``--size`` sets the image size (default 64 px, the
-demo's own). On the 2-core machine of the results file the 2-thread process already runs this
-network's convolutions almost twice as fast as 1 thread, so a 1-thread rank's compute for 4 samples
-(forward + loss + backward + step: 55 ms at 64 px) is only ~10% below the single process's whole
-step for 8 samples (61 ms), and the per-step synchronisation (gloo all-reduce of 1.9 MB, ~1 ms, plus
-waiting for the slower rank at the loss and backward all-reduces, ~5-8 ms) takes more than that;
-``--size 128`` gives 4x the convolution work per step but did not change the picture (0.98x).
+per phase of an iteration (:class:`PhaseTimes`).
+
+Two yardsticks run in the same session:
+
+- **the bare loop** (``_bare_training_loop.py``): the same network on tensors already in memory,
+  plain losses, ``AdamW``, launched the same two ways. Its DDP / single ratio is what this machine
+  allows for this network with no pipeline at all; ``bundle / bare`` per mode is the pipeline's
+  share.
+- **glibc's default allocator** (one more run of each, ``tune_host_allocator: false``): the bundles
+  tune the CPU allocator (:func:`medmtl.engines.tune_host_allocator`). Without it, every step of a
+  batch whose activations exceed glibc's 32 MiB mmap threshold (16 x 32 channels x 128^2) faults
+  its memory in again, which costs the single 2-thread process far more than the 1-thread ranks
+  (8 samples each, under the threshold): the default allocator makes DDP look better by slowing
+  the single process down. Both are printed so that the gain is not mistaken for scaling.
 
 Equality: DDP with ``even_divisible`` shards and averaged gradients computes the same step as one
 process on the global batch only when nothing random or per-rank remains, so every run gets
@@ -45,9 +54,10 @@ in the convolutions). So the script reports three comparisons of the per-epoch t
   two computations (a rank-local statistic, an unsynchronised parameter) would show while rounding
   stays far below the 1e-9 tolerance. This is the equality check.
 
-Run: ``python benchmarks/ddp_scaling.py [--quick] [--epochs 7] [--rounds 2] [--size 64]``; prints
-tables and writes ``benchmarks/results/ddp_scaling.json`` (``--quick``: 32 px, 40 cases, 2 epochs,
-1 round, into ``ddp_scaling.quick.json``).
+Run: ``python benchmarks/ddp_scaling.py [--quick] [--epochs 5] [--rounds 2] [--size 128]
+[--global-batch 16] [--features 32,32,64,128,256,32]`` (about 12 minutes on 2 cores); prints tables
+and writes ``benchmarks/results/ddp_scaling.json`` (``--quick``: 32 px, the demo's own small
+network, global batch 8, 40 cases, 2 epochs, 1 round, into ``ddp_scaling.quick.json``).
 """
 
 from __future__ import annotations
@@ -72,10 +82,11 @@ NAME = "ddp_scaling"
 PHASES = ("forward", "loss", "backward", "optimizer", "between")
 CONFIGS = REPO / "bundles" / "demo" / "configs"
 SPEC = REPO / "data_specs" / "demo.yaml"
-GLOBAL_BATCH = 8
 F64_TOLERANCE = 1e-9
 EPOCH_LINE = re.compile(r"^BENCH_EPOCH rank=(\d+) epoch=(\d+) seconds=([0-9.eE+-]+)$", re.MULTILINE)
 SAMPLES_LINE = re.compile(r"^BENCH_SAMPLES (\d+)$", re.MULTILINE)
+BARE_LINE = re.compile(r"^BENCH_BARE step_s=([0-9.eE+-]+)$", re.MULTILINE)
+BARE_LOOP = Path(__file__).resolve().parent / "_bare_training_loop.py"
 PHASES_LINE = re.compile(r"^BENCH_PHASES rank=(\d+) (\{.*\})$", re.MULTILINE)
 
 
@@ -190,6 +201,11 @@ F64_NETWORK = {
 }
 
 
+def network_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The backbone's feature widths of the timed network (``--features``)."""
+    return {"network_def::backbone_kwargs::features": list(args.features)}
+
+
 def run_bundle(
     mode: str,
     work: Path,
@@ -199,6 +215,7 @@ def run_bundle(
     epochs: int,
     threads: int | None = None,
     f64: bool = False,
+    default_allocator: bool = False,
 ) -> dict[str, Any]:
     """One training run; returns its epoch times, per-epoch losses and wall time.
 
@@ -208,8 +225,11 @@ def run_bundle(
         epochs: epochs of this run.
         threads: ``OMP_NUM_THREADS`` of each process (default: ``nproc`` for single, 1 for DDP).
         f64: train in float64 (the equality check).
+        default_allocator: ``tune_host_allocator: false`` (glibc's default behaviour, for comparison).
     """
-    extra_config = {**COMMON_OVERRIDES, **(SINGLE_OVERRIDES if mode == "single" else {})}
+    extra_config = {**COMMON_OVERRIDES, **network_overrides(args), **(SINGLE_OVERRIDES if mode == "single" else {})}
+    if default_allocator:
+        extra_config["tune_host_allocator"] = False
     if f64:
         extra_config.update({**F64_OVERRIDES, **F64_NETWORK[mode]})
     extra = work / f"bench_{label}.json"
@@ -220,7 +240,7 @@ def run_bundle(
     if mode == "ddp":
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     cmd += ["-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]"]
-    per_rank_batch = GLOBAL_BATCH // (args.nproc if mode == "ddp" else 1)
+    per_rank_batch = args.global_batch // (args.nproc if mode == "ddp" else 1)
     overrides = {
         "data_spec": SPEC,
         "dataset_dir": data,
@@ -273,6 +293,46 @@ def run_bundle(
     }
 
 
+def run_bare(mode: str, args: argparse.Namespace, label: str, default_allocator: bool = False) -> dict[str, Any]:
+    """The same network in a bare loop (``_bare_training_loop.py``), launched like :func:`run_bundle`.
+
+    Why: the ratio the machine allows for this network, with no pipeline around it (see that file).
+    """
+    cmd = [sys.executable]
+    if mode == "ddp":
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    cmd += [
+        str(BARE_LOOP),
+        "--data-spec",
+        str(SPEC),
+        "--global-batch",
+        str(args.global_batch),
+        "--size",
+        str(args.size),
+    ]
+    cmd += ["--steps", str(args.bare_steps), "--warmup", "3", "--features", ",".join(map(str, args.features))]
+    cmd += ["--default-allocator"] if default_allocator else []
+    threads = 1 if mode == "ddp" else args.nproc
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    print(
+        f"[{time.strftime('%X')}] {label}: bare loop, {mode}, {threads} thread(s), {args.bare_steps} steps...",
+        flush=True,
+    )
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    log = result.stdout + result.stderr
+    found = BARE_LINE.search(log)
+    if result.returncode != 0 or not found:
+        raise RuntimeError(f"{label} bare loop failed (exit {result.returncode}):\n{log[-4000:]}")
+    step_s = float(found.group(1))
+    return {
+        "mode": mode,
+        "label": label,
+        "threads_per_process": threads,
+        "default_allocator": default_allocator,
+        "step_s": step_s,
+    }
+
+
 def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]) -> dict[str, Any]:
     """Per-epoch training losses and weights of runs ``a`` and ``b`` with their relative differences."""
     keys = sorted({k for rec in a["losses"] for k in rec if k != "epoch"})
@@ -310,25 +370,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32 px, 40 cases, 2 epochs, 1 round: a smoke check")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="epochs per timed run, the first a warm-up (default 7)"
+        "--epochs", type=int, default=None, help="epochs per timed run, the first a warm-up (default 5)"
     )
     parser.add_argument("--rounds", type=int, default=None, help="single/DDP run pairs, alternating (default 2)")
-    parser.add_argument("--cases", type=int, default=None, help="demo images to generate (default 480)")
-    parser.add_argument("--size", type=int, default=None, help="image size in px (default 64; --quick 32)")
+    parser.add_argument("--cases", type=int, default=None, help="demo images to generate (default 240)")
+    parser.add_argument("--size", type=int, default=None, help="image size in px (default 128; --quick 32)")
+    parser.add_argument(
+        "--global-batch", type=int, default=None, help="samples per step over all processes (default 16; --quick 8)"
+    )
+    parser.add_argument(
+        "--features",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=None,
+        help="BasicUNet features (default 32,32,64,128,256,32: the ultrasound bundle's `unet` preset; "
+        "--quick: the demo's 16,16,32,64,128,16)",
+    )
     parser.add_argument("--f64-epochs", type=int, default=None, help="epochs of the float64 runs (default 3)")
     parser.add_argument("--nproc", type=int, default=2, help="DDP processes = threads of the single process")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per run")
+    parser.add_argument(
+        "--bare-steps",
+        type=int,
+        default=None,
+        help="timed steps of each bare-loop run (default 15, after 3 untimed; --quick 20)",
+    )
     args = parser.parse_args()
-    args.epochs = args.epochs or (2 if args.quick else 7)
+    args.epochs = args.epochs or (2 if args.quick else 5)
     args.rounds = args.rounds or (1 if args.quick else 2)
-    args.cases = args.cases or (40 if args.quick else 480)
-    args.size = args.size or (32 if args.quick else 64)
+    args.cases = args.cases or (40 if args.quick else 240)
+    args.size = args.size or (32 if args.quick else 128)
+    args.global_batch = args.global_batch or (8 if args.quick else 16)
+    args.features = args.features or ([16, 16, 32, 64, 128, 16] if args.quick else [32, 32, 64, 128, 256, 32])
     args.f64_epochs = args.f64_epochs or (2 if args.quick else 3)
+    args.bare_steps = args.bare_steps or (20 if args.quick else 15)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is a warm-up")
 
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
+    bare_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="medmtl_ddp_bench_") as tmp:
         work = Path(tmp)
         data = work / "data" / "demo2d"
@@ -336,6 +416,14 @@ def main() -> None:
         for index in range(args.rounds):
             order = ("single", "ddp") if index % 2 == 0 else ("ddp", "single")
             runs += [run_bundle(mode, work, data, args, f"{mode}_{index}", args.epochs) for mode in order]
+            for repeat, pair in enumerate((order, order[::-1])):  # short runs: two pairs per round
+                bare_runs += [run_bare(mode, args, f"bare_{mode}_{index}_{repeat}") for mode in pair]
+        # glibc's default allocator (the bundles' ``tune_host_allocator: false``): one round, for comparison
+        untuned = {
+            mode: run_bundle(mode, work, data, args, f"{mode}_default_allocator", args.epochs, default_allocator=True)
+            for mode in ("single", "ddp")
+        }
+        bare_runs += [run_bare(mode, args, f"bare_{mode}_default_allocator", True) for mode in ("ddp", "single")]
         reference = run_bundle("single", work, data, args, "single_1thread", args.epochs, threads=1)
         f64 = {
             mode: run_bundle(mode, work, data, args, f"{mode}_f64", args.f64_epochs, f64=True)
@@ -351,7 +439,7 @@ def main() -> None:
         modes[mode] = {
             "processes": args.nproc if mode == "ddp" else 1,
             "threads_per_process": 1 if mode == "ddp" else args.nproc,
-            "batch_per_process": GLOBAL_BATCH // (args.nproc if mode == "ddp" else 1),
+            "batch_per_process": args.global_batch // (args.nproc if mode == "ddp" else 1),
             "train_samples": samples,
             "epoch": summary(timed),
             "samples_per_s": samples / statistics.median(timed),
@@ -359,6 +447,26 @@ def main() -> None:
             "phases_ms_rank0_first_run": mine[0]["phases_ms_per_rank"].get("0", {}),
         }
     ratio = modes["ddp"]["samples_per_s"] / modes["single"]["samples_per_s"]
+    bare: dict[str, dict[str, Any]] = {}
+    for mode in ("single", "ddp"):
+        steps = [r["step_s"] for r in bare_runs if r["mode"] == mode and not r["default_allocator"]]
+        bare[mode] = {
+            "step_s": summary(steps),
+            "samples_per_s": args.global_batch / statistics.median(steps),
+            "bundle_vs_bare": modes[mode]["samples_per_s"] / (args.global_batch / statistics.median(steps)),
+        }
+    bare_ratio = bare["ddp"]["samples_per_s"] / bare["single"]["samples_per_s"]
+    allocator: dict[str, dict[str, float]] = {}
+    for mode in ("single", "ddp"):
+        epoch_s = statistics.median(untuned[mode]["epoch_s"][1:])
+        bare_step = next(r["step_s"] for r in bare_runs if r["mode"] == mode and r["default_allocator"])
+        allocator[mode] = {
+            "bundle_samples_per_s": untuned[mode]["samples"] / epoch_s,
+            "bundle_tuned_speedup": modes[mode]["samples_per_s"] / (untuned[mode]["samples"] / epoch_s),
+            "bare_samples_per_s": args.global_batch / bare_step,
+            "bare_tuned_speedup": bare[mode]["samples_per_s"] / (args.global_batch / bare_step),
+        }
+    allocator_ratio = allocator["ddp"]["bundle_samples_per_s"] / allocator["single"]["bundle_samples_per_s"]
 
     single, ddp = (next(r for r in runs if r["mode"] == m) for m in ("single", "ddp"))
     float32 = compare(single, ddp, ("single", "ddp"))
@@ -373,10 +481,26 @@ def main() -> None:
             + [v["epoch"]["median_s"], v["samples_per_s"]]
             for m, v in modes.items()
         ],
-        f"demo bundle, {args.size} px, global batch {GLOBAL_BATCH}, {args.epochs} epochs x {args.rounds} runs "
+        f"demo bundle, {args.size} px, global batch {args.global_batch}, {args.epochs} epochs x {args.rounds} runs "
         "per mode (first epoch of each run not timed)",
     )
     print(f"DDP / single samples/s: {ratio:.3f} (goal >= 1.1)")
+    print_table(
+        ["mode", "bare loop samples/s", "bundle samples/s", "bundle / bare"],
+        [[m, bare[m]["samples_per_s"], modes[m]["samples_per_s"], bare[m]["bundle_vs_bare"]] for m in modes]
+        + [["DDP / single", bare_ratio, ratio, ratio / bare_ratio]],
+        f"the same network in a bare loop (tensors in memory, {args.bare_steps} steps x "
+        f"{sum(not r['default_allocator'] for r in bare_runs) // 2} runs per mode): the ratio this machine allows",
+    )
+    print_table(
+        ["mode", "bundle samples/s", "tuned speed-up", "bare loop samples/s", "tuned speed-up"],
+        [
+            [m, v["bundle_samples_per_s"], v["bundle_tuned_speedup"], v["bare_samples_per_s"], v["bare_tuned_speedup"]]
+            for m, v in allocator.items()
+        ]
+        + [["DDP / single", allocator_ratio, "", "", ""]],
+        "glibc's default allocator (tune_host_allocator: false; one run each) and what the bundles' tuning gains",
+    )
     print_table(
         ["mode"] + [f"{p} wall/cpu ms" for p in PHASES],
         [
@@ -403,7 +527,9 @@ def main() -> None:
     print(f"benchmark time {elapsed:.0f} s")
     results = {
         "modes": modes,
-        "ratio_ddp_vs_single": {"goal": ">= 1.1", "measured": ratio},
+        "ratio_ddp_vs_single": {"goal": ">= 1.1", "measured": ratio, "bare_loop_same_network": bare_ratio},
+        "bare_loop": {"modes": bare, "runs": bare_runs, "steps_per_run": args.bare_steps},
+        "default_allocator": {"modes": allocator, "ratio_ddp_vs_single": allocator_ratio},
         "equality": {
             "goal": f"float64 per-epoch training losses of DDP and single agree within {F64_TOLERANCE:g} (relative)",
             "float64_max_rel_diff": float64["max_rel_diff_train_loss"],
@@ -424,13 +550,14 @@ def main() -> None:
             },
             "demo_cases": args.cases,
             "spatial_size": args.size,
-            "global_batch": GLOBAL_BATCH,
+            "features": args.features,
+            "global_batch": args.global_batch,
             "epochs": args.epochs,
             "float64_epochs": args.f64_epochs,
             "rounds": args.rounds,
             "backend": "gloo",
         },
-        "runs": runs + [reference, f64["single"], f64["ddp"]],
+        "runs": runs + [untuned["single"], untuned["ddp"], reference, f64["single"], f64["ddp"]],
     }
     meta = machine(
         quick=args.quick,
