@@ -20,7 +20,8 @@ binary task:
 
 The volume and the stitching buffer stay on the host (``device="cpu"``, ``--buffer-device``); the
 windows run on ``--device`` (``sw_device``): the CPU, or a GPU when one is visible, where ``--amp``
-runs them under ``torch.autocast`` and every timed pass ends with a CUDA synchronize.
+runs them under ``torch.autocast`` and every timed pass ends with a CUDA synchronize. On the CPU the
+allocator is tuned as the bundles tune it (``tune_host_allocator``), for every candidate alike.
 
 Run: ``python benchmarks/sliding_window.py [--quick] [--repeats 5] [--threads 2] [--device cuda]
 [--amp] [--buffer-device cuda]``; prints tables and writes ``benchmarks/results/sliding_window.json``
@@ -45,6 +46,7 @@ from _bench import SHARED_DATA, interleaved, machine, missing_data, print_table,
 from monai.inferers import sliding_window_inference
 
 from medmtl.data import Task
+from medmtl.engines import tune_host_allocator
 from medmtl.inference import MultiTaskSlidingWindowInferer
 from medmtl.networks import MultiTaskNet
 
@@ -287,6 +289,7 @@ def main() -> None:
     if missing_data(VOLUME):
         return
     torch.set_num_threads(args.threads)
+    tune_host_allocator(args.device)  # as the bundles' inference.json does on CPU; all candidates share it
     start = time.perf_counter()
     overhead = bench_overhead(args)
     throughput = bench_throughput(args)
