@@ -6,8 +6,8 @@ processes beat 1 process with 2 intra-op threads depends first on the machine an
 well the convolutions scale over threads, how fast gloo reduces the gradients), not on the
 pipeline around them. Timing the same network with nothing around it (tensors already in memory,
 plain losses, ``AdamW``, DDP with the bundle's ``gradient_as_bucket_view``, the allocator tuned as
-the bundles tune it on CPU unless ``--default-allocator``) gives the ratio a
-pipeline can at best reach here, and so separates the machine's limit from medmtl's overhead.
+the bundles tune it on CPU unless ``--default-allocator``) gives the ratio a pipeline can at best
+reach here, and so separates the machine's limit from medmtl's overhead.
 
 Prints one line ``BENCH_BARE step_s=<median seconds per step of the global batch>`` from rank 0.
 """
