@@ -34,7 +34,8 @@ For each configuration and for **training** (one AdamW step: forward, loss, back
   network's (what medmtl's heads and glue add; ~1.0 means no overhead) and the limit measured in
   time instead of FLOPs (largest / sum): where the FLOP limit is missed but the multi-task
   network costs what its largest single-task network costs, the encoder is cheaper per FLOP
-  than the decoder, which no sharing can change.
+  than the decoder, which no sharing can change. On CPU the timing process tunes the allocator as
+  the bundles do (``tune_host_allocator``).
 - **Peak memory**: each network is measured in a fresh subprocess (this script with
   ``--memory-worker``), so nothing of another model or of the timing runs is counted. The worker
   builds the input batch, runs a throwaway copy of the network once on it and frees it (lazy
@@ -87,6 +88,7 @@ from _bench import interleaved, machine, print_table, summary, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from medmtl.data import Task, TaskKind
+from medmtl.engines import tune_host_allocator
 from medmtl.losses import MultiTaskLoss
 from medmtl.networks import MultiTaskNet
 
@@ -595,6 +597,7 @@ def main() -> None:
         result = measure_memory(CONFIGS[key], int(index), args.quick, torch.device(args.device))
         print(MEMORY_TAG + json.dumps(result), flush=True)
         return
+    tune_host_allocator(args.device)  # the timings run as the bundles do on CPU (not the memory workers)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     accuracy = load_accuracy(args.accuracy_json) if args.accuracy_json else None
