@@ -206,6 +206,22 @@ def network_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"network_def::backbone_kwargs::features": list(args.features)}
 
 
+def launcher(mode: str, args: argparse.Namespace) -> list[str]:
+    """The start of a command: ``python`` for single, ``python -m torch.distributed.run ...`` for DDP."""
+    cmd = [sys.executable]
+    if mode == "ddp":
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    return cmd
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """This process's environment with ``threads`` intra-op threads per process and no GPU visible.
+
+    No GPU: the CPU (gloo) comparison this benchmark is about, also on GPU machines.
+    """
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_bundle(
     mode: str,
     work: Path,
@@ -236,10 +252,13 @@ def run_bundle(
     extra.write_text(json.dumps(extra_config))
     configs = [CONFIGS / "train.json"] + ([CONFIGS / "multi_gpu_train.json"] if mode == "ddp" else []) + [extra]
     out = work / f"run_{label}"
-    cmd = [sys.executable]
-    if mode == "ddp":
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    cmd += ["-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]"]
+    cmd = launcher(mode, args) + [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{c}'" for c in configs) + "]",
+    ]
     per_rank_batch = args.global_batch // (args.nproc if mode == "ddp" else 1)
     overrides = {
         "data_spec": SPEC,
@@ -257,8 +276,7 @@ def run_bundle(
         cmd += [f"--{key}", str(value)]
     threads = threads or (1 if mode == "ddp" else args.nproc)
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU (gloo) comparison this benchmark is about, also on GPU machines
+    env = {**thread_env(threads), "PYTHONPATH": path}
     env.pop("MLFLOW_TRACKING_URI", None)
     print(f"[{time.strftime('%X')}] {label}: {mode}, {threads} thread(s), {epochs} epochs...", flush=True)
     start = time.perf_counter()
@@ -298,10 +316,7 @@ def run_bare(mode: str, args: argparse.Namespace, label: str, default_allocator:
 
     Why: the ratio the machine allows for this network, with no pipeline around it (see that file).
     """
-    cmd = [sys.executable]
-    if mode == "ddp":
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    cmd += [
+    cmd = launcher(mode, args) + [
         str(BARE_LOOP),
         "--data-spec",
         str(SPEC),
@@ -313,7 +328,7 @@ def run_bare(mode: str, args: argparse.Namespace, label: str, default_allocator:
     cmd += ["--steps", str(args.bare_steps), "--warmup", "3", "--features", ",".join(map(str, args.features))]
     cmd += ["--default-allocator"] if default_allocator else []
     threads = 1 if mode == "ddp" else args.nproc
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    env = thread_env(threads)
     print(
         f"[{time.strftime('%X')}] {label}: bare loop, {mode}, {threads} thread(s), {args.bare_steps} steps...",
         flush=True,
@@ -330,6 +345,7 @@ def run_bare(mode: str, args: argparse.Namespace, label: str, default_allocator:
         "threads_per_process": threads,
         "default_allocator": default_allocator,
         "step_s": step_s,
+        "samples_per_s": args.global_batch / step_s,
     }
 
 
@@ -450,21 +466,22 @@ def main() -> None:
     bare: dict[str, dict[str, Any]] = {}
     for mode in ("single", "ddp"):
         steps = [r["step_s"] for r in bare_runs if r["mode"] == mode and not r["default_allocator"]]
+        samples_per_s = args.global_batch / statistics.median(steps)
         bare[mode] = {
             "step_s": summary(steps),
-            "samples_per_s": args.global_batch / statistics.median(steps),
-            "bundle_vs_bare": modes[mode]["samples_per_s"] / (args.global_batch / statistics.median(steps)),
+            "samples_per_s": samples_per_s,
+            "bundle_vs_bare": modes[mode]["samples_per_s"] / samples_per_s,
         }
     bare_ratio = bare["ddp"]["samples_per_s"] / bare["single"]["samples_per_s"]
     allocator: dict[str, dict[str, float]] = {}
     for mode in ("single", "ddp"):
-        epoch_s = statistics.median(untuned[mode]["epoch_s"][1:])
-        bare_step = next(r["step_s"] for r in bare_runs if r["mode"] == mode and r["default_allocator"])
+        bundle_untuned = untuned[mode]["samples"] / statistics.median(untuned[mode]["epoch_s"][1:])
+        bare_untuned = next(r for r in bare_runs if r["mode"] == mode and r["default_allocator"])["samples_per_s"]
         allocator[mode] = {
-            "bundle_samples_per_s": untuned[mode]["samples"] / epoch_s,
-            "bundle_tuned_speedup": modes[mode]["samples_per_s"] / (untuned[mode]["samples"] / epoch_s),
-            "bare_samples_per_s": args.global_batch / bare_step,
-            "bare_tuned_speedup": bare[mode]["samples_per_s"] / (args.global_batch / bare_step),
+            "bundle_samples_per_s": bundle_untuned,
+            "bundle_tuned_speedup": modes[mode]["samples_per_s"] / bundle_untuned,
+            "bare_samples_per_s": bare_untuned,
+            "bare_tuned_speedup": bare[mode]["samples_per_s"] / bare_untuned,
         }
     allocator_ratio = allocator["ddp"]["bundle_samples_per_s"] / allocator["single"]["bundle_samples_per_s"]
 

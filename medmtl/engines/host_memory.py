@@ -12,8 +12,8 @@ kernel zeroes them, page by page, on every step (the minor page faults a step co
 second step reuses the first step's pages. Measured on a 2-core CPU (``benchmarks/host_allocator.py``,
 README "CPU allocator"): a 2D training step of the ultrasound bundle's UNet at 128 px, batch 16,
 1.36x faster (the whole bundle 1.52x); a 3D training step at 96^3 1.56x; 3D sliding-window inference
-1.63x; page faults per step drop from hundreds of thousands to none. jemalloc and tcmalloc
-(``LD_PRELOAD``) do the same; this needs no extra library.
+1.63x; page faults per step drop from hundreds of thousands to none. Preloading jemalloc or tcmalloc
+(``LD_PRELOAD``) is the usual alternative (not measured here); this needs no extra library.
 
 The cost: memory freed by the process stays assigned to it until it exits, and kept blocks are
 split for other sizes, so the peak resident size grows (by 14-56 % on the paths above). That suits

@@ -26,7 +26,8 @@ for _ in range(12):
     counts.append(faults() - before)
 print(" ".join(map(str, counts)))
 """
-PAGES_PER_TENSOR = 64 * 2**20 // 4096
+# fewest faults that can map 64 MiB fresh: one per 2 MiB page where transparent huge pages are always on
+MIN_FRESH_FAULTS = 64 // 2
 
 glibc_only = pytest.mark.skipif(host_memory._glibc() is None, reason="mallopt tuning is glibc-only (Linux)")
 
@@ -41,10 +42,11 @@ def _faults_per_allocation(mode: str) -> list[int]:
 @glibc_only
 def test_tuned_allocator_reuses_freed_pages():
     default, tuned = _faults_per_allocation("default"), _faults_per_allocation("tuned")
-    # glibc's default: every allocation gets fresh pages (mmap) and faults them all in
-    assert all(count >= 0.9 * PAGES_PER_TENSOR for count in default[-4:]), default
-    # tuned: once the heap holds the block, the same allocation touches no new page
-    assert all(count < 0.01 * PAGES_PER_TENSOR for count in tuned[-4:]), tuned
+    # glibc's default: every allocation gets fresh pages (mmap) and faults them in again
+    # (16384 4 KiB pages here; 32 where transparent huge pages are always on)
+    assert min(default[-4:]) >= MIN_FRESH_FAULTS, default
+    # tuned: once the heap holds the block, the same allocation touches (almost) no new page
+    assert max(tuned[-4:]) < min(default[-4:]) / 10, (default, tuned)
 
 
 def test_only_cpu_runs_are_tuned_and_the_setting_can_turn_it_off(monkeypatch):
