@@ -13,7 +13,9 @@ user would write by hand, on the same network, loss and tensors:
   (``non_blocking=True`` host-to-device copies); one more row gives the trainer with MONAI's
   default blocking copies (each one waits for the GPU to drain) and one with ``decollate=False``
   (MONAI decollates every batch and output by default; reading a GPU scalar per sample waits too);
-- **inference**: ``SupervisedEvaluator`` with ``FlattenTaskOutputsd`` vs ``with torch.no_grad(): net(x)``.
+- **inference**: ``SupervisedEvaluator`` with ``EvalModePerRun`` and ``FlattenTaskOutputsd`` (the
+  bundles' evaluator handlers) vs ``with torch.no_grad(): net(x)``; one more row gives MONAI's default
+  per-batch ``eval_mode`` (``network.eval()`` and ``.train()`` walk every module around each batch).
 
 Network: 2D ``MultiTaskNet`` (BasicUNet features (16, 16, 32, 64, 128, 16)), tasks: lesion
 (segmentation, 2 classes) + diagnosis (multiclass, 3 classes), 128 px, batch 16, random tensors.
@@ -48,7 +50,13 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import set_determinism
 
 from medmtl.data import Task
-from medmtl.engines import FlattenTaskOutputsd, MultiTaskLossHandler, MultiTaskPrepareBatch, tune_host_allocator
+from medmtl.engines import (
+    EvalModePerRun,
+    FlattenTaskOutputsd,
+    MultiTaskLossHandler,
+    MultiTaskPrepareBatch,
+    tune_host_allocator,
+)
 from medmtl.losses import MultiTaskLoss
 from medmtl.networks import MultiTaskNet
 
@@ -147,15 +155,17 @@ def candidates_for(
             amp=amp,
         )
 
-    evaluator = SupervisedEvaluator(
-        device=device,
-        val_data_loader=loader(),
-        network=network,
-        prepare_batch=prepare,
-        val_handlers=[FlattenTaskOutputsd(TASKS)],
-        non_blocking=True,
-        amp=amp,
-    )
+    def evaluator(eval_mode_per_run: bool = True) -> SupervisedEvaluator:
+        mode_handler = [EvalModePerRun()] if eval_mode_per_run else []  # the bundles attach it
+        return SupervisedEvaluator(
+            device=device,
+            val_data_loader=loader(),
+            network=network,
+            prepare_batch=prepare,
+            val_handlers=[*mode_handler, FlattenTaskOutputsd(TASKS)],
+            non_blocking=True,
+            amp=amp,
+        )
 
     def bare_train() -> None:
         network.train()
@@ -180,8 +190,12 @@ def candidates_for(
         training[f"SupervisedTrainer + medmtl, decollate=False{tag}"] = trainer(decollate=False).run
     inference = {
         f"bare no_grad forward{tag}": bare_infer,
-        f"SupervisedEvaluator + FlattenTaskOutputsd{tag}": evaluator.run,
+        f"SupervisedEvaluator + FlattenTaskOutputsd{tag}": evaluator().run,
     }
+    if variant_rows:
+        inference[f"SupervisedEvaluator + FlattenTaskOutputsd, MONAI's per-batch eval_mode{tag}"] = evaluator(
+            eval_mode_per_run=False
+        ).run
     return (
         {k: synced(v, device) for k, v in training.items()},
         {k: synced(v, device) for k, v in inference.items()},

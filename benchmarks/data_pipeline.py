@@ -27,7 +27,8 @@ the real data in ``../shared/data`` (``MEDMTL_DATA_DIR`` overrides it):
   with item-level augmentation, with ``BatchAugment`` (which runs in ``prepare_batch``, on the
   training device: part of the step, not of the wait) and ``Dataset`` for contrast.
 
-Cache builds are one-off costs, reported apart from the epoch times. A per-transform profile (ms
+Cache builds are one-off costs, reported apart from the epoch times. The CPU allocator is tuned as
+the bundles tune it (``tune_host_allocator``), for every candidate. A per-transform profile (ms
 per item, one pass) shows where uncached time goes.
 
 Run: ``python benchmarks/data_pipeline.py [--quick] [--repeats 5] [--threads 2]``; prints tables and
@@ -55,7 +56,7 @@ from PIL import Image, ImageChops
 
 from medmtl.data.datasets import TrainingCacheDataset
 from medmtl.data.spec import load_spec
-from medmtl.engines import MultiTaskPrepareBatch
+from medmtl.engines import MultiTaskPrepareBatch, tune_host_allocator
 from medmtl.losses import MultiTaskLoss
 from medmtl.networks import MultiTaskNet
 from medmtl.transforms import BatchAugment, build_transforms
@@ -433,6 +434,7 @@ def main() -> None:
     if missing_data(BUSI, *(BRAIN / f for pair in BRAIN_PAIRS for f in pair)):
         return
     torch.set_num_threads(args.threads)
+    tune_host_allocator(torch.device("cpu"))  # as the bundles do on CPU: every candidate runs in this process
     set_determinism(seed=0)
 
     start = time.perf_counter()

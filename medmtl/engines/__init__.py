@@ -15,6 +15,7 @@ from medmtl.engines.distributed import (
     per_rank_handlers,
     rank0_only,
 )
+from medmtl.engines.eval_mode import EvalModePerRun
 from medmtl.engines.finetune import (
     ExpertRouter,
     PretrainedLoadReport,
@@ -61,6 +62,7 @@ from medmtl.engines.weight_average import EMAWeights
 
 __all__ = [
     "EMAWeights",
+    "EvalModePerRun",
     "TimeBudget",
     "EpochProgress",
     "log_run_summary",
