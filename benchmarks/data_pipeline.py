@@ -25,7 +25,10 @@ the real data in ``../shared/data`` (``MEDMTL_DATA_DIR`` overrides it):
 - **Loader wait in training**: a short training loop of a small 2D ``MultiTaskNet`` on BUSI, the
   time spent in ``next(iterator)`` as a fraction of the step time, for ``TrainingCacheDataset``
   with item-level augmentation, with ``BatchAugment`` (which runs in ``prepare_batch``, on the
-  training device: part of the step, not of the wait) and ``Dataset`` for contrast.
+  training device: part of the step, not of the wait) and ``Dataset`` for contrast; and the same
+  for the brain MRI bundle's training (its default 3D BasicUNet, 96x112x96 at 2 mm, batch 2, the
+  full item-level augmentation after the cached prefix) with ``TrainingCacheDataset`` vs ``Dataset``.
+  Goal for the bundles' default pipelines: wait < 10 % of the step.
 
 Cache builds are one-off costs, reported apart from the epoch times. The CPU allocator is tuned as
 the bundles tune it (``tune_host_allocator``), for every candidate. A per-transform profile (ms
@@ -54,6 +57,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.utils import set_determinism
 from PIL import Image, ImageChops
 
+from medmtl.data import Task
 from medmtl.data.datasets import TrainingCacheDataset
 from medmtl.data.spec import load_spec
 from medmtl.engines import MultiTaskPrepareBatch, tune_host_allocator
@@ -352,59 +356,37 @@ def bench_brain(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loader wait in training
-def bench_wait(args: argparse.Namespace) -> dict[str, Any]:
-    spec = load_spec(REPO / "data_specs" / "breast_ultrasound.yaml")
-    cases = spec.build_cases()
-    datalist = cases.datalist("train")
-    steps = 2 if args.quick else 10
-    if args.quick:
-        datalist = datalist[: 16 * steps]
-    tasks = spec.task_list
-    features = (8, 8, 16, 32, 64, 8)
-    network = MultiTaskNet("unet", tasks, backbone_kwargs={"spatial_dims": 2, "features": features})
-    loss = MultiTaskLoss(tasks, class_weights=cases.class_weights("train"))
+def _training_round(
+    loader: DataLoader, prepare: MultiTaskPrepareBatch, network: torch.nn.Module, loss: MultiTaskLoss, steps: int
+) -> Callable[[], dict[str, float]]:
+    """``steps`` training steps from a fresh iterator; time in ``next(iterator)`` vs the whole step."""
     optimizer = torch.optim.AdamW(list(network.parameters()) + list(loss.parameters()), lr=1e-3)
 
-    def make_round(ds: Any, augment: BatchAugment | None = None) -> Callable[[], dict[str, float]]:
-        prepare = MultiTaskPrepareBatch(tasks, augment=augment)
-        loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=0)
+    def run() -> dict[str, float]:
+        it = iter(loader)
+        wait = total = 0.0
+        for _ in range(steps):
+            start = time.perf_counter()
+            batch = next(it)
+            got = time.perf_counter()
+            inputs, targets = prepare(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss(network(inputs), targets).backward()
+            optimizer.step()
+            end = time.perf_counter()
+            wait += got - start
+            total += end - start
+        return {"wait_s": wait, "step_s": total}
 
-        def run() -> dict[str, float]:
-            it = iter(loader)
-            wait = total = 0.0
-            for _ in range(steps):
-                start = time.perf_counter()
-                batch = next(it)
-                got = time.perf_counter()
-                inputs, targets = prepare(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss(network(inputs), targets).backward()
-                optimizer.step()
-                end = time.perf_counter()
-                wait += got - start
-                total += end - start
-            return {"wait_s": wait, "step_s": total}
+    return run
 
-        return run
 
-    print(f"[{time.strftime('%X')}] loader wait: building cache...", flush=True)
-    runs = {
-        "medmtl TrainingCacheDataset": make_round(
-            TrainingCacheDataset(datalist, build_transforms(spec, 128, train=True), cache_rate=1.0, progress=False)
-        ),
-        DEFAULT_2D: make_round(
-            TrainingCacheDataset(
-                datalist, build_transforms(spec, 128, train=True, batch_augment=True), cache_rate=1.0, progress=False
-            ),
-            BatchAugment(2, seed=0),
-        ),
-        "MONAI Dataset": make_round(Dataset(datalist, build_transforms(spec, 128, train=True))),
-    }
-    print(f"[{time.strftime('%X')}] loader wait: training...", flush=True)
-    for run in runs.values():  # warm-up
+def _wait_rows(runs: dict[str, Callable[[], dict[str, float]]], steps: int, repeats: int) -> list[dict[str, Any]]:
+    """One warm-up round each, then ``repeats`` rounds alternating the order; median wait fractions."""
+    for run in runs.values():
         run()
     records: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-    for r in range(args.repeats):
+    for r in range(repeats):
         for name in runs if r % 2 == 0 else reversed(list(runs)):
             records[name].append(runs[name]())
     rows = []
@@ -421,7 +403,80 @@ def bench_wait(args: argparse.Namespace) -> dict[str, Any]:
                 "rounds": recs,
             }
         )
+    return rows
+
+
+def bench_wait(args: argparse.Namespace) -> dict[str, Any]:
+    spec = load_spec(REPO / "data_specs" / "breast_ultrasound.yaml")
+    cases = spec.build_cases()
+    datalist = cases.datalist("train")
+    steps = 2 if args.quick else 10
+    if args.quick:
+        datalist = datalist[: 16 * steps]
+    tasks = spec.task_list
+    features = (8, 8, 16, 32, 64, 8)
+    network = MultiTaskNet("unet", tasks, backbone_kwargs={"spatial_dims": 2, "features": features})
+    loss = MultiTaskLoss(tasks, class_weights=cases.class_weights("train"))
+
+    def make_round(ds: Any, augment: BatchAugment | None = None) -> Callable[[], dict[str, float]]:
+        loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=0)
+        return _training_round(loader, MultiTaskPrepareBatch(tasks, augment=augment), network, loss, steps)
+
+    print(f"[{time.strftime('%X')}] loader wait: building cache...", flush=True)
+    runs = {
+        "medmtl TrainingCacheDataset": make_round(
+            TrainingCacheDataset(datalist, build_transforms(spec, 128, train=True), cache_rate=1.0, progress=False)
+        ),
+        DEFAULT_2D: make_round(
+            TrainingCacheDataset(
+                datalist, build_transforms(spec, 128, train=True, batch_augment=True), cache_rate=1.0, progress=False
+            ),
+            BatchAugment(2, seed=0),
+        ),
+        "MONAI Dataset": make_round(Dataset(datalist, build_transforms(spec, 128, train=True))),
+    }
+    print(f"[{time.strftime('%X')}] loader wait: training...", flush=True)
+    rows = _wait_rows(runs, steps, args.repeats)
     return {"network": f"2D MultiTaskNet unet features {features}", "batch_size": 16, "spatial_size": 128, "rows": rows}
+
+
+def bench_wait_3d(args: argparse.Namespace) -> dict[str, Any]:
+    """Loader wait of the brain MRI bundle's training: its default network, size, batch and the full
+    item-level augmentation (affine, noise, contrast, flips on the volume) after the cached prefix."""
+    pairs = BRAIN_PAIRS[2:] if args.quick else BRAIN_PAIRS
+    n_items, steps = (4, 1) if args.quick else (12, 3)
+    size, batch = ((48, 48, 48) if args.quick else (96, 112, 96)), 2  # the bundle's spatial_size and batch_size
+    datalist = [
+        {"case_id": f"case_{i:02d}", "image": str(BRAIN / img), "brain": str(BRAIN / mask), "brain_present": 1}
+        for i, (img, mask) in zip(range(n_items), itertools.cycle(pairs))
+    ]
+    tasks = [Task(name="brain", kind="segmentation", classes=["background", "brain"])]
+    features = (16, 16, 32, 64, 128, 16)  # the bundle's "unet" preset (its default backbone)
+    network = MultiTaskNet("unet", tasks, backbone_kwargs={"spatial_dims": 3, "features": features, "dropout": 0.1})
+    loss = MultiTaskLoss(tasks)
+
+    def make_round(ds: Any) -> Callable[[], dict[str, float]]:
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0)
+        return _training_round(loader, MultiTaskPrepareBatch(tasks), network, loss, steps)
+
+    def transforms() -> Any:  # as the bundle's train::preprocessing: default augmentation (aug_prob 0.5)
+        return build_transforms(BRAIN_SPEC, size, train=True, pixdim=2.0)
+
+    print(f"[{time.strftime('%X')}] 3D loader wait: building cache...", flush=True)
+    runs = {
+        "medmtl TrainingCacheDataset (the 3D bundles' default)": make_round(
+            TrainingCacheDataset(datalist, transforms(), cache_rate=1.0, progress=False)
+        ),
+        "MONAI Dataset": make_round(Dataset(datalist, transforms())),
+    }
+    print(f"[{time.strftime('%X')}] 3D loader wait: training...", flush=True)
+    rows = _wait_rows(runs, steps, args.repeats)
+    return {
+        "network": f"3D MultiTaskNet unet features {features}",
+        "batch_size": batch,
+        "spatial_size": list(size),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -442,6 +497,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medmtl_bench_") as tmp:
         brain = bench_brain(args, Path(tmp))
     wait = bench_wait(args)
+    wait_3d = bench_wait_3d(args)
     elapsed = time.perf_counter() - start
 
     for title, part, ref_keys in (
@@ -455,22 +511,32 @@ def main() -> None:
         ]
         print_table(headers, rows, title)
         print("one-off: " + ", ".join(f"{k} {v:.3g} s" for k, v in part["cache_build_s"].items()))
-    print_table(
-        ["dataset", "loader wait / step", "step s", "wait s"],
-        [[r["dataset"], r["wait_fraction_median"], r["step_s_median"], r["wait_s_median"]] for r in wait["rows"]],
-        f"loader wait in a training loop ({wait['network']}, batch 16, 128 px)",
-    )
+    for part in (wait, wait_3d):
+        print_table(
+            ["dataset", "loader wait / step", "step s", "wait s"],
+            [[r["dataset"], r["wait_fraction_median"], r["step_s_median"], r["wait_s_median"]] for r in part["rows"]],
+            f"loader wait in a training loop ({part['network']}, batch {part['batch_size']}, {part['spatial_size']})",
+        )
     goals = busi["goals"]
     print(
         f"\ngoals ({busi['medmtl_default']} epoch speed-up): "
         + ", ".join(f"{k} {v['measured']:.3g} (goal {v['goal']})" for k, v in goals.items())
         + f"; vs plain + same augmentation {busi['medmtl_default_vs_plain_same_augmentation']:.3g}"
     )
+    wait_goals = {  # the bundles' default pipelines: the 2D bundles' and the brain bundle's
+        f"loader_wait_{dims}": {"goal": "< 0.10", "measured": part["rows"][index]["wait_fraction_median"]}
+        for dims, part, index in (("2d", wait, 1), ("3d", wait_3d, 0))
+    }
+    print(
+        "goals (loader wait / step, default pipelines): "
+        + ", ".join(f"{k} {v['measured']:.3f} ({v['goal']})" for k, v in wait_goals.items())
+    )
     print(f"benchmark time {elapsed:.0f} s")
     meta = machine(
         threads=args.threads, repeats=args.repeats, quick=args.quick, data=str(SHARED_DATA), duration_s=elapsed
     )
-    write_results(NAME, meta, {"busi_2d": busi, "brain_3d": brain, "loader_wait": wait}, quick=args.quick)
+    results = {"busi_2d": busi, "brain_3d": brain, "loader_wait": wait, "loader_wait_3d": wait_3d}
+    write_results(NAME, meta, {**results, "loader_wait_goals": wait_goals}, quick=args.quick)
 
 
 if __name__ == "__main__":
