@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import Evaluator
+from monai.networks.utils import eval_mode
 from torch import nn
 
 __all__ = ["EvalModePerRun"]
@@ -31,9 +32,10 @@ __all__ = ["EvalModePerRun"]
 class EvalModePerRun:
     """Handler for MONAI evaluators: ``network.eval()`` once per run, ``no_grad`` per batch.
 
-    Attach it to a ``SupervisedEvaluator`` (or any MONAI ``Evaluator``, ``EnsembleEvaluator`` included) (bundle configs: ``validate#handlers`` or the inference
-    ``handlers``); it replaces the evaluator's ``mode`` context, the documented per-batch hook of
-    MONAI's ``_iteration``. Results are the same as with ``eval_mode``: every batch runs in eval mode
+    Attach it to a ``SupervisedEvaluator`` or any MONAI ``Evaluator``, ``EnsembleEvaluator`` included
+    (bundle configs: ``validate#handlers`` or the inference ``handlers``); it replaces the evaluator's
+    ``mode`` context, the per-batch hook of MONAI's ``_iteration``. Evaluators built with
+    ``mode="train"`` are refused: that mode is deliberate (e.g. Monte Carlo dropout). Results are the same as with ``eval_mode``: every batch runs in eval mode
     without gradients, and a network that was training before the run is training again after it.
     """
 
@@ -50,6 +52,11 @@ class EvalModePerRun:
 
     def _enter_eval(self, engine: Evaluator) -> None:
         self._restore_training()  # a previous run that ended in an exception: its networks first
+        if engine.mode is not eval_mode and engine.mode != self._batch_mode:
+            raise ValueError(
+                f"EvalModePerRun replaces MONAI's eval_mode, but this {type(engine).__name__} runs batches in "
+                f"{getattr(engine.mode, '__name__', engine.mode)}: remove EvalModePerRun from its handlers"
+            )
         engine.mode = self._batch_mode
         networks = getattr(engine, "networks", None) or [engine.network]  # EnsembleEvaluator has several
         for network in networks:

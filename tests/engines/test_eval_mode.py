@@ -7,6 +7,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.engines import EnsembleEvaluator, SupervisedEvaluator
+from monai.networks.utils import train_mode
 from torch import nn
 
 from medmtl.engines import EvalModePerRun
@@ -135,6 +136,13 @@ def test_ensemble_evaluator_networks_are_all_switched_once():
     ).run()
     for net in nets:
         assert net.forwards == [(True, False)] * 2 and net.walks == 2 and net.training
+
+
+def test_refuses_an_evaluator_that_runs_in_train_mode():
+    evaluator = make_evaluator(trained_net(), per_run=True)
+    evaluator.mode = train_mode  # what SupervisedEvaluator(mode="train") sets
+    with pytest.raises(ValueError, match="runs batches in train_mode: remove EvalModePerRun"):
+        evaluator.run()
 
 
 def test_refuses_an_engine_that_is_not_a_monai_evaluator():
