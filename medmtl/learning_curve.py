@@ -31,7 +31,6 @@ recorded with the tail of their log and the sweep goes on. Outputs (written atom
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -45,6 +44,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from medmtl.csv_safety import csv_text
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -356,12 +357,7 @@ def _write_atomic(path: Path, data: str | bytes) -> Path:
 
 
 def _csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
-    return buffer.getvalue()
+    return csv_text(CSV_COLUMNS, ({k: row.get(k) for k in CSV_COLUMNS} for row in rows))  # spreadsheet-safe
 
 
 def plot_learning_curve(result: LearningCurveResult, path: str | os.PathLike) -> Path:

@@ -25,9 +25,7 @@ byte-identical files whatever the machine, and NIfTI files are gzipped with a ze
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import logging
 import math
 import os
@@ -38,6 +36,8 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from medmtl.csv_safety import csv_text
 
 __all__ = [
     "DEMO_2D_CASES",
@@ -359,8 +359,4 @@ def _write_nifti(path: Path, array: np.ndarray) -> None:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    path.write_text(csv_text(header, rows), encoding="utf-8", newline="")  # the same safe cells as every medmtl CSV

@@ -4,11 +4,18 @@ Users want files they can open next to the input: masks in the input's geometry 
 volumes, PNG for 2D images, written by MONAI's ``SaveImage`` from the image's metadata) and a table
 of per-case probabilities and predicted classes that opens in a spreadsheet. Case ids are the data
 spec's ids, never anything read from DICOM headers.
+
+File names: a case's files are named after its id escaped by
+:func:`medmtl.inference.case_files.case_file_stem` (``sub.01`` -> ``sub%2E01.nii.gz``, ``a/b`` ->
+``a%2Fb.png``; names over 120 characters cut and ending in a hash), one name per id that never leaves
+the output folder and never takes another case's file, from this run or an earlier one into the same
+folder. ``predictions.csv`` keeps the mapping: its ``case_id`` column holds the id, its ``<task>_file``
+columns the file's path relative to the CSV's folder. Every cell is spreadsheet-safe
+(:func:`medmtl.csv_safety.csv_text`: an id such as ``=SUM(1,1)`` is written ``'=SUM(1,1)``).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -21,9 +28,11 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.transforms import Invertd, InvertibleTransform, SaveImage
 
+from medmtl.csv_safety import csv_text
 from medmtl.data.dicom import is_dicom_file
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.engines.prepare_batch import pred_key
+from medmtl.inference.case_files import CaseFileNames
 from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
 
 __all__ = ["MultiTaskPredictionWriter"]
@@ -36,6 +45,8 @@ class MultiTaskPredictionWriter:
     """Evaluator handler writing ``<output_dir>/<task>/<case>.<ext>`` masks and ``predictions.csv``.
 
     Expects flat per-sample outputs (attach :class:`medmtl.engines.FlattenTaskOutputsd` first).
+    ``<case>`` is the case id as a safe file name (see the module docstring); the table's
+    ``<task>_file`` columns give each file's path relative to ``output_dir``.
 
     Args:
         tasks: the tasks.
@@ -51,7 +62,7 @@ class MultiTaskPredictionWriter:
             input file's grid with its affine.
         dicom_seg: also write each segmentation mask of a case read from DICOM (a series folder or a
             DICOM file, found from the image's ``filename_or_obj``) as a DICOM Segmentation of its
-            source, ``<output_dir>/<task>/<case_id>_seg.dcm``, listed in a ``<task>_dicom_seg``
+            source, ``<output_dir>/<task>/<case>_seg.dcm``, listed in a ``<task>_dicom_seg``
             column (see :func:`medmtl.inference.dicom_seg.write_dicom_seg`; needs the
             ``medmtl[dicom-seg]`` extra). The mask must be on the input grid (give
             ``invert_transform`` when the preprocessing resamples). **These files contain the
@@ -78,7 +89,8 @@ class MultiTaskPredictionWriter:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
         self.image_key = image_key
-        self.mask_ext = mask_ext
+        # as SaveImage spells it (lower case, leading dot): the file written is the path recorded
+        self.mask_ext = f".{mask_ext.lower().lstrip('.')}" if mask_ext else None
         self.threshold = threshold
         self.resample = resample
         self.invert = (
@@ -95,14 +107,20 @@ class MultiTaskPredictionWriter:
         clash = [m for m in self.maps if m in {t.name for t in self.tasks}]
         if clash:
             raise ValueError(f"maps {clash} are task names; maps are extra network outputs such as 'saliency'")
+        folders = [t.name for t in self.tasks if t.kind == TaskKind.SEGMENTATION] + list(self.maps)
+        self.names = CaseFileNames(self.output_dir, folders)
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
         if engine.has_event_handler(self.write_iteration, IterationEvents.MODEL_COMPLETED):
             return
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.write_iteration)
         engine.add_event_handler(Events.COMPLETED, self.write_table)
+
+    def _start(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
+        self.names.reset()  # rescan the folders: files written since belong to their cases
 
     @property
     def table_path(self) -> Path:
@@ -128,10 +146,10 @@ class MultiTaskPredictionWriter:
             logits = torch.as_tensor(logits).detach().float().cpu()
             if task.kind == TaskKind.SEGMENTATION:
                 logits = self._to_input_grid(logits, image)
-                row[f"{task.name}_file"] = str(self._save_mask(task, logits, image, case_id))
+                row[f"{task.name}_file"] = self._relative(self._save_mask(task, logits, image, case_id))
                 row[f"{task.name}_voxels"] = int((logits.argmax(0) > 0).sum())
                 if dicom_source is not None:
-                    row[f"{task.name}_dicom_seg"] = str(
+                    row[f"{task.name}_dicom_seg"] = self._relative(
                         self._save_dicom_seg(task, logits, image, dicom_source, case_id)
                     )
             elif task.kind == TaskKind.MULTICLASS:
@@ -152,8 +170,12 @@ class MultiTaskPredictionWriter:
             if value is None:
                 continue
             grid = self._to_input_grid(torch.as_tensor(value).detach().float().cpu(), image)
-            row[f"{name}_file"] = str(self._save_map(name, grid, image, case_id))
+            row[f"{name}_file"] = self._relative(self._save_map(name, grid, image, case_id))
         return row
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to ``output_dir`` (where ``predictions.csv`` is), with ``/``: the folder can move."""
+        return path.relative_to(self.output_dir).as_posix()
 
     def _to_input_grid(self, logits: torch.Tensor, image: Any) -> torch.Tensor:
         """Logits back on the input file's grid (undoing the preprocessing's spatial steps)."""
@@ -174,20 +196,14 @@ class MultiTaskPredictionWriter:
         meta = dict(logits.meta) if isinstance(logits, MetaTensor) else {}
         if not meta and isinstance(image, MetaTensor):
             meta = dict(image.meta)
-        meta["filename_or_obj"] = case_id  # the spec's id: never a name taken from file headers
-        folder = self.output_dir / task.name
         saver = SaveImage(
-            output_dir=folder,
-            output_postfix="",
             output_ext=ext,
-            separate_folder=False,
             resample=self.resample,
             output_dtype=torch.uint8,
             scale=255 if ext == ".png" and task.num_outputs == 2 else None,
             print_log=False,
         )
-        saver(MetaTensor(mask, meta=meta))
-        return folder / f"{case_id}{ext}"
+        return _save(saver, MetaTensor(mask, meta=meta), self.names.path(task.name, case_id, ext))
 
     def _save_map(self, name: str, values: torch.Tensor, image: Any, case_id: str) -> Path:
         """A float map (a saliency map in [0, 1]) on the input grid: NIfTI float32, or an 8-bit PNG in 2D."""
@@ -195,22 +211,18 @@ class MultiTaskPredictionWriter:
         meta = dict(values.meta) if isinstance(values, MetaTensor) else {}
         if not meta and isinstance(image, MetaTensor):
             meta = dict(image.meta)
-        meta["filename_or_obj"] = case_id
-        folder = self.output_dir / name
         png = ext == ".png"
         saver = SaveImage(
-            output_dir=folder,
-            output_postfix="",
             output_ext=ext,
-            separate_folder=False,
             resample=self.resample,
             output_dtype=torch.uint8 if png else torch.float32,
             scale=255 if png else None,
             print_log=False,
         )
         data = values.as_tensor() if isinstance(values, MetaTensor) else values
-        saver(MetaTensor(data.clamp(0, 1) if png else data, meta=meta))
-        return folder / f"{case_id}{ext}"
+        return _save(
+            saver, MetaTensor(data.clamp(0, 1) if png else data, meta=meta), self.names.path(name, case_id, ext)
+        )
 
     def _save_dicom_seg(self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str) -> Path:
         """The mask as a DICOM-SEG of its source series; the affine check catches masks off the source grid."""
@@ -220,7 +232,7 @@ class MultiTaskPredictionWriter:
         return write_dicom_seg(
             logits.argmax(0),
             source,
-            self.output_dir / task.name / f"{case_id}_seg.dcm",
+            self.names.path(task.name, case_id, "_seg.dcm"),
             task,
             affine=affine,
         )
@@ -232,13 +244,18 @@ class MultiTaskPredictionWriter:
         for row in self.rows:
             columns += [c for c in row if c not in columns]
         tmp = self.table_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        # backslashreplace: an id from a non-UTF-8 file name must not fail the table after the whole run
+        tmp.write_text(csv_text(columns, self.rows), encoding="utf-8", errors="backslashreplace", newline="")
         os.replace(tmp, self.table_path)
         logger.info("wrote %d predictions to %s", len(self.rows), self.table_path)
         return self.table_path
+
+
+def _save(saver: SaveImage, data: MetaTensor, path: Path) -> Path:
+    """``data`` written by ``saver`` to exactly ``path`` (``saver``'s own naming would cut ``sub.01`` to ``sub``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saver(data, filename=str(path)[: -len(saver.output_ext)])
+    return path
 
 
 def _dicom_source(image: Any) -> Path | None:

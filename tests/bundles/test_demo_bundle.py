@@ -127,6 +127,7 @@ def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
     assert all(0.0 <= float(r["malignant_probability"]) <= 1.0 for r in rows)
     masks = sorted((out / "lesion").glob("*.png"))
     assert len(masks) == 60 and masks[0].stem == rows[0]["case_id"]
+    assert all((out / r["lesion_file"]).is_file() for r in rows)  # paths relative to predictions.csv
 
 
 def test_metadata_is_valid_against_monai_schema() -> None:

@@ -118,7 +118,7 @@ def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
     tasks = _tasks(trained["name"], trained["root"])
     for task in tasks:
         if task["kind"] == "segmentation":
-            files = [Path(r[f"{task['name']}_file"]) for r in rows]
+            files = [out / r[f"{task['name']}_file"] for r in rows]  # relative to predictions.csv
             assert all(f.is_file() for f in files)
         elif task["kind"] == "binary":
             assert all(0.0 <= float(r[f"{task['name']}_probability"]) <= 1.0 for r in rows)
@@ -126,7 +126,7 @@ def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
             assert all(r[task["name"]] for r in rows)
     if trained["name"] == "brain_mri_mtl":
         for row in rows:
-            mask = nib.load(row["brain_file"])
+            mask = nib.load(out / row["brain_file"])
             source = (
                 nib.load(trained["root"] / "imagesTr" / f"{row['case_id']}.nii.gz")
                 if (trained["root"] / "imagesTr" / f"{row['case_id']}.nii.gz").is_file()
@@ -139,7 +139,7 @@ def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
         for row in rows:
             cls, num = row["case_id"].split("_")
             source = trained["root"] / cls / f"{cls} ({num}).png"
-            assert Image.open(row["lesion_file"]).size == Image.open(source).size
+            assert Image.open(out / row["lesion_file"]).size == Image.open(source).size
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy (../shared/monai) not present")

@@ -165,7 +165,7 @@ def test_prediction_writer_option(tmp_path, caplog):
     seg_path = tmp_path / "pred" / "lesion" / "case007_seg.dcm"
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[0]["lesion_dicom_seg"] == str(seg_path) and rows[1]["lesion_dicom_seg"] == ""
+    assert rows[0]["lesion_dicom_seg"] == "lesion/case007_seg.dcm" and rows[1]["lesion_dicom_seg"] == ""
     assert "case008 was not read from DICOM" in caplog.text
     assert not (tmp_path / "pred" / "lesion" / "case008_seg.dcm").exists()
     seg = hd.seg.segread(seg_path)
@@ -203,7 +203,7 @@ def test_prediction_writer_inverts_the_preprocessing_first(tmp_path):
 
     row = writer.write_sample({"case_id": "c2", "image": image, pred_key("lesion"): logits})
 
-    seg = hd.seg.segread(row["lesion_dicom_seg"])
+    seg = hd.seg.segread(tmp_path / "pred" / row["lesion_dicom_seg"])
     slice_of = _slice_of_file(source_volume, files)
     frames = seg.get_pixels_by_source_instance(list(slice_of), combine_segments=True)
     for uid, frame in zip(slice_of, frames, strict=True):

@@ -30,11 +30,12 @@ def test_saliency_map_written_on_the_input_grid(tmp_path) -> None:
     row = writer.write_sample(
         {"image": image, "case_id": "c1", "pred_lesion": logits, "pred": {"lesion": logits, "saliency": saliency}}
     )
-    written = nib.load(row["saliency_file"])
+    assert row["saliency_file"] == "saliency/c1.nii.gz"  # relative to the output folder
+    written = nib.load(tmp_path / "out" / row["saliency_file"])
     np.testing.assert_allclose(written.affine, affine, atol=1e-5)
     expected = (volume - volume.min()) / (volume.max() - volume.min())
     np.testing.assert_allclose(np.asarray(written.dataobj).squeeze(), expected, atol=1e-5)
-    assert nib.load(row["lesion_file"]).shape[:3] == volume.shape
+    assert nib.load(tmp_path / "out" / row["lesion_file"]).shape[:3] == volume.shape
 
 
 def test_map_names_must_not_be_tasks(tmp_path) -> None:
