@@ -36,6 +36,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from medmtl.data.header_guard import max_image_bytes as _image_cap
+from medmtl.data.header_guard import size_problem
 from medmtl.data.problems import DataError, Problem, Severity
 
 __all__ = [
@@ -70,6 +72,8 @@ CHECKS = {
     "siemens_mosaic": "a Siemens mosaic (slices tiled in one image)",
     "multiframe_stack": "a multi-frame file whose frames are not one evenly spaced stack",
     "decode_failed": "pixel data could not be decoded (truncated or corrupt)",
+    "unreadable_file": "the headers claim more pixel bytes than an uncompressed file holds",
+    "image_too_large": "the headers claim more pixel bytes than the cap (MEDMTL_MAX_IMAGE_BYTES, 2 GiB)",
     "no_geometry": "warning: no patient position/orientation, an identity orientation is used",
     "gantry_tilt": "warning: slices are sheared (CT gantry tilt); the affine keeps the shear",
     "decoder_fallback": "warning: pydicom lacks the decoder plug-in, SimpleITK/GDCM decodes",
@@ -362,7 +366,34 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(ts) if ts else "1.2.840.10008.1.2"  # files without meta: implicit VR little endian
 
 
-def _file_problems(path: Path, ds: Dataset) -> list[Problem]:
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _pixel_bytes(ds: Dataset) -> tuple[int, int, str]:
+    """``(stored bytes, decoded bytes, description)`` of the pixel data a header describes."""
+    rows, cols, frames = int(ds.Rows), int(ds.Columns), _frames(ds)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    count = rows * cols * frames * samples
+    what = f"{rows} x {cols} pixels x {frames} frame(s) x {samples} sample(s) of {bits} bits"
+    return -(-count * bits // 8), count * max(1, -(-bits // 8)), what
+
+
+def _size_problem(path: Path, ds: Dataset, limit: int) -> Problem | None:
+    """Pixel bytes the header claims against the file (uncompressed) and the cap, before any decoding."""
+    try:
+        stored, decoded, what = _pixel_bytes(ds)
+    except (TypeError, ValueError):
+        return None
+    if _transfer_syntax(ds) in _UNCOMPRESSED:
+        size = path.stat().st_size
+        found = size_problem(path, stored, what, max_bytes=limit, capacity=size, file_size=size)
+        if found is not None and found.check != "image_too_large":
+            return found
+    return size_problem(path, decoded, what, max_bytes=limit)
+
+
+def _file_problems(path: Path, ds: Dataset, limit: int | None = None) -> list[Problem]:
     """What makes one file unusable as an image, from its header alone."""
     where = str(path)
     sop = str(ds.get("SOPClassUID", ""))
@@ -399,6 +430,9 @@ def _file_problems(path: Path, ds: Dataset) -> list[Problem]:
                 path=where,
             )
         ]
+    too_big = _size_problem(path, ds, _image_cap(limit))
+    if too_big is not None:
+        return [too_big]
     problems = []
     ts = _transfer_syntax(ds)
     if not _decoder_available(ts):
@@ -451,8 +485,8 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
-def _single_file(path: Path, ds: Dataset) -> tuple[DicomSeries | None, list[Problem]]:
-    problems = _file_problems(path, ds)
+def _single_file(path: Path, ds: Dataset, limit: int | None = None) -> tuple[DicomSeries | None, list[Problem]]:
+    problems = _file_problems(path, ds, limit)
     if any(p.severity == Severity.ERROR for p in problems):
         return None, problems
     rows, cols, n = int(ds.Rows), int(ds.Columns), _frames(ds)
@@ -547,15 +581,22 @@ def _describe(headers: Sequence[Dataset]) -> str:
     return f"series #{number} {ds.get('Modality', '?')}" + (f" '{desc}'" if desc else "")
 
 
-def _series_from_files(where: Path, items: list[tuple[Path, Dataset]]) -> tuple[DicomSeries | None, list[Problem]]:
+def _series_from_files(
+    where: Path, items: list[tuple[Path, Dataset]], limit: int | None = None
+) -> tuple[DicomSeries | None, list[Problem]]:
     """Sort the files of one series along the slice normal and check it is one regular volume."""
     if len(items) == 1:
-        return _single_file(*items[0])
+        return _single_file(*items[0], limit)
     problems: list[Problem] = []
     for path, ds in items:
-        problems += _file_problems(path, ds)
+        problems += _file_problems(path, ds, limit)
     if any(p.severity == Severity.ERROR for p in problems):
         return None, problems
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        total = sum(_pixel_bytes(ds)[1] for _, ds in items)
+        series_size = size_problem(where, total, f"{len(items)} slices", max_bytes=_image_cap(limit))
+        if series_size is not None:
+            return None, [series_size]
     w = str(where)
     problems = _one_warning_per_check(problems, len(items), w)
 
@@ -621,15 +662,15 @@ def _series_from_files(where: Path, items: list[tuple[Path, Dataset]]) -> tuple[
     return series, problems
 
 
-def _scan(path: Path, recursive: bool) -> tuple[list[DicomSeries], list[Problem]]:
-    """Every series under ``path`` plus every problem found; never raises."""
+def _scan(path: Path, recursive: bool, limit: int | None = None) -> tuple[list[DicomSeries], list[Problem]]:
+    """Every series under ``path`` plus every problem found; never raises (``limit``: the pixel-byte cap)."""
     if not path.exists():
         return [], [Problem("missing_file", "does not exist", "check the path (and the data root)", path=str(path))]
     if path.is_file():
         header = _read_header(path)
         if isinstance(header, Problem):
             return [], [header]
-        series, problems = _single_file(path, header)
+        series, problems = _single_file(path, header, limit)
         return ([series] if series else []), problems
 
     files = _candidate_files(path, recursive)
@@ -658,7 +699,7 @@ def _scan(path: Path, recursive: bool) -> tuple[list[DicomSeries], list[Problem]
         return [], problems
     all_series = []
     for items in groups.values():
-        series, found = _series_from_files(path, items)
+        series, found = _series_from_files(path, items, limit)
         problems += found
         if series is not None:
             all_series.append(series)
@@ -682,7 +723,7 @@ def _log_warnings(problems: Iterable[Problem]) -> None:
             logger.warning("%s", p)
 
 
-def check_dicom(path: str | os.PathLike, *, decode: bool = False) -> list[Problem]:
+def check_dicom(path: str | os.PathLike, *, decode: bool = False, max_image_bytes: int | None = None) -> list[Problem]:
     """Every problem of a DICOM file or series folder, from the headers (and pixels if ``decode``); never raises.
 
     Used by the dataset validator: it reports empty folders, corrupt or non-DICOM files, folders mixing
@@ -692,6 +733,8 @@ def check_dicom(path: str | os.PathLike, *, decode: bool = False) -> list[Proble
     Args:
         path: a DICOM file or a folder holding the files of one series.
         decode: also decode the pixels (slower; finds truncated pixel data).
+        max_image_bytes: cap on the pixel bytes the headers claim, per file and per series (``None``:
+            ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB); uncompressed pixel data must also fit in its file.
 
     Returns:
         The problems (errors and warnings); an empty list for a clean input.
@@ -703,7 +746,7 @@ def check_dicom(path: str | os.PathLike, *, decode: bool = False) -> list[Proble
     """
     path = Path(path)
     try:
-        found, problems = _scan(path, recursive=False)
+        found, problems = _scan(path, recursive=False, limit=max_image_bytes)
         if path.is_dir() and len(found) > 1:
             problems.append(_mixed_series_problem(path, [s.headers for s in found]))
         elif decode and len(found) == 1 and not any(p.severity == Severity.ERROR for p in problems):
@@ -723,11 +766,12 @@ def check_dicom(path: str | os.PathLike, *, decode: bool = False) -> list[Proble
         ]
 
 
-def scan_dicom(path: str | os.PathLike) -> DicomSeries:
+def scan_dicom(path: str | os.PathLike, *, max_image_bytes: int | None = None) -> DicomSeries:
     """The headers and geometry of the one series in ``path`` (a file or a series folder).
 
     Args:
         path: a DICOM file (single or multi-frame) or a folder holding the files of one series.
+        max_image_bytes: cap on the pixel bytes the headers claim (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
 
     Returns:
         The series, sorted along its slice normal, ready for :func:`decode_series`.
@@ -736,7 +780,7 @@ def scan_dicom(path: str | os.PathLike) -> DicomSeries:
         DicomError: with every problem found (see :data:`CHECKS`), each naming the file and the fix.
     """
     path = Path(path)
-    found, problems = _scan(path, recursive=False)
+    found, problems = _scan(path, recursive=False, limit=max_image_bytes)
     if len(found) > 1:
         problems.append(_mixed_series_problem(path, [s.headers for s in found]))
     if any(p.severity == Severity.ERROR for p in problems) or not found:

@@ -13,6 +13,10 @@ without checking them, and, when given explicit readers, buries a reader's error
   ``LoadImaged`` that use :func:`reader_for` for every file (per key, so an image may be a DICOM
   folder and its mask a NIfTI) and raise a :class:`~medmtl.data.problems.DataError` naming the file,
   the problem and the fix.
+* Before any voxel is read, every file is checked (:mod:`medmtl.data.header_guard`): a FIFO, device or
+  unreadable file is refused without being opened, and the size its header claims must fit in the file
+  and under a cap (``max_image_bytes``, default 2 GiB, or the ``MEDMTL_MAX_IMAGE_BYTES`` environment
+  variable), so a damaged or hostile header never makes training allocate gigabytes.
 
 Layout is MONAI's for every format, for images and masks alike: 2D arrays come as ``(width,
 height)`` (PIL's rows/columns swapped, as ``PILReader`` does), DICOM as ``(columns, rows, slices)``,
@@ -39,6 +43,13 @@ from monai.data import ImageReader, NibabelReader, NumpyReader, PILReader, Pydic
 from monai.transforms import LoadImage, LoadImaged
 
 from medmtl.data.dicom import DicomError, DicomSeries, decode_series, is_dicom_file, scan_dicom
+from medmtl.data.header_guard import (
+    DEFLATE_MAX_RATIO,
+    file_kind_problem,
+    header_problems,
+    max_image_bytes,
+    pil_size_limit_off,
+)
 from medmtl.data.problems import DataError, Problem
 from medmtl.data.raw_reader import RawImageReader
 
@@ -172,9 +183,10 @@ def _sniff_gzip(path: Path, head: bytes) -> tuple[str, str] | None:
     if head[:2] != b"\x1f\x8b":
         return f"not gzip data, although the name ends in .gz{_looks_like(head)}", _wrong_format_fix(_suffix(str(path)))
     content, size = b"", 0
+    bound = DEFLATE_MAX_RATIO * path.stat().st_size + 540  # a stream inflating beyond this is corrupt anyway
     try:
         with gzip.open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
+            while size <= bound and (chunk := handle.read(1 << 20)):
                 content += chunk[: 540 - len(content)]
                 size += len(chunk)
     except EOFError:
@@ -275,6 +287,7 @@ class MedmtlDicomReader(ImageReader):
         seg: what to do with a DICOM-SEG: ``"error"`` (default: a ``dicom_seg`` problem, for images)
             or ``"label"`` (read it as a mask with MONAI's ``PydicomReader``: one channel per segment,
             channels last).
+        max_image_bytes: cap on the pixel bytes the headers claim (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
 
     Raises:
         ValueError: for an unknown ``seg``.
@@ -285,11 +298,12 @@ class MedmtlDicomReader(ImageReader):
         image = loader("knee_dicom/", reader=MedmtlDicomReader())  # (512, 512, 80), 0.3125x0.3125x1.5 mm
     """
 
-    def __init__(self, seg: str = "error"):
+    def __init__(self, seg: str = "error", max_image_bytes: int | None = None):
         super().__init__()
         if seg not in ("error", "label"):
             raise ValueError(f"MedmtlDicomReader: seg must be 'error' or 'label', got {seg!r}")
         self.seg = seg
+        self.max_image_bytes = max_image_bytes
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         """True when every name is a folder or a DICOM file (by suffix or the ``DICM`` preamble)."""
@@ -306,7 +320,7 @@ class MedmtlDicomReader(ImageReader):
         out: list[Any] = []
         for name in _names(data):
             try:
-                out.append(scan_dicom(name))
+                out.append(scan_dicom(name, max_image_bytes=self.max_image_bytes))
             except DicomError as err:
                 if self.seg != "label" or err.checks != {"dicom_seg"}:
                     raise
@@ -345,11 +359,41 @@ class MedmtlDicomReader(ImageReader):
 class MedmtlPILReader(PILReader):
     """MONAI's ``PILReader`` that also claims ``.gif`` and ``.tif``/``.tiff`` (2D, first page), not sent to pydicom.
 
-    A palette image (GIF, "P" mode PNG) comes as its palette indices, which is what a mask means.
+    A palette image (GIF, "P" mode PNG) comes as its palette indices, which is what a mask means. The size
+    each header claims is checked against the file and ``max_image_bytes`` before anything is decoded
+    (:func:`~medmtl.data.header_guard.header_problems`), in place of PIL's own pixel-count limit.
+
+    Args:
+        max_image_bytes: cap on one decoded image (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
+        kwargs: ``PILReader``'s arguments.
     """
+
+    def __init__(self, *args, max_image_bytes: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_image_bytes = max_image_bytes
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         return all(_suffix(n) in SUPPORTED_SUFFIXES["pil"] for n in _names(filename))
+
+    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str | np.ndarray, **kwargs):
+        """PIL images (lazy), after their headers passed the size checks.
+
+        Raises:
+            ImageReadError: a header claims more than the file holds or more than ``max_image_bytes``.
+        """
+        if not isinstance(data, np.ndarray):
+            for name in _names(data):
+                _raise_for_header(name, self.max_image_bytes)
+        with pil_size_limit_off():
+            return super().read(data, **kwargs)
+
+
+def _raise_for_header(name: str, limit: int | None, allow_dir: bool = False) -> None:
+    """Refuse a special file or a header claiming an impossible or too large size, before any reading."""
+    kind = file_kind_problem(name, allow_dir=allow_dir)
+    found = [kind] if kind is not None else header_problems(name, max_image_bytes(limit))
+    if found:
+        raise ImageReadError(found, context=name)
 
 
 def reader_for(path: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageReader:
@@ -416,11 +460,14 @@ class MedmtlReader(ImageReader):
 
     Args:
         dicom_seg: ``seg`` argument of :class:`MedmtlDicomReader` (``"error"`` or ``"label"``).
+        max_image_bytes: cap on one image's decoded size (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB);
+            headers claiming more, or more than their file holds, are refused before reading.
     """
 
-    def __init__(self, dicom_seg: str = "error"):
+    def __init__(self, dicom_seg: str = "error", max_image_bytes: int | None = None):
         super().__init__()
         self.dicom_seg = dicom_seg
+        self.max_image_bytes = max_image_bytes
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         try:
@@ -431,8 +478,13 @@ class MedmtlReader(ImageReader):
 
     def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs) -> tuple[ImageReader, Any, str]:
         reader = reader_for(data)
-        if isinstance(reader, MedmtlDicomReader):
-            reader = MedmtlDicomReader(seg=self.dicom_seg)
+        dicom = isinstance(reader, MedmtlDicomReader)
+        if dicom:
+            reader = MedmtlDicomReader(seg=self.dicom_seg, max_image_bytes=self.max_image_bytes)
+        elif isinstance(reader, MedmtlPILReader):
+            reader.max_image_bytes = self.max_image_bytes
+        for file in _names(data):
+            _raise_for_header(file, self.max_image_bytes, allow_dir=dicom)
         name = _names(data)[0]
         return reader, self._guard(name, reader.read, data, **kwargs), name
 
@@ -473,17 +525,17 @@ class MedmtlLoadImage(LoadImage):
     """``LoadImage`` that reads every format with :func:`reader_for` and raises clear :class:`DataError` s.
 
     Takes ``LoadImage``'s arguments (``image_only``, ``dtype``, ``ensure_channel_first``, ...) except
-    ``reader``; ``dicom_seg`` is passed to :class:`MedmtlDicomReader`.
+    ``reader``; ``dicom_seg`` and ``max_image_bytes`` are passed to :class:`MedmtlReader`.
 
     Example::
 
         image = MedmtlLoadImage(ensure_channel_first=True)("brain.nii.gz")  # (1, 181, 217, 181), affine in .meta
     """
 
-    def __init__(self, *args, dicom_seg: str = "error", **kwargs):
+    def __init__(self, *args, dicom_seg: str = "error", max_image_bytes: int | None = None, **kwargs):
         with _quiet_default_readers():
             super().__init__(None, *args, **kwargs)
-        self._dispatch = MedmtlReader(dicom_seg=dicom_seg)
+        self._dispatch = MedmtlReader(dicom_seg=dicom_seg, max_image_bytes=max_image_bytes)
 
     def __call__(self, filename, reader: ImageReader | None = None):
         return super().__call__(filename, reader if reader is not None else self._dispatch)
@@ -493,7 +545,8 @@ class MedmtlLoadImaged(LoadImaged):
     """``LoadImaged`` over :class:`MedmtlLoadImage`: each key's file gets the reader of its own format.
 
     Takes ``LoadImaged``'s arguments (``keys``, ``image_only``, ``ensure_channel_first``,
-    ``allow_missing_keys``, ...) except ``reader``.
+    ``allow_missing_keys``, ...) except ``reader``; ``dicom_seg`` and ``max_image_bytes`` as
+    :class:`MedmtlLoadImage`.
 
     Example::
 
@@ -501,10 +554,10 @@ class MedmtlLoadImaged(LoadImaged):
         sample = load({"image": "case1/dicom/", "lesion": "case1/lesion.nii.gz"})
     """
 
-    def __init__(self, keys, *args, dicom_seg: str = "error", **kwargs):
+    def __init__(self, keys, *args, dicom_seg: str = "error", max_image_bytes: int | None = None, **kwargs):
         with _quiet_default_readers():
             super().__init__(keys, None, *args, **kwargs)
-        self._dispatch = MedmtlReader(dicom_seg=dicom_seg)
+        self._dispatch = MedmtlReader(dicom_seg=dicom_seg, max_image_bytes=max_image_bytes)
 
     def __call__(self, data, reader: ImageReader | None = None):
         return super().__call__(data, reader if reader is not None else self._dispatch)
@@ -515,7 +568,7 @@ def make_loader(keys: Hashable | Sequence[Hashable] | None = None, **kwargs) -> 
 
     Args:
         keys: dictionary keys to load; ``None`` for a loader of plain paths.
-        kwargs: ``LoadImage(d)`` arguments (``image_only`` defaults to True), and ``dicom_seg``.
+        kwargs: ``LoadImage(d)`` arguments (``image_only`` defaults to True), ``dicom_seg`` and ``max_image_bytes``.
 
     Returns:
         The loader; usable from a bundle config as ``{"_target_": "medmtl.data.readers.make_loader", "keys": [...]}``.
@@ -531,13 +584,20 @@ def _loader() -> MedmtlLoadImage:
     return MedmtlLoadImage(image_only=True, ensure_channel_first=False)
 
 
-def load_image(path: str | os.PathLike):
+def load_image(path: str | os.PathLike, max_image_bytes: int | None = None):
     """A MetaTensor with the file's voxels and geometry (affine, spacing) in ``.meta``.
 
+    Args:
+        path: the file (or DICOM series folder).
+        max_image_bytes: cap on the decoded size (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
+
     Raises:
-        DataError: the file is missing, of an unsupported format, or unreadable (named in the message).
+        DataError: the file is missing, of an unsupported format, not a regular file, claims more than it
+            holds or than the cap, or is unreadable (named in the message).
     """
-    return _loader()(path)
+    if max_image_bytes is None:
+        return _loader()(path)
+    return _loader()(path, MedmtlReader(max_image_bytes=max_image_bytes))
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:

@@ -13,6 +13,14 @@ never arrays, so the main process stays small on datasets of any size. They run 
 first; when the remaining work is estimated to outweigh the start-up of worker processes (each
 imports torch and MONAI, seconds), a ``spawn`` pool (as in nnU-Net) takes the rest with this process
 still helping, so 780 small PNGs take seconds and large 3D datasets still get every core.
+
+Before a file is read, it must be a regular readable file (a FIFO, device or socket is reported without
+being opened), its header must claim no more than the file holds and than ``max_image_bytes`` (default
+2 GiB per image, environment variable ``MEDMTL_MAX_IMAGE_BYTES``; see :mod:`medmtl.data.header_guard`),
+and its format must be what medmtl reads (colour model, palette, alpha, frames, NIfTI affine; see
+:mod:`medmtl.data.format_checks`). Each file is read under a time limit (``file_timeout_s``, default
+120 s, environment variable ``MEDMTL_FILE_TIMEOUT_S``): a file on a stalled network mount becomes a
+``read_timeout`` finding naming it, later files of the same folder are skipped, and the report goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -34,12 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.data.format_checks import affine_problem, extreme_value_problem, pil_problems
+from medmtl.data.header_guard import file_kind_problem, header_problems, max_image_bytes
 from medmtl.data.problems import DataError, Problem, Severity, format_problems
 from medmtl.data.spec import DatasetSpec, SpecError, load_spec
 from medmtl.data.splits import SPLIT_NAMES
 from medmtl.data.tasks import TaskKind, present_key
 
 __all__ = [
+    "DEFAULT_FILE_TIMEOUT_S",
+    "FILE_TIMEOUT_ENV",
     "DatasetExit",
     "DatasetInvalidError",
     "GeometryTolerance",
@@ -53,6 +66,11 @@ logger = logging.getLogger(__name__)
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 _EMPTY_EXAMPLES = 5  # case ids quoted in the empty-mask warning (the JSON report lists all)
 _WEAK_SUFFIX = ":weak"  # empty_masks key of a task's weak masks
+DEFAULT_FILE_TIMEOUT_S = 120.0
+"""Longest wait for one file (header checks, reading and value checks) before it is reported as timed out."""
+FILE_TIMEOUT_ENV = "MEDMTL_FILE_TIMEOUT_S"
+"""Environment variable overriding :data:`DEFAULT_FILE_TIMEOUT_S` (seconds)."""
+_NOT_DICOM_SUFFIXES = {".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy", ".npz"}
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,9 @@ class _CaseJob:
     spatial_dims: int
     same_grid_inputs: bool
     tolerance: GeometryTolerance
+    max_image_bytes: int | None = None
+    """Cap on one file's decoded size (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB)."""
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S
 
 
 @dataclass
@@ -337,7 +358,66 @@ def _run_case_checks(job: _CaseJob, result: _CaseResult) -> None:
     result.empty = tuple(empty)
 
 
+_STALLED: set[str] = set()
+"""Folders where a read timed out (in this process): their other files are reported, not waited for again."""
+_TIMEOUT_FIX = (
+    "check that the disk or network mount holding it responds (e.g. `ls -l` on the file) or copy the data to a "
+    f"local disk; if the file is only slow to read, raise the limit ({FILE_TIMEOUT_ENV}=seconds, or file_timeout_s=)"
+)
+
+
 def _inspect(
+    path: str, role: str, job: _CaseJob, rule: _MaskRule | None, problems: list[Problem]
+) -> tuple[_Grid | None, set[int], bool | None]:
+    """:func:`_inspect_file` in a daemon thread waited for ``job.file_timeout_s`` at most.
+
+    A read stuck in the kernel (a stalled NFS/SMB mount) cannot be interrupted: its thread is left behind
+    and the file reported as ``read_timeout``; the other files of its folder are then reported without
+    being waited for, so a stalled mount costs one timeout, not one per file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder in _STALLED:
+        problems.append(
+            Problem(
+                "read_timeout",
+                f"{role} not checked: an earlier file in {folder} timed out",
+                _TIMEOUT_FIX,
+                path=path,
+                case_id=job.case_id,
+            )
+        )
+        return None, set(), False
+    found: list[Problem] = []
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append(_inspect_file(path, role, job, rule, found))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
+            outcome.append(err)
+
+    thread = threading.Thread(target=work, name="medmtl-validate-file", daemon=True)
+    thread.start()
+    thread.join(job.file_timeout_s)
+    if thread.is_alive():
+        _STALLED.add(folder)
+        problems.append(
+            Problem(
+                "read_timeout",
+                f"timed out after {job.file_timeout_s:g} s reading {role}",
+                _TIMEOUT_FIX,
+                path=path,
+                case_id=job.case_id,
+            )
+        )
+        return None, set(), False
+    problems.extend(found)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _inspect_file(
     path: str, role: str, job: _CaseJob, rule: _MaskRule | None, problems: list[Problem]
 ) -> tuple[_Grid | None, set[int], bool | None]:
     """Read one file and run the per-file checks.
@@ -347,10 +427,13 @@ def _inspect(
         whether any voxel is foreground (non-zero after the label mapping; ``None`` when the values
         could not be checked).
     """
-    image = _read(path, role, job.case_id, problems)
+    image = _read(path, role, job, rule is not None, problems)
     if image is None:
         return None, set(), False
     array = np.asarray(image)
+    mode = (getattr(image, "meta", None) or {}).get("mode")
+    if mode in ("LA", "La", "PA") and array.ndim == job.spatial_dims + 1 and array.shape[-1] == 2:
+        array = array[..., :1]  # grey + alpha: the alpha band is dropped (ToGrey / MergeMasks do the same)
     channel_sizes = {1, 3, 4} if job.spatial_dims == 2 else {1}
     spatial, channel_axis = _spatial_shape(array.shape, job.spatial_dims, channel_sizes)
     if spatial is None:
@@ -379,6 +462,9 @@ def _inspect(
     if channel_axis is not None:
         array = np.moveaxis(array, channel_axis, -1)
     _check_finite(array, role, path, job.case_id, problems)
+    extreme = extreme_value_problem(array, path) if rule is None else None
+    if extreme is not None:
+        problems.append(dataclasses.replace(extreme, message=f"{role} {extreme.message}", case_id=job.case_id))
     classes: set[int] = set()
     foreground: bool | None = False
     if rule is not None:
@@ -393,10 +479,15 @@ def _inspect(
     return _grid(image, path, role, spatial, job.spatial_dims), classes, foreground
 
 
-def _read(path: str, role: str, case_id: str, problems: list[Problem]) -> Any:
-    """The file as a MetaTensor (:func:`medmtl.data.readers.load_image`), or ``None`` with a problem."""
+def _read(path: str, role: str, job: _CaseJob, mask: bool, problems: list[Problem]) -> Any:
+    """The file as a MetaTensor (:func:`medmtl.data.readers.load_image`), or ``None`` with a problem.
+
+    What the path is, what its header claims and its format are checked first, so a FIFO is never opened
+    and a header claiming gigabytes never allocated.
+    """
     from medmtl.data.readers import diagnose_unreadable, load_image
 
+    case_id = job.case_id
     file = Path(path)
     if not file.exists():
         broken = " (a broken symlink)" if file.is_symlink() else ""
@@ -410,13 +501,27 @@ def _read(path: str, role: str, case_id: str, problems: list[Problem]) -> Any:
             )
         )
         return None
+    suffix = ".nii.gz" if file.name.lower().endswith(".nii.gz") else file.suffix.lower()
+    kind = file_kind_problem(path, allow_dir=suffix not in _NOT_DICOM_SUFFIXES)
+    if kind is not None:
+        problems.append(dataclasses.replace(kind, message=f"{role} {kind.message}", case_id=case_id))
+        return None
     if file.is_dir() or _looks_like_dicom(file):
-        found = _dicom_problems(file, role, case_id)
+        found = _dicom_problems(file, role, case_id, job.max_image_bytes)
         problems.extend(found)
         if any(p.severity == Severity.ERROR for p in found):
             return None
+    else:
+        found = header_problems(path, job.max_image_bytes)
+        if not found:
+            found = pil_problems(path, mask=mask) + [p for p in (affine_problem(path),) if p is not None]
+        problems.extend(
+            dataclasses.replace(p, message=f"{role}: {p.message}", case_id=case_id, path=path) for p in found
+        )
+        if any(p.severity == Severity.ERROR for p in found):
+            return None
     try:
-        return load_image(path)
+        return load_image(path, max_image_bytes=job.max_image_bytes)
     except Exception as err:  # noqa: BLE001 - every reader failure is a finding, not a crash
         found = list(getattr(err, "problems", []))
         if found:  # the reader's findings name the file's damage (truncated, not gzip...) and the fix
@@ -448,7 +553,7 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def _dicom_problems(path: Path, role: str, case_id: str) -> list[Problem]:
+def _dicom_problems(path: Path, role: str, case_id: str, limit: int | None = None) -> list[Problem]:
     """DICOM checks of :mod:`medmtl.data.dicom` (empty folder, mixed series...), when available."""
     try:
         check = getattr(importlib.import_module("medmtl.data.dicom"), "check_dicom", None)
@@ -467,7 +572,7 @@ def _dicom_problems(path: Path, role: str, case_id: str) -> list[Problem]:
             ]
         return []
     try:
-        found = list(check(str(path)))
+        found = list(check(str(path), **({"max_image_bytes": limit} if limit is not None else {})))
     except Exception as err:  # noqa: BLE001
         return [
             Problem(
@@ -714,6 +819,9 @@ def validate_dataset(
     tolerance: GeometryTolerance | None = None,
     progress: bool | None = None,
     spec_overrides: dict[str, Any] | None = None,
+    *,
+    max_image_bytes: int | str | None = None,
+    file_timeout_s: float | None = None,
 ) -> ValidationReport:
     """Check a dataset spec, its case table and every file it names; collect every problem.
 
@@ -728,12 +836,18 @@ def validate_dataset(
         progress: show a progress bar on stderr; ``None`` shows it when stderr is a terminal.
         spec_overrides: top-level keys replacing those of the spec file (as :func:`load_spec` takes
             them, e.g. a bundle's ``splits``); ignored when ``spec`` is a :class:`DatasetSpec`.
+        max_image_bytes: cap on one file's decoded size, in bytes or as ``"4G"`` (``None``: the
+            ``MEDMTL_MAX_IMAGE_BYTES`` environment variable, else 2 GiB); bigger headers are reported
+            (``image_too_large``), never read.
+        file_timeout_s: longest wait for one file (``None``: ``MEDMTL_FILE_TIMEOUT_S``, else 120 s);
+            slower files are reported as ``read_timeout`` (a stalled network mount) and the report goes on.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem is an error.
 
     Raises:
-        ValueError: ``workers`` is negative.
+        ValueError: ``workers`` is negative, or a limit (argument or environment variable) is not a
+            positive number.
 
     Example::
 
@@ -742,6 +856,7 @@ def validate_dataset(
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: every core, 1: in-process), got {workers}")
+    limits = _limits(max_image_bytes, file_timeout_s)
     start = time.perf_counter()
     report = ValidationReport(check_files=check_files)
     if isinstance(spec, DatasetSpec):
@@ -756,7 +871,7 @@ def validate_dataset(
             report.problems.extend(err.problems)
     if loaded is not None:
         report.dataset = loaded.name
-        _validate_spec(loaded, root, workers, tolerance or GeometryTolerance(), progress, report)
+        _validate_spec(loaded, root, workers, tolerance or GeometryTolerance(), progress, report, limits)
     report.duration_s = time.perf_counter() - start
     logger.debug(
         "validated %s: %d errors, %d warnings in %.1f s",
@@ -775,6 +890,7 @@ def _validate_spec(
     tolerance: GeometryTolerance,
     progress: bool | None,
     report: ValidationReport,
+    limits: tuple[int | None, float] = (None, DEFAULT_FILE_TIMEOUT_S),
 ) -> None:
     try:
         table = spec.build_cases(root=root)
@@ -791,6 +907,7 @@ def _validate_spec(
     if not report.check_files or not table.cases:
         return
     jobs = [_job(spec, case, tolerance, weak_masks.get(case["case_id"], {})) for case in table.cases]
+    jobs = [dataclasses.replace(j, max_image_bytes=limits[0], file_timeout_s=limits[1]) for j in jobs]
     results = _run_jobs(jobs, workers, progress, report)
     present_by_case: dict[str, dict[str, tuple[int, ...]]] = {}
     for result in results:
@@ -817,6 +934,26 @@ def _validate_spec(
                 severity=Severity.WARNING,
             )
         )
+
+
+def _limits(max_bytes: int | str | None, timeout_s: float | None) -> tuple[int | None, float]:
+    """``(max_image_bytes, file_timeout_s)`` checked here, once (``None`` bytes: each reader reads the environment)."""
+    if max_bytes is not None:
+        max_bytes = max_image_bytes(max_bytes)
+    else:
+        max_image_bytes()  # a malformed environment variable fails here, not in every worker
+    where = "file_timeout_s"
+    if timeout_s is None:
+        raw = os.environ.get(FILE_TIMEOUT_ENV, "").strip()
+        where = f"the environment variable {FILE_TIMEOUT_ENV}"
+        timeout_s = raw or DEFAULT_FILE_TIMEOUT_S
+    try:
+        seconds = float(timeout_s)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{where} must be a positive number of seconds, got {timeout_s!r}")
+    return max_bytes, seconds
 
 
 def _weak_masks(
@@ -896,6 +1033,8 @@ torch and MONAI first: a few seconds)."""
 def _run_jobs(jobs: list[_CaseJob], workers: int, progress: bool | None, report: ValidationReport) -> list[_CaseResult]:
     """Run :func:`_check_case` on every job, in this process and, when worth it, a ``spawn`` pool; in job order."""
     from tqdm import tqdm
+
+    _STALLED.clear()  # a folder that stalled in an earlier validation gets one more chance
 
     from medmtl.data.readers import load_image  # noqa: F401 - imported before timing the first cases
 
@@ -1031,6 +1170,9 @@ def require_valid_dataset(
     *,
     spec_overrides: dict[str, Any] | None = None,
     exit_on_error: bool = False,
+    max_image_bytes: int | str | None = None,
+    file_timeout_s: float | None = None,
+    check_files: bool = True,
 ) -> ValidationReport:
     """Validate before a run starts: stop with the whole report on any error, else log the warnings.
 
@@ -1047,6 +1189,10 @@ def require_valid_dataset(
         exit_on_error: raise :class:`DatasetExit` (a ``SystemExit``: the report on stderr, exit status 1,
             no traceback) instead of :class:`DatasetInvalidError`; for bundle configs run with
             ``python -m monai.bundle run``.
+        max_image_bytes, file_timeout_s: limits of :func:`validate_dataset` (default: environment, 2 GiB, 120 s).
+        check_files: open every file (``False``: only the spec and the case table, which still stops a
+            run on a missing file or a bad table without a traceback; an inference bundle's
+            ``--validate_data false``).
 
     Returns:
         The report, when it has no error.
@@ -1063,7 +1209,16 @@ def require_valid_dataset(
             spec_overrides=@spec_overrides, exit_on_error=True) if @validate_data else None",
         "$@cases.raise_for_errors()",
     """
-    report = validate_dataset(spec, root=root, workers=workers, progress=False, spec_overrides=spec_overrides)
+    report = validate_dataset(
+        spec,
+        root=root,
+        workers=workers,
+        progress=False,
+        spec_overrides=spec_overrides,
+        check_files=check_files,
+        max_image_bytes=max_image_bytes,
+        file_timeout_s=file_timeout_s,
+    )
     if not report.ok:
         if exit_on_error:
             raise DatasetExit(report)
