@@ -1,9 +1,11 @@
 """From a spec to a table of cases: find files, read label tables, resolve templates, split.
 
 Everything a spec describes is resolved here, once, with every problem collected (duplicate ids,
-unmapped label values, missing CSV columns, paths escaping the data root...), plus warnings for what
-silently shrinks a dataset: a mask template that finds no file for any case (a typo), masks that no
-case has (their image lost), case-table rows the cases regex skips. Reading image
+ids that are empty or hold control characters, unmapped label values, missing CSV columns, paths and
+label tables escaping the data root, tables that are folders, FIFOs, not UTF-8 or not comma-separated...),
+plus warnings for what silently shrinks a dataset: a mask template that finds no file for any case (a
+typo), masks that no case has (their image lost), a case without the mask all others have (its mask
+lost), case-table rows the cases regex skips. Reading image
 contents is left to :mod:`medmtl.data.validate` and the MONAI loaders; the only files opened here
 are label tables and, for ``mask_nonempty`` labels, the masks themselves.
 """
@@ -12,13 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import difflib
 import glob as globlib
+import io
 import json
 import math
 import os
 import re
+import stat
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +156,13 @@ class CaseTable:
 # building
 
 
-def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_quality: str = "strong") -> CaseTable:
+def build_cases(
+    spec: DatasetSpec,
+    root: str | os.PathLike | None = None,
+    label_quality: str = "strong",
+    splits_file: str | os.PathLike | None = None,
+    new_cases: str = "exclude",
+) -> CaseTable:
     """Resolve a spec against its data root: every case, label and split, every problem collected.
 
     Args:
@@ -158,6 +170,10 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
         root: data root overriding the spec's.
         label_quality: ``strong`` uses each task's ``label``; ``weak`` uses ``weak_label`` where a task
             has one (weak-label pre-training), ``label`` otherwise.
+        splits_file: a run's ``splits.json``: recorded cases keep their split (ignored while the
+            file does not exist); see :mod:`medmtl.data.splits`.
+        new_cases: where labelled cases missing from ``splits_file`` go: ``exclude`` (split ``new``),
+            ``train``, ``val``, ``test`` or ``assign`` (the spec's rule).
     """
     quality = LabelQuality(label_quality)
     root_path = spec.resolved_root(root)
@@ -177,7 +193,7 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
     seen: dict[str, _Origin] = {}
     for source, fields, origin in _iter_records(spec, root_path, table.problems):
         masks = _take_census(spec, source, fields, resolver, census)
-        case = _build_case(spec, source, fields, resolver, quality, table.problems, masks)
+        case = _build_case(spec, source, fields, resolver, quality, table.problems, masks, origin)
         if case is None:
             continue
         if case["case_id"] in seen:
@@ -195,9 +211,13 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
             continue
         seen[case["case_id"]] = origin
         table.cases.append(case)
+        labelled = any(case[present_key(t.name)] for t in spec.tasks)
         for entry in census:
-            entry.count(case, source)
+            entry.count(case, source, labelled)
     for entry in census:
+        if entry.which == "label":  # a case with only the weak mask is weakly labelled, not a lost file
+            for weak in (e for e in census if e.task == entry.task and e.which == "weak_label"):
+                entry.excuse(weak.hits)
         table.problems += entry.problems(root_path, resolver.used)
     if not table.cases and not table.errors:
         patterns = [
@@ -212,8 +232,19 @@ def build_cases(spec: DatasetSpec, root: str | os.PathLike | None = None, label_
                 path=str(root_path),
             )
         )
-    assign_splits(table.cases, spec, table.problems)
+    table.problems[:] = _collapse(table.problems)
+    assign_splits(table.cases, spec, table.problems, splits_file=splits_file, new_cases=new_cases)
     return table
+
+
+def _collapse(problems: list[Problem]) -> list[Problem]:
+    """Identical problems once, with their count: a template wrong for every record is one finding, not 60 lines."""
+    counts = Counter(problems)
+    out = []
+    for problem in dict.fromkeys(problems):
+        n = counts[problem]
+        out.append(problem if n == 1 else dataclasses.replace(problem, message=f"{problem.message} ({n} records)"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -287,7 +318,7 @@ def _path_of(raw: list[tuple[_Origin, dict[str, str]]], origin: _Origin) -> str:
 def _read_case_csv(root: Path, source: CsvCases, problems: list[Problem]) -> list[tuple[int, dict[str, str]]]:
     """``(line, row)`` of every row of a case CSV; ``path`` set from ``path_column``."""
     path = root / source.csv
-    rows = _read_csv(path, source.header, problems)
+    rows = _read_csv(path, source.header, problems, root, "case table")
     if rows is None:
         return []
     if source.path_column is not None:
@@ -301,42 +332,209 @@ def _read_case_csv(root: Path, source: CsvCases, problems: list[Problem]) -> lis
 
 def _read_decathlon(root: Path, source: DecathlonCases, problems: list[Problem]) -> list[dict[str, str]]:
     path = root / source.decathlon
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        problems.append(Problem("missing_file", "dataset.json not found", "check cases.decathlon", path=str(path)))
+    text = _read_text(path, root, "case list", problems, suffix=".json")
+    if text is None:
         return []
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as err:
         problems.append(Problem("corrupt_file", f"not valid JSON: {err}", "fix the JSON syntax", path=str(path)))
         return []
-    entries = content.get(source.section)
+    entries = content.get(source.section) if isinstance(content, dict) else None
     if not isinstance(entries, list):
+        keys = sorted(content) if isinstance(content, dict) else f"a {type(content).__name__}, not a mapping"
         problems.append(
             Problem(
                 "missing_key",
                 f"no list '{source.section}' in dataset.json",
-                f"keys are {sorted(content)}",
+                f"keys are {keys}",
                 path=str(path),
             )
         )
         return []
     rows = []
     for entry in entries:
-        entry = {"image": entry} if isinstance(entry, str) else dict(entry)
+        entry = {"image": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else {}
         row = {k: str(v).removeprefix("./") for k, v in entry.items()}
         row["path"] = row.get("image", "")
         rows.append(row)
     return rows
 
 
-def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[tuple[int, dict[str, str]]] | None:
-    """``(line, row)`` pairs (the line where the row ends, header included), or None with a problem."""
+def _outside_root(path: Path, root: Path, case_id: str | None = None) -> Problem | None:
+    """A ``path_outside_root`` problem when ``path`` (symlinks and ``..`` followed) leaves the data root."""
     try:
-        rows = _read_csv_cached(str(path), header)
-    except FileNotFoundError:
-        problems.append(Problem("missing_file", "CSV file not found", "check the path in the spec", path=str(path)))
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        return Problem(
+            "unreadable_file",
+            f"the path cannot be resolved: {err}",
+            "fix or remove the symlink",
+            path=str(path),
+            case_id=case_id,
+        )
+    if resolved.is_relative_to(root):
         return None
-    except (UnicodeDecodeError, csv.Error) as err:
+    return Problem(
+        "path_outside_root",
+        f"resolves to {resolved}, outside the data root {root}",
+        "copy the file under the data root (symlinks and '..' may not leave it)",
+        path=str(path),
+        case_id=case_id,
+    )
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read_text(path: Path, root: Path, what: str, problems: list[Problem], suffix: str = ".csv") -> str | None:
+    """The UTF-8 text of a table under the data root, or ``None`` with one problem naming the file and the fix.
+
+    The file type is checked with ``os.stat`` before anything opens it: opening a FIFO waits for a
+    writer, forever, and a folder or a device is no table.
+    """
+    outside = _outside_root(path, root)
+    if outside is not None:
+        problems.append(outside)
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        problems.append(
+            Problem("missing_file", f"the {what} was not found", "check the path in the spec", path=str(path))
+        )
+        return None
+    except OSError as err:
+        problems.append(_unreadable(path, what, err))
+        return None
+    if stat.S_ISDIR(mode):
+        inside = sorted(p.name for p in path.glob(f"*{suffix}"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        problems.append(
+            Problem(
+                "not_a_file",
+                f"the {what} is a folder, not a {suffix} file{hint}",
+                "point the spec at the file itself (the folder's name is not a table)",
+                path=str(path),
+            )
+        )
+        return None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+        problems.append(
+            Problem(
+                "not_a_file",
+                f"the {what} is {kind}, not a regular file: reading it could wait forever",
+                "replace it with a regular file holding the table (copy the data into it)",
+                path=str(path),
+            )
+        )
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        problems.append(_unreadable(path, what, err))
+        return None
+    return _decode(data, path, what, problems, suffix)
+
+
+def _unreadable(path: Path, what: str, err: OSError) -> Problem:
+    return Problem(
+        "unreadable_file",
+        f"the {what} cannot be read: {err.strerror or err}",
+        "make it readable by this user (e.g. chmod a+r) and check that its disk is mounted",
+        path=str(path),
+    )
+
+
+_NOT_TEXT = (
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel .xls workbook"),
+    (b"\xff\xfe", "UTF-16 text (Excel's 'Unicode Text')"),
+    (b"\xfe\xff", "UTF-16 text (Excel's 'Unicode Text')"),
+)
+
+
+def _decode(data: bytes, path: Path, what: str, problems: list[Problem], suffix: str) -> str | None:
+    """``data`` as UTF-8 text (a BOM is dropped), or ``None`` with a problem saying what the file is instead."""
+    kind = next((name for magic, name in _NOT_TEXT if data.startswith(magic)), None)
+    if kind is None and b"\x00" in data[:4096]:
+        kind = "binary data (it holds NUL bytes)"
+    if kind is not None:
+        problems.append(
+            Problem(
+                "not_text",
+                f"the {what} is {kind}, not {'UTF-8 CSV' if suffix == '.csv' else 'UTF-8'} text",
+                "export it from the spreadsheet as 'CSV UTF-8 (comma delimited)' and point the spec at that file"
+                if suffix == ".csv"
+                else "save it as UTF-8 text",
+                path=str(path),
+            )
+        )
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        problems.append(
+            Problem(
+                "not_utf8",
+                f"the {what} is not UTF-8 text: byte 0x{data[err.start]:02x} on line {line} cannot be decoded "
+                "(saved as Windows-1252 / Latin-1?)",
+                "save it as UTF-8 (Excel: 'CSV UTF-8'; or convert it: iconv -f cp1252 -t utf-8 OLD > NEW)",
+                path=str(path),
+            )
+        )
+        return None
+
+
+_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _foreign_delimiter(text: str) -> str | None:
+    """The delimiter of a CSV whose columns are not separated by commas (European Excel: ``;``), if any.
+
+    Read as comma-separated, such a file has one column holding whole lines, and every column the
+    spec names would be reported missing for every row; one clear problem replaces them.
+    """
+    lines = [line for line in text[:65536].splitlines()[:20] if line.strip()]
+    if not lines or "," in lines[0]:
+        return None
+    for delimiter in _DELIMITERS:
+        if delimiter in lines[0] and len({line.count(delimiter) for line in lines[:5]}) == 1:
+            return delimiter
+    return None
+
+
+def _read_csv(
+    path: Path, header: bool, problems: list[Problem], root: Path, what: str = "label table"
+) -> list[tuple[int, dict[str, str]]] | None:
+    """``(line, row)`` pairs (the line where the row ends, header included), or None with a problem."""
+    text = _read_text(path, root, what, problems)
+    if text is None:
+        return None
+    delimiter = _foreign_delimiter(text)
+    if delimiter is not None:
+        first = next(line for line in text[:65536].splitlines() if line.strip())
+        problems.append(
+            Problem(
+                "csv_delimiter",
+                f"the {what} is separated by {_DELIMITERS[delimiter]} ({delimiter!r}), not commas: its first line "
+                f"{first[:80]!r} reads as a single column",
+                "save it comma-separated (Excel: 'CSV UTF-8 (comma delimited)'), or replace the "
+                f"{_DELIMITERS[delimiter]} between columns with commas",
+                path=str(path),
+            )
+        )
+        return None
+    try:
+        rows = _parse_csv(text, header)
+    except csv.Error as err:
         problems.append(
             Problem("corrupt_file", f"cannot parse CSV: {err}", "save it as UTF-8 comma-separated text", path=str(path))
         )
@@ -345,13 +543,16 @@ def _read_csv(path: Path, header: bool, problems: list[Problem]) -> list[tuple[i
 
 
 @lru_cache(maxsize=64)
-def _read_csv_cached(path: str, header: bool) -> tuple[tuple[int, dict[str, str]], ...]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        if header:
-            reader = csv.DictReader(handle)
-            return tuple((reader.line_num, {(k or "").strip(): (v or "") for k, v in row.items()}) for row in reader)
-        plain = csv.reader(handle)
-        return tuple((plain.line_num, {f"col{i}": v for i, v in enumerate(row)}) for row in plain if row)
+def _parse_csv(text: str, header: bool) -> tuple[tuple[int, dict[str, str]], ...]:
+    """Rows of a CSV text, cached by the text itself: a file edited between two builds is parsed again, never
+    served stale (as a cache keyed by path or modification time can be), and an unchanged table read again
+    (validation's weak-label build, a bundle's next datalist) is not parsed twice."""
+    handle = io.StringIO(text, newline="")
+    if header:
+        reader = csv.DictReader(handle)
+        return tuple((reader.line_num, {(k or "").strip(): (v or "") for k, v in row.items()}) for row in reader)
+    plain = csv.reader(handle)
+    return tuple((plain.line_num, {f"col{i}": v for i, v in enumerate(row)}) for row in plain if row)
 
 
 def _missing_column(path: Path, column: str | int, example_row: dict[str, str]) -> Problem:
@@ -379,6 +580,7 @@ class _Resolver:
         self.problems = problems
         self.used: set[Path] = set()
         self._tables: dict[tuple[str, str, bool], dict[str, dict[str, str]] | None] = {}
+        self._rows: dict[tuple[Path, bool], list[tuple[int, dict[str, str]]] | None] = {}
         self._found: dict[tuple[str, bool], list[Path]] = {}
 
     @contextlib.contextmanager
@@ -435,16 +637,9 @@ class _Resolver:
             return None
         inside = []
         for path in found:
-            if not path.resolve().is_relative_to(self.root):
-                self.problems.append(
-                    Problem(
-                        "path_outside_root",
-                        f"resolves to {path.resolve()}, outside the data root {self.root}",
-                        "copy the file under the data root (symlinks and '..' may not leave it)",
-                        path=str(path),
-                        case_id=case_id,
-                    )
-                )
+            outside = _outside_root(path, self.root, case_id)
+            if outside is not None:
+                self.problems.append(outside)
             else:
                 inside.append(path)
         if len(inside) < len(found):
@@ -477,7 +672,9 @@ class _Resolver:
         if cache_key in self._tables:
             return self._tables[cache_key]
         table = None
-        rows = _read_csv(path, spec.header, self.problems)
+        if (path, spec.header) not in self._rows:  # read once per build, whatever columns are asked
+            self._rows[path, spec.header] = _read_csv(path, spec.header, self.problems, self.root)
+        rows = self._rows[path, spec.header]
         if rows is not None:
             key_col = _column_name(spec.key_column)
             value_cols = spec.value_column if isinstance(spec.value_column, tuple) else (spec.value_column,)
@@ -535,12 +732,21 @@ class _MaskCensus:
     example: Path | None = None
     hits: set[str] = field(default_factory=set)
     """Case ids whose record found a file (set by :func:`_take_census`, read by :meth:`count`)."""
+    expected: dict[str, str] = field(default_factory=dict)
+    """Where the template looked for the case ids it found nothing for (relative to the root)."""
+    labelled: int = 0
+    lacking: list[str] = field(default_factory=list)
+    """Cases with some label (of any task) but without a file here, in case order."""
 
-    def count(self, case: dict, source: Any) -> None:
+    def count(self, case: dict, source: Any, labelled: bool = True) -> None:
         if getattr(source, "unlabelled", False):
             return
         self.cases += 1
-        self.found += case["case_id"] in self.hits
+        self.labelled += labelled
+        if case["case_id"] in self.hits:
+            self.found += 1
+        elif labelled:  # a case without any label is an unlabelled case, not one that lost a file
+            self.lacking.append(case["case_id"])
 
     def problems(self, root: Path, used: set[Path]) -> list[Problem]:
         found: list[Problem] = []
@@ -559,6 +765,7 @@ class _MaskCensus:
                     severity=Severity.WARNING,
                 )
             )
+        found += self._lacking(root)
         pattern = "".join(
             text + ("*" if name is not None else "") for text, name, _, _ in string.Formatter().parse(self.template)
         )
@@ -588,9 +795,56 @@ class _MaskCensus:
             )
         return found
 
+    def excuse(self, case_ids: set[str]) -> None:
+        """Cases that have another mask of the task (a weak one) lack this one on purpose: weakly labelled."""
+        kept = [c for c in self.lacking if c not in case_ids]
+        self.labelled -= len(self.lacking) - len(kept)
+        self.lacking = kept
+
+    def _lacking(self, root: Path) -> list[Problem]:
+        """One warning per case without the mask all other cases have (a BUSI image whose mask file was lost)."""
+        if not self.lacking or len(self.lacking) > _RARE_SHARE * self.labelled:
+            return []
+        label = "label" if self.which == "label" else "weak label"
+        context = f"although {self.found} of {self.cases} cases have one"
+        fix = (
+            "restore the case's mask (or fix its file name); if the case has no such label on purpose, "
+            "nothing to do: it is used without it"
+        )
+        found = [
+            Problem(
+                "missing_mask",
+                f"task '{self.task}': no {label} file ({self.expected.get(case_id, self.template)}), {context}",
+                fix,
+                path=str(root / self.expected[case_id]) if case_id in self.expected else str(root),
+                case_id=case_id,
+                severity=Severity.WARNING,
+            )
+            for case_id in self.lacking[:_LACKING_LISTED]
+        ]
+        rest = self.lacking[_LACKING_LISTED:]
+        if rest:
+            found.append(
+                Problem(
+                    "missing_mask",
+                    f"... and {len(rest)} more cases without a {label} file of task '{self.task}' "
+                    f"(e.g. {', '.join(map(repr, rest[:5]))}), {context}",
+                    fix,
+                    path=str(root),
+                    severity=Severity.WARNING,
+                )
+            )
+        return found
+
 
 _STRAY_LISTED = 10
 """Stray masks named one by one per template; the rest are counted."""
+_LACKING_LISTED = 20
+"""Cases without a usual mask named one by one per template; the rest are counted."""
+_RARE_SHARE = 0.1
+"""A mask that all labelled cases but a few have (at most this share of them) is one the layout normally
+has: each of the few gets a warning. More cases without it is partly labelled data (a layout of its own,
+e.g. the demo data: 17 % without the strong mask), counted in the label table only."""
 
 
 def _take_census(
@@ -612,9 +866,12 @@ def _take_census(
             if paths:
                 entry.hits.add(case_id)
                 found += paths
-            elif paths is not None and entry.example is None and not getattr(source, "unlabelled", False):
+            elif paths is not None and not getattr(source, "unlabelled", False):
                 example = resolver.format(entry.template, record, case_id)
-                entry.example = resolver.root / example if example else None
+                if example:
+                    entry.expected.setdefault(case_id, example)
+                if entry.example is None:
+                    entry.example = resolver.root / example if example else None
     return found
 
 
@@ -653,9 +910,14 @@ def _build_case(
     quality: LabelQuality,
     problems: list[Problem],
     masks: Sequence[Path] = (),
+    origin: _Origin | None = None,
 ) -> dict | None:
     case_id = resolver.format(spec.case_id, fields, None)
     if case_id is None:
+        return None
+    reason = _case_id_error(case_id)
+    if reason is not None:
+        problems.append(_invalid_case_id(spec, resolver.root, case_id, reason, origin))
         return None
     fields = {**fields, "case_id": case_id}
     case: dict[str, Any] = {"case_id": case_id}
@@ -695,6 +957,52 @@ def _build_case(
         if value is not None:
             case[task.name] = value
     return case
+
+
+_ID_CHARACTERS = {
+    "\t": "tab",
+    "\n": "line feed",
+    "\r": "carriage return",
+    "\x00": "NUL",
+    "\x1b": "escape",
+    "\x7f": "delete",
+    "\x85": "next line",
+    "\u2028": "line separator",
+    "\u2029": "paragraph separator",
+}
+
+
+def _bad_character(text: str) -> str | None:
+    """The first control character or line/paragraph separator in ``text`` (what breaks a line or a file name)."""
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+
+
+def _case_id_error(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case, or ``None``: ids become output file names and CSV cells."""
+    if not case_id.strip():
+        return "is empty"
+    bad = _bad_character(case_id)
+    if bad is not None:
+        return f"contains the control character U+{ord(bad):04X} ({_ID_CHARACTERS.get(bad, 'control character')})"
+    return None
+
+
+def _invalid_case_id(spec: DatasetSpec, root: Path, case_id: str, reason: str, origin: _Origin | None) -> Problem:
+    """An ``invalid_case_id`` error naming where the id comes from; nothing in it breaks the report's line."""
+    where = root / origin.file if origin is not None else root
+    while _bad_character(str(where)) is not None and where != root:  # a file name holding the bad character
+        where = where.parent
+    source = f" from {str(origin)!r}" if origin is not None else ""
+    listed = origin is not None and origin.line is not None
+    fix = (
+        f"fix the id in {origin} " if listed else "rename the file or folder "
+    ) + f"or change the spec's case_id template {spec.case_id!r}: a case id names output files and CSV rows, so it "
+    return Problem(
+        "invalid_case_id",
+        f"case id {case_id!r}{source} {reason}",
+        fix + "may not be empty or hold line breaks, tabs or other control characters",
+        path=str(where),
+    )
 
 
 def _label_value(

@@ -43,6 +43,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -52,9 +53,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from medmtl.data.problems import DataError, Problem
-from medmtl.data.tasks import LabelQuality, Task, TaskKind
+from medmtl.data.tasks import LabelQuality, Task, TaskKind, reserved_name_error
 
 __all__ = [
     "GlobCases",
@@ -242,15 +244,16 @@ class TaskSpec(Task):
 class SplitSpec(BaseModel):
     """How cases are split into train / val / test.
 
-    - ``fractions``: seeded random split with the given fractions.
+    - ``fractions``: each patient (or case) hashed with the seed into the given fractions, so adding
+      cases never moves one (see :mod:`medmtl.data.splits`).
     - ``kfold``: ``folds`` folds, fold ``fold`` is validation, the rest training (cases whose ``split``
       field says ``test`` are kept out, if such a field exists).
     - ``field``: a case field names the split (``values`` maps raw values to train/val/test);
       ``val_fraction`` optionally carves a validation set out of the training cases.
     - ``none``: every case is in ``train``.
 
-    ``stratify`` names a task whose class proportions are kept in every split; ``group`` (on the
-    dataset) keeps all cases of a patient in one split.
+    ``stratify`` names a task whose class proportions the splits keep in expectation; ``group`` (on
+    the dataset) keeps all cases of a patient in one split.
     """
 
     model_config = _STRICT
@@ -279,6 +282,21 @@ class SplitSpec(BaseModel):
         return self
 
 
+def _input_name(name: str) -> str:
+    """An input name that is not one of medmtl's own keys (``case_id``, ``split``, ``pred_*``...)."""
+    reason = reserved_name_error(name, "input")
+    if reason is not None:
+        raise PydanticCustomError("reserved_name", reason.replace("{", "{{").replace("}", "}}"))
+    return name
+
+
+def _clash_message(names: list[str]) -> str:
+    return f"{', '.join(map(repr, names))} is both an input name and a task name: a case holds one value per name"
+
+
+InputName = Annotated[str, AfterValidator(_input_name)]
+
+
 class DatasetSpec(BaseModel):
     """A whole dataset: where the files are, what the tasks are, how labels and splits are found.
 
@@ -294,7 +312,7 @@ class DatasetSpec(BaseModel):
     case_id: str = "{stem}"
     group: str | CsvLookup | None = None
     """Patient of a case: a template (``"{patient}"``) or a CSV lookup by case (a case without a row is its own group)."""
-    inputs: dict[str, str] = Field(default_factory=lambda: {"image": "{path}"})
+    inputs: dict[InputName, str] = Field(default_factory=lambda: {"image": "{path}"})
     tasks: tuple[TaskSpec, ...]
     splits: SplitSpec = Field(default_factory=SplitSpec)
     spatial_dims: Literal[2, 3] = 2
@@ -312,7 +330,7 @@ class DatasetSpec(BaseModel):
             raise ValueError("a spec needs at least one task")
         clash = sorted(set(self.inputs) & set(names))
         if clash:
-            raise ValueError(f"input names and task names must differ, both have {clash}")
+            raise PydanticCustomError("name_clash", _clash_message(clash).replace("{", "{{").replace("}", "}}"))
         if self.splits.stratify is not None and self.splits.stratify not in names:
             raise ValueError(f"splits.stratify names task '{self.splits.stratify}', which is not one of {names}")
         if self.splits.stratify is not None:
@@ -350,11 +368,21 @@ class DatasetSpec(BaseModel):
         return path.resolve()
 
     # ---- data ------------------------------------------------------------------------------
-    def build_cases(self, root: str | os.PathLike | None = None, label_quality: str = "strong"):
-        """Every case with its inputs, labels and split (see :mod:`medmtl.data.datalist`)."""
+    def build_cases(
+        self,
+        root: str | os.PathLike | None = None,
+        label_quality: str = "strong",
+        splits_file: str | os.PathLike | None = None,
+        new_cases: str = "exclude",
+    ):
+        """Every case with its inputs, labels and split (see :mod:`medmtl.data.datalist`).
+
+        ``splits_file``: a run's ``splits.json`` whose recorded splits are kept (when it exists);
+        ``new_cases``: where labelled cases it lacks go (see :mod:`medmtl.data.splits`).
+        """
         from medmtl.data.datalist import build_cases
 
-        return build_cases(self, root=root, label_quality=label_quality)
+        return build_cases(self, root=root, label_quality=label_quality, splits_file=splits_file, new_cases=new_cases)
 
     def datalist(
         self, split: str = "all", root: str | os.PathLike | None = None, label_quality: str = "strong"
@@ -424,14 +452,19 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
 def _cross_field_problems(raw: dict, path: Path) -> list[Problem]:
     """``DatasetSpec._consistent`` checks that can be made on the raw YAML, so they come with the field errors."""
     tasks = raw.get("tasks")
-    splits = raw.get("splits")
-    if not isinstance(tasks, list) or not isinstance(splits, dict) or splits.get("stratify") is None:
+    if not isinstance(tasks, list):
         return []
     names = [t.get("name") for t in tasks if isinstance(t, dict)]
-    if splits["stratify"] in names:
-        return []
-    message = f"'splits.stratify': names task {splits['stratify']!r}, which is not one of {names}"
-    return [Problem("invalid_value", message, "name one of the spec's classification tasks", path=str(path))]
+    found = []
+    inputs = raw.get("inputs")
+    clash = sorted(set(inputs) & {n for n in names if isinstance(n, str)}) if isinstance(inputs, dict) else []
+    if clash:
+        found.append(Problem("name_clash", _clash_message(clash), _FIXES["name_clash"], path=str(path)))
+    splits = raw.get("splits")
+    if isinstance(splits, dict) and splits.get("stratify") is not None and splits["stratify"] not in names:
+        message = f"'splits.stratify': names task {splits['stratify']!r}, which is not one of {names}"
+        found.append(Problem("invalid_value", message, "name one of the spec's classification tasks", path=str(path)))
+    return found
 
 
 _README = "data_specs/README.md describes every key"
@@ -450,6 +483,11 @@ _FIXES = {
     "tuple_type": "write a list, e.g. [a, b]",
     "dict_type": "write a mapping, e.g. {key: value}",
     "model_type": "write a mapping, e.g. {key: value}",
+    "name_clash": "rename the input or the task (and the bundle configs that name it)",
+}
+_RENAME = {
+    "tasks": "rename the task (and the bundle configs and overrides that name it)",
+    "inputs": "rename the input (and the bundle configs that name it)",
 }
 
 
@@ -462,7 +500,7 @@ def _known_keys() -> tuple[str, ...]:
 
 def _located(error: dict, raw: dict | None) -> tuple[str, str | None]:
     """``("tasks.0.kind", "lesion")``: the key path, and the task's name when the key is in a named task."""
-    parts = [p for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
+    parts = [p for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union")) and p != "[key]"]
     location = ".".join(str(p) for p in parts)
     tasks = raw.get("tasks") if isinstance(raw, dict) else None
     if len(parts) > 1 and parts[0] == "tasks" and isinstance(parts[1], int) and isinstance(tasks, list):
@@ -485,6 +523,10 @@ def _problem_from_pydantic(error: dict, path: Path, raw: dict | None = None) -> 
         return Problem(
             "missing_key", f"required key '{location}' is missing{owner}", f"add it ({_README})", path=str(path)
         )
+    if kind in ("reserved_name", "name_clash"):
+        where = f"'{location}'{f' (task {task!r})' if task else ''}: " if location else ""
+        fix = _RENAME[location.split(".")[0]] if kind == "reserved_name" else _FIXES[kind]
+        return Problem(kind, where + error["msg"], fix, path=str(path))
     received = error.get("input")
     owner = f" (task '{task}')" if task else ""
     text = f"'{location}'{owner}: {error['msg'].replace('a valid tuple', 'a list')}" + (
