@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "demo" / "configs"
 SPEC = REPO / "data_specs" / "demo.yaml"
 TASKS = ("lesion", "malignant")
-# 16 demo cases with this split give 5 validation cases holding both malignancy classes
+# 16 demo cases with this split give 5 validation cases holding both malignancy classes (splits are
+# hashed per patient, so the seed picks which patients; checked by the fixture)
 SPLITS = {
     "method": "fractions",
     "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
-    "seed": 7,
+    "seed": 40,
     "stratify": "malignant",
 }
 

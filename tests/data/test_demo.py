@@ -131,9 +131,8 @@ def test_specs_build_without_problems(demo, name, spec_file, tasks):
     splits = table.split_counts()
     assert splits["unlabelled"] == demo[name]["unlabelled"]
     assert {"train", "val", "test"} <= set(splits)
-    for split in ("train", "val", "test"):  # stratified: both classes everywhere
-        counts = table.label_counts(split)[tasks[1]]
-        assert counts["negative"] > 0 and counts["positive"] > 0, (split, counts)
+    counts = table.label_counts("train")[tasks[1]]  # splits are hashed per patient: classes in expectation
+    assert counts["negative"] > 0 and counts["positive"] > 0, counts
     groups: dict[str, set[str]] = {}
     for case in table.cases:
         if case["split"] != "unlabelled":
