@@ -2,7 +2,9 @@
 
 Each subcommand only parses arguments and calls one function (nnU-Net's ``*_entrypoints`` over
 ``*_api`` split), so everything the CLI does is also a Python call and testable without a shell.
-Exit codes: 0 success, 1 the data/input has problems (all printed), 2 bad usage.
+Exit codes: 0 success, 1 the data/input has problems (all printed) or a command failed (one
+``error: ...`` line naming the file, never a traceback: ``--debug`` or ``MEDMTL_DEBUG=1`` shows it),
+2 bad usage.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 
 from medmtl.data.problems import DataError
+from medmtl.data.splits import NEW_CASES_OPTIONS
 from medmtl.learning_curve import MODES as LEARNING_CURVE_MODES
 
 __all__ = ["main", "build_parser"]
@@ -30,17 +34,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_splits(args: argparse.Namespace) -> int:
-    from medmtl.data.spec import load_spec
-    from medmtl.data.splits import write_splits
+    from pathlib import Path
 
-    table = load_spec(args.spec).build_cases(root=args.root)
-    table.raise_for_errors()
-    path = write_splits(table.cases, args.out)
+    from medmtl.data.spec import load_spec
+    from medmtl.data.splits import record_splits
+
+    existed = Path(args.out).exists()
+    table = load_spec(args.spec).build_cases(root=args.root, splits_file=args.out, new_cases=args.new_cases)
+    table.raise_for_errors()  # new / vanished cases are logged as warnings while building
+    added = record_splits(table.cases, args.out)
     counts = table.split_counts()
+    action = f"added {added} case(s) to" if existed and added else "kept" if existed else "wrote"
     print(
         json.dumps(counts)
         if args.json
-        else f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        else f"{action} {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     )
     return 0
 
@@ -202,6 +210,9 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmtl", description="Multi-task learning on medical images (MONAI).")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the Python traceback too (also: MEDMTL_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check every case of a dataset spec and print all problems at once")
@@ -217,10 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("make-splits", help="write splits.json (train/val/test case ids) once, to reuse later")
+    p = sub.add_parser(
+        "make-splits",
+        help="write splits.json (train/val/test case ids) once; an existing file keeps every recorded split",
+    )
     p.add_argument("spec")
     p.add_argument("--root")
-    p.add_argument("--out", default="splits.json")
+    p.add_argument("--out", default="splits.json", help="splits file; if it exists, only cases it lacks are added")
+    p.add_argument(
+        "--new-cases",
+        default="exclude",
+        choices=NEW_CASES_OPTIONS,
+        help="where labelled cases missing from an existing --out go: exclude (default: not recorded, "
+        "left out of train/val/test), train, val, test, or assign (the spec's hash rule)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_splits)
 
@@ -317,14 +338,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     func: Callable[[argparse.Namespace], int] = args.func
+    debug = args.debug or os.environ.get("MEDMTL_DEBUG", "") not in ("", "0")
     try:
         return func(args)
     except DataError as err:  # every problem, one per line, no traceback
+        if debug:
+            raise
         print(str(err), file=sys.stderr)
         return 1
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's promise: a named error and exit 1, never a traceback
+        if debug:
+            raise
+        print(_error_line(err), file=sys.stderr)
         return 1
+
+
+_PLAIN_ERRORS = (OSError, ValueError, KeyError)
+"""Errors whose message already names the file and the problem: printed as they are."""
+
+
+def _error_line(err: BaseException) -> str:
+    """``error: <message>`` for medmtl's and the OS's errors; the error's type too for anything unexpected."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"  # e.g. "labels.csv: Is a directory"
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = text.strip() or type(err).__name__
+    if isinstance(err, _PLAIN_ERRORS) or type(err).__module__.startswith("medmtl"):
+        return f"error: {text}"
+    return f"error ({type(err).__name__}): {text} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from medmtl.engines.checkpoint_io import (
+    CheckpointError,
+    CheckpointExit,
+    CheckpointWriteError,
+    SafeCheckpointLoader,
+    check_state_dict_fits,
+    load_checkpoint,
+)
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
     cleanup_distributed,
@@ -49,6 +57,18 @@ from medmtl.engines.prepare_batch import (
     probabilities,
 )
 from medmtl.engines.progress import EpochProgress, log_run_summary, run_summary
+from medmtl.engines.run_lock import (
+    OutputDirError,
+    OutputDirLock,
+    OutputDirLocked,
+    RunExit,
+    check_free_space,
+    check_output_dir,
+    claim_output_dir,
+    estimate_checkpoint_bytes,
+    lock_holder,
+    release_output_dir,
+)
 from medmtl.engines.semi_supervised import (
     SemiSupervisedHandler,
     SemiSupervisedIteration,
@@ -108,4 +128,20 @@ __all__ = [
     "TrainingMemoryGuard",
     "non_finite_tensors",
     "tune_host_allocator",
+    "CheckpointError",
+    "CheckpointExit",
+    "CheckpointWriteError",
+    "SafeCheckpointLoader",
+    "check_state_dict_fits",
+    "load_checkpoint",
+    "OutputDirError",
+    "OutputDirLock",
+    "OutputDirLocked",
+    "RunExit",
+    "check_free_space",
+    "check_output_dir",
+    "claim_output_dir",
+    "estimate_checkpoint_bytes",
+    "lock_holder",
+    "release_output_dir",
 ]

@@ -29,6 +29,7 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from medmtl.engines.checkpoint_io import load_checkpoint
 from medmtl.engines.handlers import unwrap
 from medmtl.networks.backbones import Backbone
 
@@ -152,6 +153,8 @@ def load_pretrained(
 
     Raises:
         FileNotFoundError: when ``checkpoint_path`` does not exist.
+        CheckpointError: when the file is truncated, corrupt, not a PyTorch file or holds anything but
+            weights (refused: nothing in it is executed).
         KeyError: when the checkpoint has no ``key`` entry and is not a ``state_dict``.
         RuntimeError: with ``strict=True``, listing every key that would not load.
 
@@ -162,7 +165,7 @@ def load_pretrained(
     path = os.fspath(checkpoint_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_pretrained: checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(path, map_location=map_location, what="pretrained checkpoint")
     source = _state_dict_from(checkpoint, key, path)
     target = unwrap(network)
     own = target.state_dict()

@@ -7,16 +7,20 @@
   loss weighting, trainer counters, every RNG the next epoch draws from, early stopping and the
   evaluator's best metric) and ``best.pt`` on a key metric; a restarted run with the same command
   resumes from ``last.pt`` and produces the same numbers as a run that was never interrupted.
+  ``last.pt`` is the commit point of an epoch: ``best.pt`` and ``history.json`` only change after
+  it, so after any failure the three describe the same epoch.
 
 Both are objects with ``attach(engine)``, idempotent like MONAI's handlers.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -31,6 +35,13 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping
 from monai.engines.utils import IterationEvents
 
+from medmtl.engines.checkpoint_io import (
+    CheckpointError,
+    CheckpointExit,
+    CheckpointWriteError,
+    check_state_dict_fits,
+    load_checkpoint,
+)
 from medmtl.engines.guards import NonFiniteError, non_finite_tensors
 
 __all__ = ["MultiTaskLossHandler", "ResumableCheckpoint", "atomic_torch_save", "unwrap", "CHECKPOINT_PAUSE_ENV"]
@@ -150,13 +161,8 @@ purpose; with this set, a test sees the ``.tmp`` file appear and kills the run w
 """
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
-
-    The temp file is hidden (``.<name>.<random>.tmp``), so nothing ever sees a partial file under
-    the final name; :class:`ResumableCheckpoint` removes the ones a killed run left behind.
-    """
-    path = Path(path)
+def _saved_temp(obj: Any, path: Path) -> str:
+    """``torch.save`` into a hidden ``.<name>.<random>.tmp`` beside ``path``, fsynced; removed if that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -165,6 +171,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
+
+    The temp file is hidden (``.<name>.<random>.tmp``), so nothing ever sees a partial file under
+    the final name; :class:`ResumableCheckpoint` removes the ones a killed run left behind.
+    """
+    path = Path(path)
+    tmp = _saved_temp(obj, path)
+    try:
         pause = os.environ.get(CHECKPOINT_PAUSE_ENV)
         if pause:
             time.sleep(float(pause))
@@ -357,6 +378,28 @@ def stretch_lr_schedules(objects: Iterable[Any], old_epochs: int, new_epochs: in
     return messages
 
 
+PENDING_BEST = ".best.pt.pending.tmp"
+"""A new ``best.pt``, complete and fsynced, waiting for its epoch's ``last.pt`` to be committed."""
+
+
+def _write_error_reason(err: OSError) -> tuple[str, str]:
+    """(what went wrong, what to do) for a failed write, in words."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device", "free some space"
+    if err.errno == errno.EROFS:
+        return "the file system is read-only", "make the folder writable (or use another --output_dir)"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied", "make the folder writable (or use another --output_dir)"
+    return err.strerror or str(err), "fix the folder"
+
+
+def _free_text(folder: Path) -> str:
+    try:
+        return f", {shutil.disk_usage(folder).free / 2**20:,.1f} MB free in {folder}"
+    except OSError:
+        return ""
+
+
 class ResumableCheckpoint:
     """Atomic last/best checkpoints and automatic resume.
 
@@ -366,11 +409,17 @@ class ResumableCheckpoint:
     the trainer's counters, the global RNGs (torch, CUDA, numpy, python: dropout and the data
     loader's shuffling), the random transforms' own states (see :func:`_random_generators`), the
     batch augmentation's state (``prepare_batch.augment``, see :func:`_batch_augment`), the
-    state of early stopping and the key-metric engine's best metric. It is written after every
-    other end-of-epoch handler (history file, MLflow), so a kill between them makes the restart
-    redo that epoch instead of skipping its records. Weights that are no longer finite (a diverged
-    run) are never written: :class:`medmtl.engines.guards.NonFiniteError` is raised instead and the
-    previous ``last.pt`` stays.
+    state of early stopping and the key-metric engine's best metric. Weights that are no longer
+    finite (a diverged run) are never written: :class:`medmtl.engines.guards.NonFiniteError` is
+    raised instead and the previous ``last.pt`` stays.
+
+    ``last.pt`` is the commit point of an epoch, written after every other end-of-epoch handler
+    (MLflow's included). A new ``best.pt`` is first written beside it (``.best.pt.pending.tmp``)
+    and takes its name only once ``last.pt`` is written; the history file
+    (:class:`medmtl.engines.EpochProgress`, adopted through its ``resumable_state_key``) is kept
+    inside ``last.pt`` and rewritten after it. A failed write (full disk, read-only folder) thus
+    leaves ``last.pt``, ``best.pt`` and ``history.json`` at the same epoch, and a kill between
+    ``last.pt`` and the others is completed when the run starts again.
 
     Args:
         save_dir: folder of ``last.pt`` and ``best.pt``.
@@ -381,6 +430,10 @@ class ResumableCheckpoint:
         key_metric: name of that metric; ``None`` uses the engine's ``key_metric_name``.
         higher_is_better: direction of the key metric.
         save_every: epochs between ``last.pt`` saves.
+        exit_on_error: a checkpoint that cannot be read or written ends the run with
+            :class:`~medmtl.engines.checkpoint_io.CheckpointExit` (exit status 1, one message, no
+            traceback; what bundles set) instead of raising :class:`CheckpointError` /
+            :class:`CheckpointWriteError`.
     """
 
     def __init__(
@@ -392,6 +445,7 @@ class ResumableCheckpoint:
         key_metric: str | None = None,
         higher_is_better: bool = True,
         save_every: int = 1,
+        exit_on_error: bool = False,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
@@ -400,9 +454,13 @@ class ResumableCheckpoint:
         self.key_metric = key_metric
         self.higher_is_better = higher_is_better
         self.save_every = save_every
+        self.exit_on_error = exit_on_error
         self.best_value = -math.inf if higher_is_better else math.inf
         self.best_epoch = -1
         self._trainer: Engine | None = None
+        self._followers: list[Any] = []  # objects committed after last.pt (history)
+        self._pending_best = False
+        self._saved_epoch: int | None = None  # the epoch last.pt holds
 
     @property
     def last_path(self) -> Path:
@@ -411,6 +469,10 @@ class ResumableCheckpoint:
     @property
     def best_path(self) -> Path:
         return self.save_dir / "best.pt"
+
+    @property
+    def pending_best_path(self) -> Path:
+        return self.save_dir / PENDING_BEST
 
     def attach(self, trainer: Engine) -> None:
         if trainer.has_event_handler(self.started, Events.STARTED):
@@ -422,20 +484,78 @@ class ResumableCheckpoint:
         if self.key_metric_engine is not None:
             self.key_metric_engine.add_event_handler(Events.COMPLETED, self._maybe_save_best(trainer))
 
+    def _fail(self, error: Exception) -> None:
+        if self.exit_on_error:  # not logged: Python prints the exit message, once
+            raise CheckpointExit(error) from None
+        logger.error("%s", error)
+        raise error
+
     def started(self, trainer: Engine) -> None:
-        """Clean up after a killed write, resume, and register the saves behind every other handler.
+        """Adopt the history, settle what a killed run left, resume, and register the saves behind every other handler.
 
         The saves are registered here, when the trainer starts, rather than in :meth:`attach`: by now
         every handler of the bundle (and MLflow's, added after ours by ``--tracking``) is attached,
         so ``last.pt`` is the last thing written at the end of an epoch.
         """
-        if self._is_main():
-            self._remove_stale_temp_files()
-        if self.resume:
-            self.load_last(trainer)
+        self._adopt_followers(trainer)
+        try:
+            checkpoint = self._read_last() if self.resume else None
+            if self._is_main():
+                self._settle_pending_best(checkpoint)
+                self._remove_stale_temp_files()
+            if checkpoint is not None:
+                self.load_last(trainer, checkpoint)
+        except CheckpointError as err:
+            self._fail(err)
+        except OSError as err:  # settling best.pt or rewriting the history from last.pt
+            reason, fix = _write_error_reason(err)
+            self._fail(
+                CheckpointWriteError(
+                    f"could not update the files of {self.save_dir} from {self.last_path} at the start: {reason}"
+                    f"{_free_text(self.save_dir)}; {fix}, then run the same command again"
+                )
+            )
         if not trainer.has_event_handler(self.save_last, Events.COMPLETED):
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save_last)
             trainer.add_event_handler(Events.COMPLETED, self.save_last)
+
+    def _adopt_followers(self, trainer: Engine) -> None:
+        """Save the state of handlers that declare a ``resumable_state_key`` (the history) in ``last.pt``."""
+        for owner in _attached(trainer):
+            key = getattr(owner, "resumable_state_key", None)
+            if not isinstance(key, str) or not hasattr(owner, "state_dict") or any(owner is f for f in self._followers):
+                continue
+            self.save_dict.setdefault(key, owner)
+            self._followers.append(owner)
+            owner.committed_by_checkpoint = True
+
+    def _read_last(self) -> dict[str, Any] | None:
+        if not self.last_path.is_file():
+            return None
+        checkpoint = load_checkpoint(self.last_path, map_location="cpu", what="the run's last checkpoint")
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointError(
+                f"{self.last_path} holds a {type(checkpoint).__name__}, not a medmtl training state: start a new run "
+                "in another --output_dir (or --resume false)"
+            )
+        return dict(checkpoint)
+
+    def _settle_pending_best(self, checkpoint: Mapping[str, Any] | None) -> None:
+        """Finish or undo a ``best.pt`` update a killed run left: kept only if ``last.pt`` recorded its epoch."""
+        pending = self.pending_best_path
+        if not pending.is_file():
+            return
+        recorded = (checkpoint or {}).get("best", {}).get("epoch")
+        try:
+            epoch = load_checkpoint(pending, what="pending best.pt").get("epoch")
+        except (CheckpointError, AttributeError):
+            epoch = None
+        if recorded is not None and epoch == recorded:
+            os.replace(pending, self.best_path)
+            logger.info("completed the best.pt update of epoch %s interrupted after last.pt was written", epoch)
+        else:
+            pending.unlink(missing_ok=True)
+            logger.info("discarded a best.pt of epoch %s whose last.pt was never written (the epoch is redone)", epoch)
 
     def _remove_stale_temp_files(self) -> None:
         """Delete ``.last.pt.*.tmp`` / ``.best.pt.*.tmp`` left by a run killed inside a write."""
@@ -485,16 +605,62 @@ class ResumableCheckpoint:
             }
         return state
 
-    def save_last(self, trainer: Engine) -> None:
-        self._check_finite(str(self.last_path), trainer.state.epoch)  # every DDP rank stops, not only rank 0
-        if self._is_main():
-            atomic_torch_save(self._state(), self.last_path)
+    def _held(self) -> str:
+        if self._saved_epoch is None:
+            return "no checkpoint was written yet"
+        return f"{self.last_path} still holds epoch {self._saved_epoch}, and best.pt and history.json agree with it"
 
-    def load_last(self, trainer: Engine) -> None:
-        if not self.last_path.is_file():
+    def save_last(self, trainer: Engine) -> None:
+        """Write ``last.pt`` (the epoch's commit point), then the pending ``best.pt`` and the history."""
+        epoch = trainer.state.epoch
+        self._check_finite(str(self.last_path), epoch)  # every DDP rank stops, not only rank 0
+        if not self._is_main():
             return
-        checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        try:
+            atomic_torch_save(self._state(), self.last_path)
+        except OSError as err:
+            self.pending_best_path.unlink(missing_ok=True)
+            self._pending_best = False
+            reason, fix = _write_error_reason(err)
+            self._fail(
+                CheckpointWriteError(
+                    f"could not write {self.last_path} at the end of epoch {epoch}: {reason}{_free_text(self.save_dir)}. "
+                    f"{self._held()}; {fix}, then run the same command to resume"
+                )
+            )
+        self._saved_epoch = epoch
+        try:
+            if self._pending_best:
+                os.replace(self.pending_best_path, self.best_path)
+                self._pending_best = False
+            for follower in self._followers:
+                follower.commit()
+        except OSError as err:
+            reason, fix = _write_error_reason(err)
+            self._fail(
+                CheckpointWriteError(
+                    f"could not update best.pt / the history after {self.last_path} (epoch {epoch}) was written: "
+                    f"{reason}{_free_text(self.save_dir)}. {self.last_path} holds this epoch and its history, and the "
+                    f"next run completes best.pt and history.json from it; {fix}, then run the same command to resume"
+                )
+            )
+
+    def load_last(self, trainer: Engine, checkpoint: Mapping[str, Any] | None = None) -> None:
+        """Restore the run from ``last.pt`` (read here when ``checkpoint`` is not given).
+
+        Raises:
+            CheckpointError: ``last.pt`` is damaged, refused, or was written by another configuration
+                (the message names the keys or objects that do not fit).
+        """
+        if checkpoint is None:
+            checkpoint = self._read_last()
+            if checkpoint is None:
+                return
         max_epochs = trainer.state.max_epochs
+        fix = (
+            "it was written by another configuration (network, tasks or optimizer changed since): give this "
+            "configuration its own --output_dir, or pass --resume false to start over here (that overwrites last.pt)"
+        )
         for name, obj in self.save_dict.items():
             if name not in checkpoint and getattr(obj, "resumes_without_state", False):
                 logger.warning(
@@ -506,11 +672,23 @@ class ResumableCheckpoint:
                 obj.load_state_dict({})
                 continue
             if name not in checkpoint:
-                raise KeyError(f"{self.last_path} has no '{name}'; it holds {sorted(checkpoint)}")
-            if isinstance(obj, torch.nn.Module):
-                unwrap(obj).load_state_dict(_strip_module_prefix(checkpoint[name]))
-            else:
-                obj.load_state_dict(checkpoint[name])
+                raise CheckpointError(
+                    f"{self.last_path} has no '{name}' (it holds {sorted(map(str, checkpoint))}): {fix}"
+                )
+            try:
+                if isinstance(obj, torch.nn.Module):
+                    state = _strip_module_prefix(checkpoint[name])
+                    check_state_dict_fits(unwrap(obj), state, self.last_path, fix=fix)
+                    unwrap(obj).load_state_dict(state)
+                else:
+                    obj.load_state_dict(checkpoint[name])
+            except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as err:
+                if isinstance(err, CheckpointError):
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise CheckpointError(
+                    f"{self.last_path}: its '{name}' state does not fit this run's {type(obj).__name__} ({first}); {fix}"
+                ) from None
         trainer.state.max_epochs = max_epochs  # the command line's epochs win over the checkpoint's
         saved_epochs = checkpoint.get("trainer", {}).get("max_epochs")
         if saved_epochs is not None and max_epochs is not None and saved_epochs != max_epochs:
@@ -537,6 +715,7 @@ class ResumableCheckpoint:
             self.key_metric_engine.state.best_metric_epoch = saved_best["best_metric_epoch"]
         self.best_value = checkpoint["best"]["value"]
         self.best_epoch = checkpoint["best"]["epoch"]
+        self._saved_epoch = trainer.state.epoch
         logger.info("resumed from %s at epoch %d", self.last_path, trainer.state.epoch)
 
     def ensure_best(self, trainer: Engine) -> None:
@@ -547,11 +726,20 @@ class ResumableCheckpoint:
         model. nnU-Net always leaves a final checkpoint; here ``best.pt`` falls back to the final
         weights with a warning that says why.
         """
-        if self.best_path.is_file() or not self._is_main():
+        if self.best_path.is_file() or self._pending_best or not self._is_main():
             return
         self._check_finite(str(self.best_path), trainer.state.epoch)
         network = unwrap(self.save_dict["network"])
-        atomic_torch_save({"network": network.state_dict(), "epoch": trainer.state.epoch}, self.best_path)
+        try:
+            atomic_torch_save({"network": network.state_dict(), "epoch": trainer.state.epoch}, self.best_path)
+        except OSError as err:
+            reason, fix = _write_error_reason(err)
+            self._fail(
+                CheckpointWriteError(
+                    f"could not write {self.best_path}: {reason}{_free_text(self.save_dir)}; {fix}, then run the "
+                    "same command (the training is finished: it only writes the checkpoints)"
+                )
+            )
         logger.warning(
             "no finite validation key metric in %d epochs (does the validation split have labelled cases?): "
             "%s holds the final weights",
@@ -567,14 +755,24 @@ class ResumableCheckpoint:
                 return
             better = value > self.best_value if self.higher_is_better else value < self.best_value
             if better:
-                self._check_finite(str(self.best_path), trainer.state.epoch)
+                epoch = trainer.state.epoch
+                self._check_finite(str(self.best_path), epoch)
                 if self._is_main():
                     network = unwrap(self.save_dict["network"])
-                    atomic_torch_save(
-                        {"network": network.state_dict(), "epoch": trainer.state.epoch, name: float(value)},
-                        self.best_path,
-                    )
-                self.best_value, self.best_epoch = float(value), trainer.state.epoch
-                logger.info("new best %s = %.4f at epoch %d -> %s", name, value, trainer.state.epoch, self.best_path)
+                    state = {"network": network.state_dict(), "epoch": epoch, name: float(value)}
+                    try:  # takes the name best.pt once this epoch's last.pt is written (save_last)
+                        os.replace(_saved_temp(state, self.best_path), self.pending_best_path)
+                    except OSError as err:
+                        reason, fix = _write_error_reason(err)
+                        self._fail(
+                            CheckpointWriteError(
+                                f"could not write the new {self.best_path} of epoch {epoch}: {reason}"
+                                f"{_free_text(self.save_dir)}. {self._held()}; {fix}, then run the same command "
+                                "to resume"
+                            )
+                        )
+                    self._pending_best = True
+                self.best_value, self.best_epoch = float(value), epoch
+                logger.info("new best %s = %.4f at epoch %d -> %s", name, value, epoch, self.best_path)
 
         return save_best

@@ -51,7 +51,15 @@ class EpochProgress:
         bar: ``None`` shows the bar only when stderr is a terminal.
         history_file: JSON file updated every epoch with one record of scalars per epoch (training
             losses, task weights, validation metrics), read by the evaluation report's curves.
+
+    With a :class:`medmtl.engines.ResumableCheckpoint` on the same trainer, the records are kept
+    inside ``last.pt`` (``resumable_state_key``) and the file is written only after ``last.pt``
+    (:meth:`commit`): after any failure it never lists an epoch ``last.pt`` does not hold, and a
+    resumed run rewrites it from ``last.pt``. Without one, it is written at the end of each epoch.
     """
+
+    resumable_state_key = "history"
+    resumes_without_state = True  # a last.pt written before the history was part of it
 
     def __init__(
         self,
@@ -65,10 +73,14 @@ class EpochProgress:
         self.bar = sys.stderr.isatty() if bar is None else bar
         self.history_file = Path(history_file) if history_file else None
         self.best: tuple[float, int] | None = None
+        self.committed_by_checkpoint = False  # set by ResumableCheckpoint when it adopts this handler
+        self._records: list[dict[str, Any]] | None = None
+        self._engine: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
         if engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
             return
+        self._engine = engine
         if self.bar:
             ProgressBar(persist=False).attach(engine, output_transform=_loss_of)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
@@ -104,22 +116,69 @@ class EpochProgress:
             parts.append("val " + ", ".join(shown))
         logger.info(" | ".join(parts))
         if self.history_file is not None:
-            self._save_history(engine)
+            self._record(engine)
+            if not self.committed_by_checkpoint:
+                self.commit()
 
-    def _save_history(self, engine: Engine) -> None:
-        """One record per epoch in a JSON list; a resumed run replaces the epochs it redoes."""
-        records = json.loads(self.history_file.read_text()) if self.history_file.is_file() else []
+    def _read_file(self) -> list[dict[str, Any]]:
+        """The records of an existing history file; a damaged one is replaced (with a warning)."""
+        if self.history_file is None or not self.history_file.is_file():
+            return []
+        try:
+            records = json.loads(self.history_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning(
+                "%s cannot be read (%s): it is written again from this run's records", self.history_file, err
+            )
+            return []
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            logger.warning(
+                "%s is not a list of epoch records: it is written again from this run's records", self.history_file
+            )
+            return []
+        return records
+
+    def _record(self, engine: Engine) -> None:
+        """One record per epoch; a resumed run replaces the epochs it redoes."""
+        if self._records is None:
+            self._records = self._read_file()
         epoch = engine.state.epoch
         record = {"epoch": epoch}
         record.update({k: _finite(v) for k, v in engine.state.metrics.items() if isinstance(v, int | float)})
         if self.evaluator is not None:
             val = self.evaluator.state.metrics
             record.update({f"val_{k}": _finite(v) for k, v in val.items() if isinstance(v, int | float)})
-        records = [r for r in records if r.get("epoch", 0) < epoch] + [record]
+        self._records = [r for r in self._records if r.get("epoch", 0) < epoch] + [record]
+
+    def commit(self) -> None:
+        """Write the records to the history file (atomically: a temp file, then a rename)."""
+        if self.history_file is None or self._records is None:
+            return
         self.history_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.history_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(records))
-        os.replace(tmp, self.history_file)
+        try:
+            tmp.write_text(json.dumps(self._records))
+            os.replace(tmp, self.history_file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far (saved in ``last.pt`` by :class:`medmtl.engines.ResumableCheckpoint`)."""
+        return {"records": list(self._records or [])}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the records of ``last.pt`` and rewrite the history file to match them.
+
+        An empty ``state`` (a ``last.pt`` written before the history was part of it) keeps the file's
+        records up to the resumed epoch.
+        """
+        if "records" in state:
+            self._records = [dict(r) for r in state["records"]]
+        else:
+            epoch = self._engine.state.epoch if self._engine is not None else 0
+            self._records = [r for r in self._read_file() if r.get("epoch", 0) <= epoch]
+        self.commit()
 
 
 def _finite(value: Any) -> float | None:

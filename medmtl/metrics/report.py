@@ -29,7 +29,7 @@ import numpy as np
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
 from medmtl.metrics import plots
-from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, mean_primary
+from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, ResultsFileError, _read_npz, mean_primary
 
 __all__ = [
     "Overlay",
@@ -369,12 +369,38 @@ def _save_overlays(overlays: Sequence[Overlay], path: Path) -> None:
 def _load_overlays(path: Path) -> list[Overlay]:
     if not path.is_file():
         return []
-    with np.load(path, allow_pickle=False) as data:
+    data = _read_npz(path)
+    try:
         ids, tasks = data["case_ids"].tolist(), data["tasks"].tolist()
         return [
             Overlay(c, data[f"{i}.image"], data[f"{i}.true_mask"], data[f"{i}.pred_mask"], t or None)
             for i, (c, t) in enumerate(zip(ids, tasks, strict=True))
         ]
+    except (KeyError, ValueError) as err:
+        raise ResultsFileError(
+            f"{path}: the overlay arrays are incomplete ({type(err).__name__}: {err}); evaluate again, or delete the "
+            "file to rebuild the report without overlays"
+        ) from None
+
+
+def _read_summary(path: Path) -> tuple[dict[str, Any], list[Task]]:
+    """``summary.json`` and its tasks, with a clear error when it is not what ``write_report`` wrote."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ResultsFileError(
+            f"{path} is not valid JSON ({err}): it was not written completely or was changed; evaluate again"
+        ) from None
+    if not isinstance(summary, dict) or not summary.get("tasks"):
+        raise ValueError(f"{path} has no 'tasks' list; it was not written by medmtl.metrics.write_report")
+    try:
+        tasks = [Task.model_validate(t) for t in summary["tasks"]]
+    except ValueError as err:
+        first = str(err).strip().splitlines()
+        raise ResultsFileError(
+            f"{path}: its 'tasks' are not valid task definitions ({first[0] if first else err}); evaluate again"
+        ) from None
+    return summary, tasks
 
 
 def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Path:
@@ -395,15 +421,14 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
     Raises:
         FileNotFoundError: naming the missing file.
         ValueError: when ``summary.json`` lacks the task definitions.
+        ResultsFileError: when ``summary.json``, ``predictions.npz`` or ``overlays.npz`` is truncated,
+            malformed or holds pickled objects (refused, never loaded).
     """
     run = Path(run_dir)
     summary_path = run / SUMMARY_FILE
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found; expected a folder written by medmtl.metrics.write_report")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if not summary.get("tasks"):
-        raise ValueError(f"{summary_path} has no 'tasks' list; it was not written by medmtl.metrics.write_report")
-    tasks = [Task.model_validate(t) for t in summary["tasks"]]
+    summary, tasks = _read_summary(summary_path)
     settings = summary.get("settings", {})
     results = EvaluationResults.load(run / PREDICTIONS_FILE, tasks)
     return write_report(

@@ -14,6 +14,7 @@ Only labelled cases are stored: a case without a label for a task is not part of
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
 
-__all__ = ["TaskResult", "EvaluationResults", "mean_primary", "PREDICTIONS_FILE"]
+__all__ = ["TaskResult", "EvaluationResults", "ResultsFileError", "mean_primary", "PREDICTIONS_FILE"]
 
 #: file name of the per-case arrays written beside ``summary.json``.
 PREDICTIONS_FILE = "predictions.npz"
@@ -256,6 +257,37 @@ def mean_primary(
     return float(np.mean(scores)) if scores else math.nan
 
 
+class ResultsFileError(ValueError):
+    """A results file (``predictions.npz``) cannot be used: the message names the file, the problem and the fix."""
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, with ``allow_pickle=False`` and one clear error for each way it fails."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ResultsFileError(
+                f"{path} is a single .npy array, not the .npz archive of an evaluation; evaluate again"
+            )
+        with data:
+            return {k: data[k] for k in data.files}
+    except ResultsFileError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise ResultsFileError(
+                f"refused: {path} holds pickled Python objects, which medmtl never loads (nothing in the file is "
+                "executed); use the predictions.npz an evaluation wrote, or evaluate again"
+            ) from None
+        raise ResultsFileError(f"{path} is not a predictions archive medmtl can read ({err}); evaluate again") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
+        raise ResultsFileError(
+            f"{path} is truncated or corrupt ({detail}): it was not written completely or was changed; evaluate "
+            "again to write it"
+        ) from None
+
+
 @dataclass
 class EvaluationResults:
     """Per-case data of every task of one evaluation (labelled cases per task).
@@ -326,31 +358,40 @@ class EvaluationResults:
 
         Raises:
             FileNotFoundError: when ``path`` does not exist.
-            KeyError: when a task has no arrays in the file.
+            ResultsFileError: when the file is truncated, not an ``.npz`` archive, holds pickled objects
+                (refused: never loaded), or lacks or mangles a task's arrays.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"predictions file {path} not found; write_report() writes it as {PREDICTIONS_FILE}"
             )
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = _read_npz(path)
         results = []
         for task in tasks:
             prefix = f"{task.name}{_SEP}"
             if f"{prefix}case_ids" not in arrays:
-                raise KeyError(
-                    f"{path}: no arrays for task '{task.name}' (has {sorted({k.split(_SEP)[0] for k in arrays})})"
+                raise ResultsFileError(
+                    f"{path}: no arrays for task '{task.name}' (it has {sorted({k.split(_SEP)[0] for k in arrays})}); "
+                    "give the predictions.npz of an evaluation of these tasks, or evaluate again"
                 )
             metric_prefix = f"{prefix}metric{_SEP}"
-            results.append(
-                TaskResult(
-                    task=task,
-                    case_ids=arrays[f"{prefix}case_ids"].tolist(),
-                    probabilities=arrays.get(f"{prefix}probabilities"),
-                    labels=arrays.get(f"{prefix}labels"),
-                    case_metrics={k[len(metric_prefix) :]: v for k, v in arrays.items() if k.startswith(metric_prefix)},
-                    threshold=float(arrays[f"{prefix}threshold"]),
+            try:
+                results.append(
+                    TaskResult(
+                        task=task,
+                        case_ids=arrays[f"{prefix}case_ids"].tolist(),
+                        probabilities=arrays.get(f"{prefix}probabilities"),
+                        labels=arrays.get(f"{prefix}labels"),
+                        case_metrics={
+                            k[len(metric_prefix) :]: v for k, v in arrays.items() if k.startswith(metric_prefix)
+                        },
+                        threshold=float(arrays[f"{prefix}threshold"]),
+                    )
                 )
-            )
+            except (KeyError, ValueError, TypeError, IndexError) as err:
+                raise ResultsFileError(
+                    f"{path}: the arrays of task '{task.name}' are incomplete or malformed ({type(err).__name__}: "
+                    f"{err}); it was not written by medmtl's evaluation, or was changed: evaluate again"
+                ) from None
         return cls.from_results(results)
