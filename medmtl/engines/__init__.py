@@ -49,6 +49,7 @@ from medmtl.engines.handlers import (
 )
 from medmtl.engines.host_memory import tune_host_allocator
 from medmtl.engines.iteration import GradientSurgeryIteration
+from medmtl.engines.param_groups import optimizer_param_groups
 from medmtl.engines.prepare_batch import (
     FlattenTaskOutputsd,
     MultiTaskPrepareBatch,
@@ -77,6 +78,7 @@ from medmtl.engines.semi_supervised import (
     pseudo_label_mask,
     sigmoid_rampup,
 )
+from medmtl.engines.start_checks import BundleStartError, BundleStartExit, check_bundle_start
 from medmtl.engines.time_budget import TimeBudget
 from medmtl.engines.weight_average import EMAWeights
 
@@ -101,6 +103,7 @@ __all__ = [
     "PretrainedLoadReport",
     "encoder_parameters",
     "finetune_param_groups",
+    "optimizer_param_groups",
     "freeze_encoder",
     "load_pretrained",
     "SemiSupervisedHandler",
@@ -128,6 +131,9 @@ __all__ = [
     "TrainingMemoryGuard",
     "non_finite_tensors",
     "tune_host_allocator",
+    "BundleStartError",
+    "BundleStartExit",
+    "check_bundle_start",
     "CheckpointError",
     "CheckpointExit",
     "CheckpointWriteError",

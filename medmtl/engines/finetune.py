@@ -278,10 +278,8 @@ def finetune_param_groups(
     Raises:
         ValueError: for a negative ``lr`` or ``encoder_lr_factor``.
 
-    Bundle config::
-
-        "params": "$medmtl.engines.finetune_param_groups(@network, @learning_rate, 0.1, @weight_decay)
-                    + @loss_function.param_groups()"
+    Bundles use :func:`medmtl.engines.optimizer_param_groups` with ``encoder_lr_factor``, which
+    makes the same groups and adds the network's own (cross-stitch) and the loss's.
     """
     if lr < 0 or encoder_lr_factor < 0:
         raise ValueError(f"finetune_param_groups: lr={lr} and encoder_lr_factor={encoder_lr_factor} must be >= 0")

@@ -178,7 +178,7 @@ def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
     Image.new("L", (32, 32)).save(root / "masks" / "case_007.png")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
     cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(root)]
-    cmd += ["--output_dir", str(tmp_path / "run"), "--epochs", "1"]
+    cmd += ["--output_dir", str(tmp_path / "run"), "--epochs", "1", "--val_interval", "1"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0

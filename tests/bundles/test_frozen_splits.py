@@ -25,7 +25,7 @@ CONFIGS = REPO / "bundles" / "demo" / "configs"
 def _train(work: Path, data: Path, epochs: int, *extra: str) -> str:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
     cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(data)]
-    cmd += ["--output_dir", str(work / "run"), "--epochs", str(epochs), *extra]
+    cmd += ["--output_dir", str(work / "run"), "--epochs", str(epochs), "--val_interval", "1", *extra]
     result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
