@@ -76,6 +76,18 @@ def test_report_names_truncated_and_foreign_predictions(eval_dir, capsys) -> Non
         EvaluationResults.load(predictions, [TASK])
 
 
+def test_report_names_predictions_that_are_a_folder_or_a_pipe(eval_dir, capsys) -> None:
+    predictions = eval_dir / "predictions.npz"
+    predictions.unlink()
+    predictions.mkdir()
+    code, err = _main(capsys, "report", str(eval_dir))
+    assert code == 1 and f"predictions file {predictions} is a folder: it is not read" in err
+    predictions.rmdir()
+    os.mkfifo(predictions)  # opening it would wait for a writer
+    code, err = _main(capsys, "report", str(eval_dir))
+    assert code == 1 and "is not a regular file (a pipe, device or socket)" in err
+
+
 def test_report_and_summary_with_a_damaged_summary_json(eval_dir, tmp_path, capsys) -> None:
     (eval_dir / "summary.json").write_text('{"tasks": [')
     code, err = _main(capsys, "report", str(eval_dir))
@@ -88,6 +100,25 @@ def test_report_and_summary_with_a_damaged_summary_json(eval_dir, tmp_path, caps
     assert code == 0 and "summary.json cannot be read" in out and "MLflow runs:" in out  # the rest still shown
     code, err = _main(capsys, "summary", str(tmp_path / "nowhere"))
     assert code == 1 and err.startswith("error: run folder ") and "does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"tasks": 5}, "its 'tasks' is a JSON int, not a list"),
+        ({"settings": [1]}, "its 'settings' (an object"),
+        ({"settings": {"n_resamples": "many"}}, "its 'settings' hold a value that is not a number"),
+        ({"settings": {"n_resamples": 10**12}}, "ask for 1000000000000 bootstrap resamples, more than the 100000"),
+        ({"settings": {"primary": 5}}, "'primary' mapping task names to metric names"),
+        ({"history": {"loss": 5}}, "or 'history' (an object of number lists) is malformed"),
+        ({"history": "x"}, "or 'history' (an object of number lists) is malformed"),
+    ],
+)
+def test_report_names_a_summary_json_of_the_wrong_shape(eval_dir, capsys, change, says) -> None:
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    (eval_dir / "summary.json").write_text(json.dumps({**summary, **change}))
+    code, err = _main(capsys, "report", str(eval_dir))
+    assert code == 1 and err.startswith(f"error: {eval_dir / 'summary.json'}: ") and says in err
 
 
 def test_unexpected_errors_are_named_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch) -> None:

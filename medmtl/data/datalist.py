@@ -214,6 +214,9 @@ def build_cases(
         labelled = any(case[present_key(t.name)] for t in spec.tasks)
         for entry in census:
             entry.count(case, source, labelled)
+    # no case read because of errors (an unreadable case table): every mask would look stray, and the
+    # advice to delete stray masks would destroy the labels; the errors say what to fix first
+    census = census if table.cases or not table.errors else []
     for entry in census:
         if entry.which == "label":  # a case with only the weak mask is weakly labelled, not a lost file
             for weak in (e for e in census if e.task == entry.task and e.which == "weak_label"):
@@ -972,9 +975,16 @@ _ID_CHARACTERS = {
 }
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Invisible characters that reorder the text around them: an id holding one displays as another id."""
+
+
 def _bad_character(text: str) -> str | None:
-    """The first control character or line/paragraph separator in ``text`` (what breaks a line or a file name)."""
-    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    """The first control character, line/paragraph separator or bidirectional control in ``text``.
+
+    These break a line or a file name, or (bidirectional controls) make the id display as a different one.
+    """
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS), None)
 
 
 def _case_id_error(case_id: str) -> str | None:
@@ -983,7 +993,8 @@ def _case_id_error(case_id: str) -> str | None:
         return "is empty"
     bad = _bad_character(case_id)
     if bad is not None:
-        return f"contains the control character U+{ord(bad):04X} ({_ID_CHARACTERS.get(bad, 'control character')})"
+        what = "bidirectional text control" if bad in _BIDI_CONTROLS else "control character"
+        return f"contains the control character U+{ord(bad):04X} ({_ID_CHARACTERS.get(bad, what)})"
     return None
 
 

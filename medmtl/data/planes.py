@@ -51,6 +51,7 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import Orientation, Resize, ScaleIntensityRangePercentiles, SpatialPad
 from monai.utils import MetaKeys, SpaceKeys
 
+from medmtl.data.format_checks import affine_problem
 from medmtl.data.problems import DataError, Problem
 from medmtl.data.readers import ImageReadError, MedmtlDicomReader, load_image, reader_for
 
@@ -219,7 +220,10 @@ def _load(source: Path) -> torch.Tensor:
             ],
             context=name,
         )
-    image = load_image(source)
+    image = load_image(source)  # first: it refuses pipes, devices and oversized headers unopened
+    broken = affine_problem(source)  # NaN/Inf or 0 mm: the planes and spacing would come from a broken matrix
+    if broken is not None:
+        raise DataError([broken], context=name)
     if image.meta.get("dicom_has_geometry") is False:
         raise DataError(
             [

@@ -405,8 +405,15 @@ _FILE_FIX = (
 
 def _read_recorded(path: Path, problems: list[Problem]) -> dict[str, str] | None:
     """``{case_id: split}`` from ``path``, or None with one error listing everything wrong with it."""
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
+        return _bad_file(problems, path, f"cannot read the splits file: it is {what}, not opened")
     try:
-        content = json.loads(path.read_bytes().decode("utf-8"))
+        content = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKeyError as err:
+        return _bad_file(
+            problems, path, f"the splits file is malformed: split {err} appears twice (JSON keeps the last)"
+        )
     except OSError as err:
         return _bad_file(problems, path, f"cannot read the splits file: {err.strerror or err}")
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -433,6 +440,18 @@ def _read_recorded(path: Path, problems: list[Problem]) -> dict[str, str] | None
     if found:
         return _bad_file(problems, path, "the splits file is malformed: " + "; ".join(found))
     return recorded
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object with one key twice: ``json`` would silently keep the last value."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKeyError(repr(key))
+    return dict(pairs)
 
 
 def _bad_file(problems: list[Problem], path: Path, message: str) -> None:
@@ -519,6 +538,7 @@ def write_splits(assignment: list[dict] | dict[str, str], path: str | os.PathLik
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run's split from colleagues evaluating it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

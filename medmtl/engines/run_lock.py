@@ -253,6 +253,20 @@ def _release_all() -> None:
 atexit.register(_release_all)
 
 
+def _no_link_out(folder: Path) -> None:
+    """Raise when a subfolder of ``folder`` is a link out of it: case files are never written outside it."""
+    root = folder.resolve()
+    with os.scandir(folder) as entries:
+        links = sorted(Path(e.path) for e in entries if e.is_symlink() and e.is_dir())
+    for link in links:
+        target = link.resolve()
+        if not target.is_relative_to(root):
+            raise OutputDirError(
+                f"{link} is a link to {target}, outside the output folder {root}: medmtl writes case files only "
+                "inside the output folder; remove the link, or give an --output_dir on the disk it points to"
+            )
+
+
 def _writable(folder: Path) -> None:
     """Create the folder and write a byte into it; raise :class:`OutputDirError` in one line if that fails."""
     if folder.exists() and not folder.is_dir():
@@ -446,6 +460,7 @@ def check_output_dir(
     path = Path(folder).absolute()
     try:
         _writable(path)
+        _no_link_out(path)
         free = shutil.disk_usage(path).free
         if free < margin_bytes:
             raise OutputDirError(

@@ -29,6 +29,8 @@ from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.scripts import create_workflow
 from monai.bundle.scripts import run as monai_run
 
+from medmtl.engines.checkpoint_io import CheckpointError, load_checkpoint
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BundleStartError", "BundleStartExit", "check_bundle_start", "cli_overrides", "unknown_override_problems"]
@@ -160,6 +162,26 @@ def _epoch_problems(epochs: Any, val_interval: Any, overrides: dict[str, Any] | 
     ]
 
 
+def _checkpoint_problems(ckpt_path: str | os.PathLike, overrides: dict[str, Any] | None) -> list[str]:
+    """A missing, damaged or refused checkpoint, found before the data is cached and the engine runs.
+
+    Why here and not only in the loader: an error raised inside the engine is logged with its
+    traceback by MONAI's ``StatsHandler`` before the bundle exits.
+    """
+    given = bool(overrides and "ckpt_path" in overrides)
+    if os.path.isdir(ckpt_path):
+        return [f"{'--ckpt_path ' if given else 'checkpoint '}{ckpt_path} is a folder: give the path of the .pt file"]
+    if not os.path.isfile(ckpt_path):
+        if given:
+            return [f"--ckpt_path {ckpt_path}: no such checkpoint file"]
+        return [f"checkpoint {ckpt_path} does not exist: train first (with the same --output_dir), or pass --ckpt_path"]
+    try:
+        load_checkpoint(ckpt_path, map_location="cpu")
+    except CheckpointError as err:
+        return [str(err)]
+    return []
+
+
 def check_bundle_start(
     device: Any = None,
     *,
@@ -172,7 +194,8 @@ def check_bundle_start(
     """Refuse a bundle command with mistakes, all of them at once, before anything is loaded.
 
     Checks: override keys the config does not define (``monai.bundle run`` only), ``device``
-    usable here, ``ckpt_path`` present (evaluation, inference), ``epochs`` at least ``val_interval``
+    usable here, ``ckpt_path`` a loadable checkpoint (evaluation, inference: missing, a folder,
+    truncated or holding code), ``epochs`` at least ``val_interval``
     (training; only a warning when ``--val_interval`` itself was given). An argument left ``None``
     is not checked.
 
@@ -193,13 +216,8 @@ def check_bundle_start(
         problems += unknown_override_problems(overrides)
     if device is not None and (problem := _device_problem(device)):
         problems.append(problem)
-    if ckpt_path is not None and not os.path.isfile(ckpt_path):
-        if overrides and "ckpt_path" in overrides:
-            problems.append(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        else:
-            problems.append(
-                f"checkpoint {ckpt_path} does not exist: train first (with the same --output_dir), or pass --ckpt_path"
-            )
+    if ckpt_path is not None:
+        problems += _checkpoint_problems(ckpt_path, overrides)
     if epochs is not None and val_interval is not None:
         problems += _epoch_problems(epochs, val_interval, overrides)
     if problems:

@@ -393,6 +393,26 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], list[Task]]:
         ) from None
     if not isinstance(summary, dict) or not summary.get("tasks"):
         raise ValueError(f"{path} has no 'tasks' list; it was not written by medmtl.metrics.write_report")
+    if not isinstance(summary["tasks"], list):
+        raise ResultsFileError(
+            f"{path}: its 'tasks' is a JSON {type(summary['tasks']).__name__}, not a list of task definitions; "
+            "it was changed or not written by medmtl.metrics.write_report: evaluate again"
+        )
+    settings, history = summary.get("settings", {}), summary.get("history")
+    curves_ok = history is None or (
+        isinstance(history, dict)
+        and all(
+            isinstance(v, list) and all(x is None or isinstance(x, int | float) for x in v) for v in history.values()
+        )
+    )
+    primary = settings.get("primary") if isinstance(settings, dict) else None
+    primary_ok = not primary or (isinstance(primary, dict) and all(isinstance(v, str) for v in primary.values()))
+    if not isinstance(settings, dict) or not curves_ok or not primary_ok:
+        raise ResultsFileError(
+            f"{path}: its 'settings' (an object; 'primary' mapping task names to metric names) or 'history' "
+            "(an object of number lists) is malformed; it was changed or not written by "
+            "medmtl.metrics.write_report: evaluate again"
+        )
     try:
         tasks = [Task.model_validate(t) for t in summary["tasks"]]
     except ValueError as err:
@@ -401,6 +421,10 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], list[Task]]:
             f"{path}: its 'tasks' are not valid task definitions ({first[0] if first else err}); evaluate again"
         ) from None
     return summary, tasks
+
+
+_MAX_RESAMPLES = 100_000
+"""Most bootstrap resamples :func:`report_from_dir` takes from a ``summary.json`` (written: 1000 by default)."""
 
 
 def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Path:
@@ -430,6 +454,19 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
         raise FileNotFoundError(f"{summary_path} not found; expected a folder written by medmtl.metrics.write_report")
     summary, tasks = _read_summary(summary_path)
     settings = summary.get("settings", {})
+    try:
+        n_resamples = int(settings.get("n_resamples", 1000))
+        confidence = float(settings.get("confidence", 0.95))
+        seed = int(settings.get("seed", 0))
+    except (TypeError, ValueError) as err:
+        raise ResultsFileError(
+            f"{summary_path}: its 'settings' hold a value that is not a number ({err}); evaluate again"
+        ) from None
+    if n_resamples > _MAX_RESAMPLES:
+        raise ResultsFileError(
+            f"{summary_path}: its 'settings' ask for {n_resamples} bootstrap resamples, more than the "
+            f"{_MAX_RESAMPLES} a report reads from a file (the rebuild would run for days); evaluate again"
+        )
     results = EvaluationResults.load(run / PREDICTIONS_FILE, tasks)
     return write_report(
         results,
@@ -437,9 +474,9 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
         tasks,
         history=summary.get("history"),
         overlays=_load_overlays(run / OVERLAYS_FILE),
-        n_resamples=int(settings.get("n_resamples", 1000)),
-        confidence=float(settings.get("confidence", 0.95)),
-        seed=int(settings.get("seed", 0)),
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
         primary=settings.get("primary") or None,
-        title=title or settings.get("title", "medmtl evaluation"),
+        title=title or str(settings.get("title", "medmtl evaluation")),
     )

@@ -362,6 +362,9 @@ class EvaluationResults:
                 (refused: never loaded), or lacks or mangles a task's arrays.
         """
         path = Path(path)
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
+            raise ResultsFileError(f"predictions file {path} is {what}: it is not read; evaluate again to write it")
         if not path.is_file():
             raise FileNotFoundError(
                 f"predictions file {path} not found; write_report() writes it as {PREDICTIONS_FILE}"

@@ -136,9 +136,10 @@ def test_evaluation_of_a_truncated_checkpoint_stops_with_one_line(trained) -> No
     broken.write_bytes((work / "run" / "models" / "best.pt").read_bytes()[:4096])
     result = _bundle(work, "train.json", "evaluate.json", ckpt_path=broken)
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
-    line = _last_line(result)
-    assert line.startswith("CheckpointError: ") and str(broken) in line and "truncated or corrupt" in line
+    for stream in (result.stdout, result.stderr):  # MONAI's StatsHandler logs engine errors to stdout
+        assert "Traceback" not in stream and "weights_only" not in stream
+    line = _last_line(result)  # found before the data is cached and the evaluator runs
+    assert line.startswith("BundleStartError: ") and str(broken) in line and "truncated or corrupt" in line
     torch.load(work / "run" / "models" / "best.pt", weights_only=True)  # the real one is untouched
 
 

@@ -1015,7 +1015,7 @@ def _mrnet_table_folder(root: Path) -> None:
 
 
 def _demo2d_bad_ids(root: Path) -> None:
-    for case in ("", "case\x01soh", "case\n_lf", "case\u2028ls", "case\x7fdel"):
+    for case in ("", "case\x01soh", "case\n_lf", "case\u2028ls", "case\x7fdel", "case\u202efdp.exe"):
         _demo2d_row(root, case)
 
 
@@ -1220,6 +1220,12 @@ CORPUS += [
         "demo2d",
         _nothing,
         ("labels.csv", "invalid_case_id", "'case\\x7fdel'", "U+007F (delete)", _ID_FIX),
+    ),
+    BadInput(
+        "case_id_bidi_override",
+        "demo2d",
+        _nothing,
+        ("labels.csv", "invalid_case_id", "'case\\u202efdp.exe'", "U+202E (bidirectional text control)", _ID_FIX),
     ),
     BadInput(
         "case_id_tab",

@@ -10,6 +10,8 @@ written through a sagittal knee-like layout, an axial LPS layout and a DICOM ser
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import time
 from pathlib import Path
 
@@ -238,8 +240,24 @@ def test_existing_case_is_kept_unless_overwrite(tmp_path):
         (lambda d: d / "absent.nii.gz", "missing_file"),
         (lambda d: _png(d / "slice.png"), "unsupported_format"),
         (lambda d: _npy(d / "knee.npy"), "unsupported_format"),
+        (lambda d: _broken_header(d, 280, struct.pack("<f", float("nan")), sform=1), "bad_affine"),
+        (lambda d: _broken_header(d, 80, struct.pack("<3f", 0, 0, 0), sform=0), "bad_affine"),
+        (lambda d: os.mkfifo(d / "pipe.nii.gz") or d / "pipe.nii.gz", "not_a_file"),
     ],
-    ids=["2d", "one_slice", "4d", "colour_dicom", "corrupt", "empty_folder", "missing", "png", "npy_without_geometry"],
+    ids=[
+        "2d",
+        "one_slice",
+        "4d",
+        "colour_dicom",
+        "corrupt",
+        "empty_folder",
+        "missing",
+        "png",
+        "npy_without_geometry",
+        "nan_affine",
+        "zero_mm_voxels",
+        "fifo",
+    ],
 )
 def test_bad_sources_raise_a_data_error_naming_the_file(tmp_path, make, check):
     source = make(tmp_path)
@@ -258,6 +276,17 @@ def _write(path: Path, data: bytes) -> Path:
 def _nifti(folder: Path, array: np.ndarray) -> Path:
     path = folder / "volume.nii.gz"
     nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+    return path
+
+
+def _broken_header(folder: Path, offset: int, raw: bytes, sform: int) -> Path:
+    """A volume whose raw header bytes at ``offset`` are replaced (nibabel repairs such values when it writes)."""
+    path = folder / "volume.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), path)
+    data = bytearray(path.read_bytes())
+    data[offset : offset + len(raw)] = raw
+    data[252:256] = struct.pack("<hh", 0, sform)  # qform_code, sform_code
+    path.write_bytes(bytes(data))
     return path
 
 

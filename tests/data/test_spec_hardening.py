@@ -269,6 +269,16 @@ def _missing(spec: Path) -> list:
     return [p for p in load_spec(spec).build_cases().problems if p.check == "missing_mask"]
 
 
+def test_an_unreadable_case_table_does_not_call_every_mask_stray(tmp_path):
+    spec = _masked_dataset(tmp_path, 5, set())
+    root = tmp_path / "generic"
+    assert len(load_spec(spec).build_cases().cases) == 5
+    (root / "labels.csv").unlink()
+    (root / "labels.csv").mkdir()  # e.g. a table that cannot be read
+    problems = load_spec(spec).build_cases().problems
+    assert [p.check for p in problems] == ["not_a_file"]  # no "delete the stray mask" for the 5 masks
+
+
 def test_a_case_without_the_mask_every_other_case_has_is_named(tmp_path):
     [problem] = _missing(_masked_dataset(tmp_path, 20, {7}))
     assert problem.case_id == "case_007" and problem.severity.value == "warning"

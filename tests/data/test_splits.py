@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -273,6 +274,7 @@ def test_a_recorded_unlabelled_case_that_gets_labels_is_new(tmp_path):
         ),
         (b'{"train": "c0000"}', "split 'train' is not a list of case id strings"),
         (b'{"train": [1, 2]}', "split 'train' is not a list of case id strings"),
+        (b'{"train": ["c0000"], "train": ["c0001"]}', "split 'train' appears twice"),
     ],
 )
 def test_a_malformed_splits_file_is_one_clear_error(tmp_path, content, says):
@@ -298,6 +300,21 @@ def test_a_splits_file_that_is_a_folder_is_reported(tmp_path):
     (tmp_path / "splits.json").mkdir()
     (error,) = spec.build_cases(splits_file=tmp_path / "splits.json").errors
     assert "cannot read the splits file" in error.message
+
+
+def test_the_splits_file_is_readable_by_others_like_the_run_s_other_files(tmp_path):
+    spec = _spec(tmp_path, _write(tmp_path / "data", _rows(0, 10)))
+    splits_file = tmp_path / "run" / "splits.json"
+    record_splits(spec.build_cases(splits_file=splits_file).cases, splits_file)
+    assert splits_file.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_splits_file_that_is_a_pipe_is_refused_unopened(tmp_path):
+    spec = _spec(tmp_path, _write(tmp_path / "data", _rows(0, 10)))
+    os.mkfifo(tmp_path / "splits.json")  # opening it would wait for a writer forever
+    (error,) = spec.build_cases(splits_file=tmp_path / "splits.json").errors
+    assert error.check == "invalid_splits_file"
+    assert "not a regular file (a pipe, device or socket), not opened" in error.message
 
 
 def test_unknown_new_cases_option_and_conflicting_record_are_refused(frozen):

@@ -85,6 +85,18 @@ def test_evaluation_takes_no_lock_and_warns_while_a_training_runs(tmp_path, capl
         holder.wait(timeout=30)
 
 
+def test_a_prediction_subfolder_linked_out_of_the_output_folder_is_refused_before_work(tmp_path):
+    out = tmp_path / "run" / "predictions"
+    (out / "inside").mkdir(parents=True)
+    (out / "kept").symlink_to(out / "inside")  # a link within the folder is fine
+    check_output_dir(out)
+    (tmp_path / "elsewhere").mkdir()
+    (out / "lesion").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RunExit, match=r"predictions/lesion is a link to .*elsewhere, outside the output folder"):
+        check_output_dir(out, exit_on_error=True)
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
 def test_folders_that_cannot_be_written_give_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
