@@ -532,6 +532,23 @@ def _case_counts(
         return None, None
 
 
+def _config_ids(config_files: Sequence[Path]) -> set[str]:
+    """Top-level ids the merged ``config_files`` define (what an override may set)."""
+    from monai.bundle import ConfigParser
+
+    return set(ConfigParser.load_config_files([str(f) for f in config_files]))
+
+
+def _for_configs(overrides: Mapping[str, Any], ids: set[str]) -> dict[str, Any]:
+    """The sweep-wide overrides that these configs define (``a#b`` by its top-level id ``a``).
+
+    Why: a sweep-wide override such as ``semi_supervised_threshold`` belongs to the semi-supervised
+    layer only; the bundles refuse an override their configs do not define (a typo would otherwise
+    be ignored), so each run gets only its own. Keys defined by no run are refused up front.
+    """
+    return {k: v for k, v in overrides.items() if k.split("#")[0] in ids}
+
+
 def _check_arguments(
     fractions: Iterable[float], modes: Iterable[str], overrides: Mapping[str, Any]
 ) -> tuple[tuple[float, ...], tuple[str, ...]]:
@@ -601,6 +618,14 @@ def run_learning_curve(
     result = LearningCurveResult(spec.root, out, fracs, chosen, seed=seed, overrides=overrides)
     shared = {**overrides, "seed": seed}
     counts: dict[tuple[tuple[Path, ...], float], tuple[int | None, int | None]] = {}
+    layers = {"train": spec.train, "evaluate": spec.evaluate, "semi": spec.semi_supervised, "pre": spec.pretrain}
+    ids = {name: _config_ids([spec.train, layer]) for name, layer in layers.items() if layer is not None}
+    undefined = sorted(k for k in overrides if not any(k.split("#")[0] in found for found in ids.values()))
+    if undefined:
+        raise ValueError(
+            f"overrides {undefined} are defined by none of the bundle's configs in {spec.train.parent}: "
+            "check their spelling against train.json"
+        )
 
     for mode in chosen:
         train_files: list[Path] = [spec.train]
@@ -622,7 +647,9 @@ def run_learning_curve(
                 continue
             pre_dir = out / "weak_pretrain"
             ckpt = pre_dir / "models" / "best.pt"
-            pre_cmd = bundle_command([spec.train, spec.pretrain], {**shared, "output_dir": pre_dir}, tracking)
+            pre_cmd = bundle_command(
+                [spec.train, spec.pretrain], {**_for_configs(shared, ids["pre"]), "output_dir": pre_dir}, tracking
+            )
             extra = {"pretrained_ckpt": ckpt}
             if dry_run:
                 logger.info("weak_strong: would pre-train on weak labels: %s", shlex.join(pre_cmd))
@@ -639,15 +666,16 @@ def run_learning_curve(
         for fraction in fracs:
             run_dir = out / mode / _fraction_dir(fraction)
             per_run = {**shared, "label_fraction": fraction, "output_dir": run_dir}
-            train_cmd = bundle_command(train_files, {**per_run, **extra}, tracking)
-            eval_cmd = bundle_command([spec.train, spec.evaluate], per_run, tracking)
+            train_ids = ids["semi"] if mode == "semi_supervised" else ids["train"]
+            train_cmd = bundle_command(train_files, {**_for_configs(per_run, train_ids), **extra}, tracking)
+            eval_cmd = bundle_command([spec.train, spec.evaluate], _for_configs(per_run, ids["evaluate"]), tracking)
             run = CurveRun(mode, fraction, run_dir, commands=[train_cmd, eval_cmd])
             if pre_cmd is not None:
                 run.commands.insert(0, pre_cmd)
             result.runs.append(run)
             key = (tuple(train_files), fraction)
             if key not in counts:
-                counts[key] = _case_counts(train_files, shared, fraction, workdir)
+                counts[key] = _case_counts(train_files, _for_configs(shared, train_ids), fraction, workdir)
             run.labelled_cases, unlabelled = counts[key]
             if unlabelled == 0:  # e.g. 100 % of the labels and no unlabelled split: FixMatch has no input
                 run.status = "skipped"

@@ -170,6 +170,25 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path) -> None:
         run_learning_curve(DEMO, tmp_path, overrides={"label_fraction": 0.5}, dry_run=True)
     with pytest.raises(FileNotFoundError, match="train.json"):
         run_learning_curve(tmp_path, tmp_path / "out", dry_run=True)
+    with pytest.raises(ValueError, match=r"\['epoch'\] are defined by none of the bundle's configs"):
+        run_learning_curve(DEMO, tmp_path, overrides={"epoch": 3}, dry_run=True)  # a typo of epochs
+
+
+def test_sweep_wide_overrides_go_only_to_the_runs_whose_configs_define_them(tmp_path) -> None:
+    result = run_learning_curve(
+        DEMO,
+        tmp_path,
+        fractions=(0.5,),
+        modes=("supervised", "semi_supervised"),
+        overrides={"semi_supervised_threshold": 0.9, "network_def#backbone_kwargs#dropout": 0.2},
+        dry_run=True,
+    )
+    commands = {run.mode: [" ".join(c) for c in run.commands] for run in result.runs}
+    supervised_train, supervised_eval = commands["supervised"]
+    semi_train, _ = commands["semi_supervised"]
+    assert "--semi_supervised_threshold 0.9" in semi_train
+    assert "semi_supervised_threshold" not in supervised_train + supervised_eval
+    assert all("--network_def#backbone_kwargs#dropout 0.2" in c for c in (supervised_train, semi_train))
 
 
 def test_cli_parses_overrides_as_json_and_dry_run_prints_commands(tmp_path, capsys) -> None:

@@ -118,7 +118,7 @@ def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
         cwd=demo_run["work"],
         env=demo_run["env"],
         infer_split="all",
-        **demo_run["common"],
+        **{k: v for k, v in demo_run["common"].items() if k != "val_interval"},  # inference has no validation
     )
     out = demo_run["work"] / "run" / "predictions"
     with open(out / "predictions.csv") as handle:
