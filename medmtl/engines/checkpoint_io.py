@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from monai.handlers import CheckpointLoader
 
+from medmtl.engines.guards import GuardExit
+
 __all__ = [
     "CheckpointError",
     "CheckpointExit",
@@ -49,17 +51,13 @@ class CheckpointWriteError(OSError):
     """A checkpoint (or the history that goes with it) could not be written: disk full, read-only folder."""
 
 
-class CheckpointExit(SystemExit):
+class CheckpointExit(GuardExit):  # same exit: status 1, one line, no traceback
     """:class:`CheckpointError` / :class:`CheckpointWriteError` for bundle runs: exit status 1, the message, no traceback.
 
     ``python -m monai.bundle run`` wraps every ``Exception`` of a config expression in a
     ``RuntimeError`` whose traceback buries the message; a ``SystemExit`` passes through (as
     :class:`medmtl.engines.GuardExit` and :class:`medmtl.data.validate.DatasetExit`).
     """
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        super().__init__(f"{type(error).__name__}: {error}")
 
 
 def _size(path: Path) -> str:

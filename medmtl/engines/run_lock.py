@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from medmtl.engines.distributed import get_world_size, is_main_process
+from medmtl.engines.guards import GuardExit
 
 __all__ = [
     "LOCK_NAME",
@@ -84,12 +85,8 @@ class OutputDirLocked(OutputDirError):
         return type(self), (self.args[0], self.holder)
 
 
-class RunExit(SystemExit):
+class RunExit(GuardExit):  # same exit: status 1, one line, no traceback
     """An :class:`OutputDirError` for bundle runs: exit status 1, the message, no traceback."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        super().__init__(f"{type(error).__name__}: {error}")
 
 
 def _stop(error: OutputDirError, exit_on_error: bool) -> None:

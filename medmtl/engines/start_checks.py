@@ -30,6 +30,7 @@ from monai.bundle.scripts import create_workflow
 from monai.bundle.scripts import run as monai_run
 
 from medmtl.engines.checkpoint_io import CheckpointError, load_checkpoint
+from medmtl.engines.guards import GuardExit
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,8 @@ class BundleStartError(ValueError):
     """One or more mistakes in a bundle command (one line each)."""
 
 
-class BundleStartExit(SystemExit):
+class BundleStartExit(GuardExit):  # same exit: status 1, one line, no traceback
     """:class:`BundleStartError` for bundle runs: exit status 1, the message, no traceback."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        super().__init__(f"{type(error).__name__}: {error}")
 
 
 def _run_arguments() -> set[str]:
