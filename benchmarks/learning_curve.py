@@ -2,7 +2,7 @@
 
 Why: "how much does each label buy, and do unlabelled images (semi-supervised) or weak labels
 (weak->strong) make up for fewer labels?" is answered by curves, not by one run. This script only
-chooses the data and CPU-sized settings; the sweep itself is :func:`medmtl.learning_curve.run_learning_curve`
+chooses the data and CPU-sized settings; the sweep itself is :func:`medmtl.experiments.learning_curve.run_learning_curve`
 (every run through ``python -m monai.bundle run``, finished runs reused, failed ones recorded).
 
 Run from the repository root (BUSI under ``../shared/data/busi`` or ``--data``)::
@@ -29,7 +29,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medmtl.learning_curve import DEFAULT_FRACTIONS, MODES, run_learning_curve
+from medmtl.experiments.learning_curve import DEFAULT_FRACTIONS, MODES, run_learning_curve
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

@@ -122,12 +122,12 @@ def test_report_names_a_summary_json_of_the_wrong_shape(eval_dir, capsys, change
 
 
 def test_unexpected_errors_are_named_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch) -> None:
-    import medmtl.summary
+    import medmtl.experiments.summary
 
     def broken(run_dir, tracking_uri=None):
         raise RuntimeError("something unforeseen")
 
-    monkeypatch.setattr(medmtl.summary, "run_summary_text", broken)
+    monkeypatch.setattr(medmtl.experiments.summary, "run_summary_text", broken)
     code, err = _main(capsys, "summary", str(tmp_path))
     assert (
         code == 1 and err.strip() == "error (RuntimeError): something unforeseen (run with --debug for the traceback)"

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from medmtl.bundle_layers import bundle_command, config_layers
 from medmtl.cli import build_parser, main
 from medmtl.data.demo import generate_demo_data
-from medmtl.learning_curve import (
+from medmtl.experiments.learning_curve import (
     MEAN_PRIMARY,
     CurvePoint,
-    bundle_command,
+    override_args,
     read_primary_metrics,
     run_learning_curve,
 )
@@ -123,16 +124,19 @@ def test_resumed_sweep_reuses_finished_runs_and_retries_failed_ones(sweep) -> No
 # -- the pieces, without training ------------------------------------------------------------------
 
 
-def test_bundle_command_is_what_a_user_types() -> None:
-    cmd = bundle_command(
-        ["a/train.json", "a/evaluate.json"],
-        {"epochs": 2, "spatial_size": [32, 32], "dataset_dir": Path("/d")},
+def test_run_commands_are_what_a_user_types(tmp_path) -> None:
+    args = override_args({"epochs": 2, "spatial_size": [32, 32], "dataset_dir": Path("/d"), "amp": None}, "mlflow")
+    assert args == ["--epochs", "2", "--spatial_size", "[32, 32]", "--dataset_dir", "/d", "--amp", "None"] + [
+        "--tracking",
         "mlflow",
-    )
-    assert cmd[:5] == [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    assert json.loads(cmd[5]) == ["a/train.json", "a/evaluate.json"]
-    assert cmd[6:] == ["--epochs", "2", "--spatial_size", "[32, 32]", "--dataset_dir", "/d", "--tracking", "mlflow"]
-    assert bundle_command(["t.json"])[5] == "t.json"
+    ]
+    assert override_args() == []
+    result = run_learning_curve("demo", tmp_path, fractions=(0.5,), modes=("supervised",), dry_run=True)
+    train, evaluate = result.runs[0].commands  # the bundle's layers (as `medmtl run` has them), then overrides
+    assert train[:5] == [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    assert train[: train.index("--seed")] == bundle_command(DEMO, ["train"])
+    assert evaluate[: evaluate.index("--seed")] == bundle_command(DEMO, ["evaluate"])
+    assert train[5] == "[" + ",".join(repr(str(f)) for f in config_layers(DEMO, "train")) + "]"
 
 
 def test_read_primary_metrics_uses_the_tasks_primary_metric(tmp_path) -> None:
@@ -168,7 +172,7 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path) -> None:
         run_learning_curve(DEMO, tmp_path, modes=("fixmatch",), dry_run=True)
     with pytest.raises(ValueError, match="label_fraction"):
         run_learning_curve(DEMO, tmp_path, overrides={"label_fraction": 0.5}, dry_run=True)
-    with pytest.raises(FileNotFoundError, match="train.json"):
+    with pytest.raises(ValueError, match="no bundle .*: give a bundle name"):
         run_learning_curve(tmp_path, tmp_path / "out", dry_run=True)
     with pytest.raises(ValueError, match=r"\['epoch'\] are defined by none of the bundle's configs"):
         run_learning_curve(DEMO, tmp_path, overrides={"epoch": 3}, dry_run=True)  # a typo of epochs

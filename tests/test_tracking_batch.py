@@ -12,8 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from monai.handlers import MLFlowHandler
 
-from medmtl.tracking import TrackingGuard
-from medmtl.tracking_batch import MLFLOW_MAX_METRICS_PER_BATCH, MetricBatchingClient
+from medmtl.tracking import MLFLOW_MAX_METRICS_PER_BATCH, MetricBatchingClient, TrackingGuard, connect_tracking
 
 
 class _CountingClient:
@@ -133,10 +132,13 @@ def _train_with_mlflow(tmp_path: Path, guard: TrackingGuard, monkeypatch, epochs
 
     trainer = Engine(step)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    guard.attach(trainer)  # as in the bundles: the guard is listed before --tracking adds MLFlowHandler
-    MLFlowHandler(tracking_uri=uri, experiment_name="batched", output_transform=lambda out: out["loss"].item()).attach(
-        trainer
+    mlflow_handler = MLFlowHandler(
+        tracking_uri=uri, experiment_name="batched", output_transform=lambda out: out["loss"].item()
     )
+    handlers = [guard, mlflow_handler]  # as in the bundles: --tracking appends MLFlowHandler after the guard
+    connect_tracking(handlers)
+    for handler in handlers:
+        handler.attach(trainer)
     trainer.run([torch.full((2,), float(i)) for i in range(steps)], max_epochs=epochs)
     monkeypatch.undo()
     client = MlflowClient(uri)

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from medmtl.tracking import usable_tracking_uri
-from medmtl.tracking_guard import FALLBACK_DB
+from medmtl.tracking import FALLBACK_DB, usable_tracking_uri
 
 LOCK_DB = """
 import sqlite3, sys, time

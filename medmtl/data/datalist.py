@@ -33,10 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
 from medmtl.data.problems import DataError, Problem, Severity
 from medmtl.data.readers import diagnose_unreadable, load_array
-from medmtl.data.spec import CsvCases, CsvLookup, DatasetSpec, DecathlonCases, GlobCases, LabelSource, TaskSpec
+from medmtl.data.spec_model import (
+    CsvCases,
+    CsvLookup,
+    DatasetSpecModel,
+    DecathlonCases,
+    GlobCases,
+    LabelSource,
+    TaskSpec,
+)
 from medmtl.data.splits import SPLIT_NAMES, assign_splits
 from medmtl.data.tasks import LabelQuality, TaskKind, present_key
 
@@ -61,7 +70,7 @@ class CaseTable:
     groups cases by patient).
     """
 
-    spec: DatasetSpec
+    spec: DatasetSpecModel
     root: Path
     cases: list[dict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -110,7 +119,8 @@ class CaseTable:
     def pos_weights(self, split: str = "train") -> dict[str, list[float]]:
         """``negatives / positives`` per binary/multilabel task, counted on ``split`` (MRNet's weighting).
 
-        Tasks whose spec sets a number keep it; a label with no positive gets 1.0.
+        Tasks whose spec sets a number keep it; a label with no positive gets 1.0. Why our own:
+        scikit-learn has no ``pos_weight`` (``BCEWithLogitsLoss``'s ratio), only per-class weights.
         """
         rows = [c for c in self.cases if c["split"] == split]
         weights: dict[str, list[float]] = {}
@@ -132,7 +142,8 @@ class CaseTable:
     def class_weights(self, split: str = "train") -> dict[str, list[float]]:
         """Per multiclass task with ``class_weights: auto``: ``n / (K * n_k)`` counted on ``split``.
 
-        Tasks whose spec gives numbers keep them; a class absent from the split gets weight 1.0.
+        That is scikit-learn's ``compute_class_weight("balanced")`` with K all the task's classes;
+        tasks whose spec gives numbers keep them; a class absent from the split gets weight 1.0.
         """
         rows = [c for c in self.cases if c["split"] == split]
         weights: dict[str, list[float]] = {}
@@ -146,9 +157,12 @@ class CaseTable:
                 raise ValueError(
                     f"class_weights 'auto' is counted for multiclass tasks; task '{task.name}' is {task.kind.value}"
                 )
-            counts = Counter(int(c[task.name]) for c in rows if c[present_key(task.name)])
-            total, k = sum(counts.values()), task.num_outputs
-            weights[task.name] = [total / (k * counts[i]) if counts[i] else 1.0 for i in range(k)]
+            labels = np.array([int(c[task.name]) for c in rows if c[present_key(task.name)]], dtype=np.int64)
+            seen, k = np.unique(labels), task.num_outputs
+            # scikit-learn divides by the classes seen (it refuses absent ones); rescaled to all K classes
+            balanced = compute_class_weight("balanced", classes=seen, y=labels) * (len(seen) / k) if len(seen) else []
+            by_class = dict(zip(seen.tolist(), balanced, strict=True))
+            weights[task.name] = [float(by_class.get(i, 1.0)) for i in range(k)]
         return weights
 
 
@@ -157,7 +171,7 @@ class CaseTable:
 
 
 def build_cases(
-    spec: DatasetSpec,
+    spec: DatasetSpecModel,
     root: str | os.PathLike | None = None,
     label_quality: str = "strong",
     splits_file: str | os.PathLike | None = None,
@@ -265,7 +279,7 @@ class _Origin:
 
 
 def _iter_records(
-    spec: DatasetSpec, root: Path, problems: list[Problem]
+    spec: DatasetSpecModel, root: Path, problems: list[Problem]
 ) -> Iterator[tuple[Any, dict[str, str], _Origin]]:
     """Yield ``(source, fields, origin)`` for every entry of every case source that matches its regex.
 
@@ -712,7 +726,7 @@ def _normalise_key(key: str) -> str:
     return str(int(key)) if key.isdigit() else key
 
 
-def _mask_sources(spec: DatasetSpec) -> list[tuple[TaskSpec, str, LabelSource]]:
+def _mask_sources(spec: DatasetSpecModel) -> list[tuple[TaskSpec, str, LabelSource]]:
     """Every mask template of the spec: ``(task, "label" | "weak_label", source)``."""
     return [
         (task, which, source)
@@ -851,7 +865,7 @@ e.g. the demo data: 17 % without the strong mask), counted in the label table on
 
 
 def _take_census(
-    spec: DatasetSpec, source: Any, fields: dict[str, str], resolver: _Resolver, census: list[_MaskCensus]
+    spec: DatasetSpecModel, source: Any, fields: dict[str, str], resolver: _Resolver, census: list[_MaskCensus]
 ) -> list[Path]:
     """Resolve every mask template for one record, quietly; returns the masks it has (any task, any quality).
 
@@ -906,7 +920,7 @@ def _near_miss(root: Path, expected: Path | None) -> str:
 
 
 def _build_case(
-    spec: DatasetSpec,
+    spec: DatasetSpecModel,
     source: Any,
     fields: dict[str, str],
     resolver: _Resolver,
@@ -998,7 +1012,7 @@ def _case_id_error(case_id: str) -> str | None:
     return None
 
 
-def _invalid_case_id(spec: DatasetSpec, root: Path, case_id: str, reason: str, origin: _Origin | None) -> Problem:
+def _invalid_case_id(spec: DatasetSpecModel, root: Path, case_id: str, reason: str, origin: _Origin | None) -> Problem:
     """An ``invalid_case_id`` error naming where the id comes from; nothing in it breaks the report's line."""
     where = root / origin.file if origin is not None else root
     while _bad_character(str(where)) is not None and where != root:  # a file name holding the bad character

@@ -24,7 +24,6 @@ import contextlib
 import gzip
 import io
 import os
-import re
 import stat
 import threading
 import zipfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medmtl.byte_size import parse_byte_size
 from medmtl.data.problems import Problem
 
 __all__ = [
@@ -55,8 +55,6 @@ MAX_IMAGE_BYTES_ENV = "MEDMTL_MAX_IMAGE_BYTES"
 DEFLATE_MAX_RATIO = 1032
 """Deflate (gzip, zlib, PNG, zip) never expands data more than 1032:1 (258 bytes from 2 bits)."""
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _TRUNCATED_FIX = (
     "the file is incomplete or its header damaged (an interrupted copy, download or export): copy or export it "
     "again; medmtl does not allocate what a damaged header claims"
@@ -88,12 +86,7 @@ def max_image_bytes(value: int | str | None = None) -> int:
         if not value:
             return DEFAULT_MAX_IMAGE_BYTES
     if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match is None:
-            raise ValueError(
-                f"{where}={value!r} is not a size: give bytes (2147483648) or a number with K, M, G or T (2G, 512M)"
-            )
-        value = int(float(match[1]) * _UNITS[match[2].upper()])
+        value = parse_byte_size(value, where)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{where} must be a positive number of bytes, got {value!r}")
     return int(value)

@@ -5,6 +5,8 @@ annotation, and semi-supervised training is only worth its complexity if it beat
 training on the same labelled subset. Both need the same, reproducible subset: chosen per stratum
 (so a rare class keeps its share), with a seed, nested across fractions (the 5 % cases are inside
 the 10 % cases), and the rest handed back without any label, ready for the unlabelled stream.
+Why our own: scikit-learn's ``train_test_split(stratify=...)`` draws a new subset per fraction (not
+nested) and refuses a stratum of one case.
 """
 
 from __future__ import annotations

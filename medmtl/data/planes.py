@@ -36,12 +36,10 @@ acquisition. The slice order does not matter to ``MultiPlaneNet``, which max-poo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import Orientation, Resize, ScaleIntensityRangePercentiles, SpatialPad
 from monai.utils import MetaKeys, SpaceKeys
 
+from medmtl.atomic_io import atomic_write_with
 from medmtl.data.format_checks import affine_problem
 from medmtl.data.problems import DataError, Problem
 from medmtl.data.readers import ImageReadError, MedmtlDicomReader, load_image, reader_for
@@ -241,19 +240,6 @@ def _load(source: Path) -> torch.Tensor:
     return image
 
 
-def _save_atomic(array: np.ndarray, path: Path) -> None:
-    """``np.save`` to a hidden name next to ``path``, then rename: never a half-written case."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def reformat_planes(
     source: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -328,6 +314,6 @@ def reformat_planes(
         )
     stacks = plane_stacks(_load(Path(source)), size=size, slice_spacing_mm=slice_spacing_mm, max_slices=max_slices)
     for plane, path in outputs.items():
-        _save_atomic(stacks[plane], path)
+        atomic_write_with(path, lambda handle, stack=stacks[plane]: np.save(handle, stack))  # never half a case
         logger.info("case %s: wrote %s %s", case_id, path, "x".join(map(str, stacks[plane].shape)))
     return outputs

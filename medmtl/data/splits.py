@@ -28,13 +28,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from medmtl.atomic_io import atomic_write
 from medmtl.data.problems import DataError, Problem, Severity
-from medmtl.data.spec import DatasetSpec
+from medmtl.data.spec_model import DatasetSpecModel
 from medmtl.data.tasks import present_key
 
 __all__ = [
@@ -81,7 +81,7 @@ def unit_position(unit: str, seed: int) -> float:
 
 def assign_splits(
     cases: list[dict],
-    spec: DatasetSpec,
+    spec: DatasetSpecModel,
     problems: list[Problem],
     splits_file: str | os.PathLike | None = None,
     new_cases: str = "exclude",
@@ -126,7 +126,7 @@ def assign_splits(
 # the rule: hash per unit
 
 
-def _apply_rule(cases: list[dict], spec: DatasetSpec, problems: list[Problem], fill: bool) -> None:
+def _apply_rule(cases: list[dict], spec: DatasetSpecModel, problems: list[Problem], fill: bool) -> None:
     settings = spec.splits
     if settings.method == "none":
         for case in cases:
@@ -141,7 +141,7 @@ def _apply_rule(cases: list[dict], spec: DatasetSpec, problems: list[Problem], f
         _log_missing_classes(cases, spec)
 
 
-def _log_missing_classes(cases: list[dict], spec: DatasetSpec) -> None:
+def _log_missing_classes(cases: list[dict], spec: DatasetSpecModel) -> None:
     """Say which split got no case of a class of the ``stratify`` task (the hash keeps classes only in expectation)."""
     name = spec.splits.stratify
     names = spec.task(name).class_names
@@ -174,7 +174,7 @@ def _units(cases: list[dict]) -> dict[str, list[dict]]:
     return units
 
 
-def _bins(cases: list[dict], spec: DatasetSpec, bounds: Sequence[tuple[object, float, float]], fill: bool) -> None:
+def _bins(cases: list[dict], spec: DatasetSpecModel, bounds: Sequence[tuple[object, float, float]], fill: bool) -> None:
     """Set ``case["_bin"]`` to the bin whose ``[low, high)`` holds the unit's ``u``; fill empty bins if asked."""
     units = _units(cases)
     position = {key: unit_position(key, spec.splits.seed) for key in units}
@@ -217,7 +217,7 @@ def _fill_empty_bins(
         chosen[nearest] = name
 
 
-def _split_by_fractions(cases: list[dict], fractions: dict[str, float], spec: DatasetSpec, fill: bool) -> None:
+def _split_by_fractions(cases: list[dict], fractions: dict[str, float], spec: DatasetSpecModel, fill: bool) -> None:
     bounds, total = [], 0.0
     for name in _SUPERVISED:
         if fractions.get(name, 0) > 0:
@@ -228,7 +228,7 @@ def _split_by_fractions(cases: list[dict], fractions: dict[str, float], spec: Da
         case["split"] = case.pop("_bin")
 
 
-def _split_kfold(cases: list[dict], spec: DatasetSpec, fill: bool) -> None:
+def _split_kfold(cases: list[dict], spec: DatasetSpecModel, fill: bool) -> None:
     """Fold ``floor(u * k)``: the same unit is in the same fold for every ``fold`` setting."""
     settings = spec.splits
     bounds = [(fold, fold / settings.folds, (fold + 1) / settings.folds) for fold in range(settings.folds)]
@@ -238,7 +238,7 @@ def _split_kfold(cases: list[dict], spec: DatasetSpec, fill: bool) -> None:
         case["split"] = "val" if case["fold"] == settings.fold else "train"
 
 
-def _split_by_field(cases: list[dict], spec: DatasetSpec, problems: list[Problem], fill: bool) -> None:
+def _split_by_field(cases: list[dict], spec: DatasetSpecModel, problems: list[Problem], fill: bool) -> None:
     settings = spec.splits
     mapping = settings.values or _FIELD_ALIASES
     train = []
@@ -529,18 +529,5 @@ def write_splits(assignment: list[dict] | dict[str, str], path: str | os.PathLik
     for case_id, split in pairs:
         if split != NEW_SPLIT:  # unplaced new cases stay unrecorded, so a later run can place them
             out[split].append(case_id)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({k: sorted(v) for k, v in sorted(out.items())}, indent=2)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run's split from colleagues evaluating it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text, mode=0o644)  # not mkstemp's 0600: colleagues evaluating the run read it

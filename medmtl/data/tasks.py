@@ -14,6 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from medmtl.data.task_keys import (
+    RESERVED_NAMES,
+    RESERVED_PREFIXES,
+    RESERVED_SUFFIXES,
+    present_key,
+    reserved_name_error,
+)
+
 __all__ = [
     "TaskKind",
     "LabelQuality",
@@ -26,48 +34,6 @@ __all__ = [
     "RESERVED_SUFFIXES",
     "reserved_name_error",
 ]
-
-RESERVED_NAMES = (
-    "case_id",  # every case dict (datalist), batch and engine output
-    "split",  # case table (datalist, splits)
-    "group",  # case table: the patient (datalist, splits)
-    "fold",  # case table under k-fold splits (splits)
-    "image",  # MONAI's CommonKeys: engine output; the default input name (allowed for an input)
-    "label",  # MONAI's CommonKeys: engine output (targets)
-    "pred",  # MONAI's CommonKeys: engine output (logits)
-    "loss",  # MONAI's CommonKeys: engine output (total loss)
-)
-"""Keys medmtl itself writes into case dicts, batches and engine outputs: no task or input may take them."""
-RESERVED_PREFIXES = ("pred_", "label_", "prob_", "loss_")
-"""Flat per-task keys of evaluator outputs (``FlattenTaskOutputsd``, metrics) and per-task losses (``loss_<task>``)."""
-RESERVED_SUFFIXES = ("_present", "_meta_dict", "_transforms")
-"""``<task>_present`` flags (:func:`present_key`) and MONAI's per-key metadata / transform-trace keys."""
-_ENGINE_LOSS_KEYS = ("loss_supervised", "loss_pseudo_label", "loss_consistency")
-"""Keys of the semi-supervised iteration's output that a task's ``loss_<task>`` would overwrite."""
-
-
-def reserved_name_error(name: str, what: Literal["task", "input"] = "task") -> str | None:
-    """Why ``name`` may not name a task (or, with ``what="input"``, an input), or ``None`` when it may.
-
-    Why: a task or input is stored under its name in the same dicts as medmtl's own keys, so a task
-    named ``fold`` would be overwritten by the k-fold split number, and an input named ``case_id`` would
-    turn file paths into case ids, silently.
-    """
-    taken = (
-        (name in RESERVED_NAMES and not (what == "input" and name == "image"))
-        or name.startswith(RESERVED_PREFIXES)
-        or name.endswith(RESERVED_SUFFIXES)
-        or (what == "task" and f"loss_{name}" in _ENGINE_LOSS_KEYS)
-    )
-    if not taken:
-        return None
-    names = [n for n in RESERVED_NAMES if not (what == "input" and n == "image")]
-    if what == "task":
-        names += [k.removeprefix("loss_") for k in _ENGINE_LOSS_KEYS]
-    return (
-        f"{what} name {name!r} is one of medmtl's own keys; reserved: {', '.join(names)}, "
-        f"names starting with {' / '.join(RESERVED_PREFIXES)} and names ending in {' / '.join(RESERVED_SUFFIXES)}"
-    )
 
 
 class TaskKind(str, Enum):
@@ -176,11 +142,6 @@ class Task(BaseModel):
     @property
     def present_key(self) -> str:
         return present_key(self.name)
-
-
-def present_key(task_name: str) -> str:
-    """Datalist/batch key of the per-sample flag saying whether ``task_name`` is labelled."""
-    return f"{task_name}_present"
 
 
 def num_outputs(tasks: list[Task] | tuple[Task, ...]) -> dict[str, int]:

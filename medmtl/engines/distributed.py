@@ -1,15 +1,19 @@
-"""Helpers for ``multi_gpu_train.json``: one training run spread over processes started by ``torchrun``.
+"""Helpers for the ``multi_gpu_train`` workflow: one training run spread over processes started by ``torchrun``.
 
-A bundle's ``multi_gpu_train.json`` only overrides ids of its ``train.json`` (model-zoo style) and
-calls these helpers from ``$`` expressions. Everything else is PyTorch's and MONAI's:
-``torch.distributed`` process group, ``DistributedDataParallel``, ``monai.data.DistributedSampler``
-(``Workflow`` calls its ``set_epoch``), MONAI's ``Cumulative`` gathering of validation results and
-its ``is_not_rank0`` guard on the MLflow handler added by ``--tracking mlflow``.
+``bundles/common/configs/multi_gpu_train.json`` (and a bundle's own ``multi_gpu_train.json``, where
+it has one) is a layer over the bundle's training layers: it only overrides their ids (model-zoo
+style) and calls these helpers from ``$`` expressions. Everything else is PyTorch's, ignite's and MONAI's:
+``torch.distributed`` process group, ignite's ``idist`` (rank, world size and the collectives medmtl
+runs itself), ``DistributedDataParallel``, ``monai.data.DistributedSampler`` (``Workflow`` calls its
+``set_epoch``), MONAI's ``Cumulative`` gathering of validation results and its ``is_not_rank0``
+guard on the MLflow handler added by ``--tracking mlflow``.
 
-The same file runs on CPU (``gloo``) and on GPUs (``nccl``, one GPU per process, ``cuda:LOCAL_RANK``)::
+The same layers run on CPU (``gloo``) and on GPUs (``nccl``, one GPU per process, ``cuda:LOCAL_RANK``);
+from the repository root (``medmtl run --print NAME multi_gpu_train`` prints any bundle's list)::
 
     torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
-        --config_file "['bundles/demo/configs/train.json','bundles/demo/configs/multi_gpu_train.json']"
+        --config_file "['bundles/common/configs/train.json','bundles/demo/configs/train.json','bundles/common/configs/multi_gpu_train.json']" \\
+        --meta_file bundles/demo/configs/metadata.json
 
 With N processes and ``batch_size`` B per process, a step computes what one process computes on a
 batch of N x B (checked in float64 by ``tests/engines/test_ddp_equivalence.py`` and
@@ -28,10 +32,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
@@ -82,13 +89,13 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
-    """Global rank (0 without a process group)."""
-    return dist.get_rank() if is_distributed() else 0
+    """Global rank (0 without a process group): ignite's ``idist.get_rank``, callable from bundle configs."""
+    return idist.get_rank()
 
 
 def get_world_size() -> int:
-    """Number of processes (1 without a process group)."""
-    return dist.get_world_size() if is_distributed() else 1
+    """Number of processes (1 without a process group): ignite's ``idist.get_world_size``."""
+    return idist.get_world_size()
 
 
 def is_main_process() -> bool:
@@ -123,11 +130,25 @@ def distributed_device() -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
+def _torchrun_hint() -> str:
+    """This very ``monai.bundle`` command under ``torchrun`` (when it is one), else where to get one."""
+    if sys.argv and sys.argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+        cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", *sys.argv[1:]]
+        # MONAI's list syntax in double quotes, as the docs and `medmtl run --print` write it
+        return "run it as " + " ".join(f'"{t}"' if "'" in t and '"' not in t else shlex.quote(t) for t in cmd)
+    return (
+        "run torchrun --standalone --nproc_per_node=2 followed by what `medmtl run --print NAME multi_gpu_train` "
+        'prints after the python executable (-m monai.bundle run --config_file "[...]" ...)'
+    )
+
+
 def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> torch.device:
     """Join the process group ``torchrun`` prepared (``env://``) and select this process's GPU.
 
     An existing group is kept. On non-main ranks the ``medmtl`` and ``ignite`` loggers are
-    lowered to WARNING, so a run prints each epoch line once.
+    lowered to WARNING, so a run prints each epoch line once. Why our own and not
+    ``idist.initialize``: that one neither binds NCCL to this rank's GPU (``device_id``) nor says
+    how to start a run that ``torchrun`` did not; ``idist.sync`` then tells ignite about the group.
 
     Args:
         backend: ``None`` picks :func:`distributed_backend` (``nccl`` on GPU, ``gloo`` on CPU).
@@ -141,13 +162,11 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
             ``torchrun`` (the message names the missing environment variables and the command).
     """
     if not dist.is_available():
-        raise RuntimeError("multi_gpu_train.json needs torch.distributed, which this PyTorch build lacks")
+        raise RuntimeError("multi_gpu_train needs torch.distributed, which this PyTorch build lacks")
     missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
     if missing and not dist.is_initialized():
         raise RuntimeError(
-            f"multi_gpu_train.json must be started by torchrun (environment lacks {missing}), e.g. "
-            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run --config_file "
-            "\"['bundles/<name>/configs/train.json','bundles/<name>/configs/multi_gpu_train.json']\""
+            f"multi_gpu_train must be started by torchrun (environment lacks {missing}): {_torchrun_hint()}"
         )
     device = distributed_device()
     if device.type == "cuda":
@@ -159,12 +178,15 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         if kwargs["backend"] == "nccl":
             kwargs["device_id"] = device  # binds NCCL to this GPU (no guessing in barrier())
         dist.init_process_group(**kwargs)
+    # here, where every rank is present: ignite's first look at a group runs collectives of its own;
+    # temporary: ignite looks again after cleanup_distributed, for a later group in this process
+    idist.sync(temporary=True)
     if not is_main_process():
         for name in ("medmtl", "ignite"):
             logging.getLogger(name).setLevel(logging.WARNING)
     logger.info(
         "process group: backend %s, world size %d, rank %d on %s",
-        dist.get_backend(),
+        idist.backend(),
         get_world_size(),
         get_rank(),
         device,
@@ -173,9 +195,10 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
 
 
 def cleanup_distributed() -> None:
-    """Destroy the process group if there is one (a bundle's ``finalize``)."""
+    """Destroy the process group if there is one (a bundle's ``finalize``); ignite's ``idist`` forgets it too."""
     if is_distributed():
         dist.destroy_process_group()
+    idist.sync(temporary=True)  # back to ignite's single-process model, not a destroyed group
 
 
 def rank0_only(items: Iterable[T] | None) -> list[T]:

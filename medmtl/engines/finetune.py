@@ -1,9 +1,9 @@
-"""Transfer between models: weak-to-strong fine-tuning, auxiliary pre-training, and routing to experts.
+"""Transfer between models: weak-to-strong fine-tuning and auxiliary pre-training.
 
 Why: labels of different quality and cost come in stages. A network pre-trained on many weak
 labels (report-mined findings, algorithmic masks) or on an auxiliary task (body part) is a better
 start for the few strong labels than random weights, but its heads often belong to another task
-set. These helpers do the three things such a run needs, without a trainer of its own:
+set. These helpers do the two things such a run needs, without a trainer of its own:
 
 - :func:`load_pretrained` copies every weight whose name and shape match (through MONAI's
   ``copy_model_state``) and returns a :class:`PretrainedLoadReport` listing, separately, what was
@@ -12,8 +12,9 @@ set. These helpers do the three things such a run needs, without a trainer of it
   scratch.
 - :func:`freeze_encoder` / :func:`encoder_parameters` and :func:`finetune_param_groups`: keep the
   shared encoder fixed, or train it at a lower learning rate than the decoder and heads.
-- :class:`ExpertRouter`: one expert network per group (e.g. per body part) chosen per sample by an
-  auxiliary task's prediction, returning ``{task: logits}`` like every medmtl network.
+
+Routing each sample to one expert network per group lives with the networks
+(:class:`medmtl.networks.ExpertRouter`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from medmtl.engines.checkpoint_io import load_checkpoint
+from medmtl.engines.checkpoint_io import load_checkpoint, strip_ddp_prefix
 from medmtl.engines.handlers import unwrap
 from medmtl.networks.backbones import Backbone
 
 __all__ = [
-    "ExpertRouter",
     "PretrainedLoadReport",
     "encoder_parameters",
     "finetune_param_groups",
@@ -116,9 +116,7 @@ def _state_dict_from(checkpoint: Any, key: str | None, path: str) -> Mapping[str
         state = state.state_dict()
     if not isinstance(state, Mapping):
         raise TypeError(f"{path}: entry '{key}' is a {type(state).__name__}, not a state_dict")
-    if state and all(k.startswith("module.") for k in state):  # saved from a DDP / DataParallel wrapper
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return strip_ddp_prefix(state)  # saved from a DDP / DataParallel wrapper: keys without "module."
 
 
 def load_pretrained(
@@ -291,133 +289,3 @@ def finetune_param_groups(
         {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "heads"},
     ]
     return [g for g in groups if g["params"]]
-
-
-class ExpertRouter(nn.Module):
-    """Per-sample routing to one expert network per group, chosen by an auxiliary task's prediction.
-
-    E.g. radiographs of seven body parts: a router network predicts ``body_part`` (and possibly
-    more), and an expert trained on one body part predicts ``abnormal`` for the images routed to
-    it. Each sample goes to the expert of the router's ``argmax`` class (for a binary router task:
-    logit > 0 picks expert 1); experts only run on their sub-batches.
-
-    Output: the router's predictions, with each expert task's logits assembled from the experts
-    (an expert prediction replaces a router prediction of the same task name). Every expert must
-    predict the same tasks with the same output sizes.
-
-    Args:
-        router: a network returning ``{task: logits}`` that includes ``router_task``.
-        experts: one network per class of ``router_task``: a sequence in class order, or a mapping
-            from class name to network (class names from ``classes`` or from the router's tasks).
-        router_task: name of the router's task that picks the expert.
-        classes: class names of ``router_task`` in logit order, when ``experts`` is a mapping and
-            the router has no ``tasks``.
-
-    Raises:
-        ValueError: when the experts do not cover the classes one-to-one.
-
-    Example::
-
-        router = MultiTaskClassifier([{"name": "body_part", "kind": "multiclass", "classes": parts}])
-        experts = {part: MultiTaskClassifier([{"name": "abnormal", "kind": "binary"}]) for part in parts}
-        net = ExpertRouter(router, experts, "body_part")
-        out = net(images)  # {"body_part": (B, 7), "abnormal": (B, 1)}
-    """
-
-    def __init__(
-        self,
-        router: nn.Module,
-        experts: Sequence[nn.Module] | Mapping[str, nn.Module],
-        router_task: str,
-        classes: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__()
-        self.router = router
-        self.router_task = router_task
-        task = next((t for t in getattr(router, "tasks", ()) if getattr(t, "name", None) == router_task), None)
-        if classes is None and task is not None:
-            classes = list(task.class_names)
-        self.classes = None if classes is None else [str(c) for c in classes]
-        if isinstance(experts, Mapping):
-            if self.classes is None:
-                raise ValueError(
-                    f"ExpertRouter: experts keyed by name {sorted(experts)} need the class order of '{router_task}': "
-                    "pass classes=[...] or a router with .tasks"
-                )
-            if sorted(experts) != sorted(self.classes):
-                raise ValueError(
-                    f"ExpertRouter: experts {sorted(experts)} must match the classes of '{router_task}' "
-                    f"{self.classes} one-to-one"
-                )
-            ordered = [experts[c] for c in self.classes]
-        else:
-            ordered = list(experts)
-            if self.classes is not None and len(ordered) != len(self.classes):
-                raise ValueError(
-                    f"ExpertRouter: {len(ordered)} experts for the {len(self.classes)} classes {self.classes} of "
-                    f"'{router_task}'"
-                )
-        if len(ordered) < 2:
-            raise ValueError(f"ExpertRouter: needs at least 2 experts, got {len(ordered)}")
-        self.experts = nn.ModuleList(ordered)
-
-    def route(self, router_logits: torch.Tensor) -> torch.Tensor:
-        """Expert index per sample ``(B,)`` from the router task's logits ``(B, K)``."""
-        if router_logits.dim() != 2:
-            raise ValueError(
-                f"ExpertRouter: '{self.router_task}' logits have shape {tuple(router_logits.shape)}, expected (B, K)"
-            )
-        outputs = router_logits.shape[1]
-        if outputs == 1:
-            if len(self.experts) != 2:
-                raise ValueError(
-                    f"ExpertRouter: a one-logit '{self.router_task}' routes to 2 experts, not {len(self.experts)}"
-                )
-            return (router_logits[:, 0] > 0).long()
-        if outputs != len(self.experts):
-            raise ValueError(
-                f"ExpertRouter: '{self.router_task}' has {outputs} outputs for {len(self.experts)} experts"
-            )
-        return router_logits.argmax(dim=1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Route every sample and predict.
-
-        Args:
-            x: the input batch, ``(B, C, *spatial)``.
-
-        Returns:
-            ``{task: logits}``: the router's tasks plus the experts' tasks, batch order preserved.
-        """
-        routed = self.router(x)
-        if self.router_task not in routed:
-            raise KeyError(f"ExpertRouter: the router returned no '{self.router_task}' (got {sorted(routed)})")
-        index = self.route(routed[self.router_task])
-        out: dict[str, torch.Tensor] = dict(routed)
-        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        names: set[str] | None = None
-        for e, expert in enumerate(self.experts):
-            rows = torch.nonzero(index == e, as_tuple=False).reshape(-1)
-            if rows.numel() == 0:
-                continue
-            pred = expert(x[rows])
-            if names is not None and set(pred) != names:
-                raise ValueError(f"ExpertRouter: experts predict different tasks: {sorted(names)} vs {sorted(pred)}")
-            names = set(pred)
-            for task, logits in pred.items():
-                parts.setdefault(task, []).append((rows, logits))
-        for task, pieces in parts.items():
-            first = pieces[0][1]
-            full = first.new_zeros((x.shape[0], *first.shape[1:]))
-            for rows, logits in pieces:
-                if logits.shape[1:] != first.shape[1:]:
-                    raise ValueError(
-                        f"ExpertRouter: experts give '{task}' logits of shapes {tuple(first.shape[1:])} and "
-                        f"{tuple(logits.shape[1:])} per sample"
-                    )
-                full = full.index_copy(0, rows, logits)
-            out[task] = full
-        return out
-
-    def extra_repr(self) -> str:
-        return f"router_task={self.router_task!r}, classes={self.classes}, experts={len(self.experts)}"

@@ -25,11 +25,14 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
+
+from medmtl.byte_size import parse_byte_size
+from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 
 __all__ = [
     "GuardExit",
@@ -189,25 +192,16 @@ class NonFiniteLossGuard:
 
 def _any_rank(flag: bool) -> bool:
     """``flag`` OR-ed over DDP ranks: every rank must stop at the same step, or the others hang in backward."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if idist.get_world_size() == 1:
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value)
-    return bool(value.item() > 0)
+    return idist.all_reduce(float(flag)) > 0  # ignite puts the number on the backend's device (NCCL: the GPU)
 
 
 def _bytes(value: int | float | str | None) -> int | None:
-    """``8e9``, ``"12GiB"``, ``"512 MB"`` -> bytes."""
-    if value is None or isinstance(value, int | float):
+    """``8e9``, ``"12GiB"``, ``"512 MB"`` -> bytes (:func:`medmtl.byte_size.parse_byte_size`)."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return None if value is None else int(value)
-    text = str(value).strip().lower().replace(" ", "")
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-    units.update({"tb": 10**12, "k": 2**10, "m": 2**20, "g": 2**30, "b": 1})
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(float(text))
+    return parse_byte_size(value, "TrainingMemoryGuard(max_bytes)")
 
 
 def _gib(n: float) -> str:
@@ -218,7 +212,7 @@ class TrainingMemoryGuard:
     """Stop before the first training step when one step would not fit in memory.
 
     Estimate: the activations of one no-grad forward of one sample of the first batch
-    (:func:`medmtl.inference.estimate_activation_bytes`, under autocast when the trainer uses AMP)
+    (:func:`medmtl.networks.memory.estimate_activation_bytes`, under autocast when the trainer uses AMP)
     times the batch size times ``activation_factor`` (autograd keeps the activations for backward
     and backward creates their gradients), plus the weights times ``4`` (weights, gradients, two
     Adam moments). It is a coarse upper bound meant to catch a batch or patch size that is several
@@ -232,7 +226,7 @@ class TrainingMemoryGuard:
             ``MemoryBudgetError``; for bundles.
 
     Raises:
-        medmtl.inference.MemoryBudgetError: from the first iteration, before ``forward``.
+        medmtl.networks.memory.MemoryBudgetError: from the first iteration, before ``forward``.
         GuardExit: the same, with ``exit_on_error=True``.
     """
 
@@ -277,8 +271,6 @@ class TrainingMemoryGuard:
                 prepare_batch.augment = augment
 
     def check(self, engine: Engine) -> None:
-        from medmtl.inference import MemoryBudgetError, estimate_activation_bytes
-
         if self._checked:
             return
         self._checked = True

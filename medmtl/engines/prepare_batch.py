@@ -20,17 +20,10 @@ import torch
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils import CommonKeys
 
-from medmtl.data.tasks import Task, as_tasks, present_key
+from medmtl.data.task_keys import label_key, pred_key, present_key, prob_key
+from medmtl.data.tasks import Task, as_tasks
 
 __all__ = ["MultiTaskPrepareBatch", "FlattenTaskOutputsd", "as_tasks", "pred_key", "label_key"]
-
-
-def pred_key(task: str) -> str:
-    return f"pred_{task}"
-
-
-def label_key(task: str) -> str:
-    return f"label_{task}"
 
 
 def _target(task: Task, value: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -190,7 +183,7 @@ class FlattenTaskOutputsd:
             if task.name in preds:
                 out[pred_key(task.name)] = preds[task.name]
                 if self.activation:
-                    out[f"prob_{task.name}"] = probabilities(task, preds[task.name])
+                    out[prob_key(task.name)] = probabilities(task, preds[task.name])
             if task.name in labels:
                 out[label_key(task.name)] = torch.as_tensor(labels[task.name])  # decollate turns 0-d into numbers
             flag = labels.get(present_key(task.name), data.get(present_key(task.name)))

@@ -36,6 +36,7 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys, look_up_option
 
+from medmtl.data.task_keys import CONSISTENCY_LOSS_KEY, ENGINE_LOSS_KEYS, PSEUDO_LABEL_LOSS_KEY, SUPERVISED_LOSS_KEY
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.engines.handlers import unwrap
 from medmtl.transforms.augment_pairs import STRONG_SUFFIX, WEAK_SUFFIX, strong_key, weak_key
@@ -557,9 +558,9 @@ class SemiSupervisedIteration:
             total = supervised + unsupervised
         output = engine.state.output
         output[CommonKeys.LOSS] = total
-        output["loss_supervised"] = supervised.detach()
-        output["loss_pseudo_label"] = pseudo.detach()
-        output["loss_consistency"] = consistency.detach()
+        output[SUPERVISED_LOSS_KEY] = supervised.detach()
+        output[PSEUDO_LABEL_LOSS_KEY] = pseudo.detach()
+        output[CONSISTENCY_LOSS_KEY] = consistency.detach()
         output["unsupervised_ramp"] = torch.tensor(ramp)
         for name, fraction in fractions.items():
             output[f"{_FRACTION}_{name}"] = fraction
@@ -605,7 +606,7 @@ class SemiSupervisedHandler:
         log_level: level of the per-epoch log line (``None``: no line).
     """
 
-    _SCALARS = ("loss_supervised", "loss_pseudo_label", "loss_consistency", "unsupervised_ramp")
+    _SCALARS = (*ENGINE_LOSS_KEYS, "unsupervised_ramp")
 
     def __init__(self, prefix: str = "train_", log_level: int | None = logging.INFO) -> None:
         self.prefix = prefix

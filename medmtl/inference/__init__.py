@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from medmtl.inference.dicom_seg import write_dicom_seg
-from medmtl.inference.sliding_window import (
-    CLASS_AGGREGATIONS,
-    MemoryBudgetError,
-    MultiTaskSlidingWindowInferer,
-    estimate_activation_bytes,
-)
+from medmtl.inference.sliding_window import CLASS_AGGREGATIONS, MultiTaskSlidingWindowInferer
 from medmtl.inference.tta import MirrorTTAInferer, mirror_combinations
 from medmtl.inference.writer import MultiTaskPredictionWriter
+from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 
 __all__ = [
     "CLASS_AGGREGATIONS",

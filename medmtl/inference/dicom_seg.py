@@ -14,10 +14,8 @@ SEG files outside the hospital. File names and log messages still carry only the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import torch
 from monai.utils import optional_import
 
 import medmtl
+from medmtl.atomic_io import atomic_write_with
 from medmtl.data.dicom import scan_dicom
 from medmtl.data.tasks import Task, TaskKind
 
@@ -214,14 +213,6 @@ def write_dicom_seg(
         series_description=(series_description or f"medmtl {task.name}")[:64],
     )
 
-    out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"  # same folder: the rename is atomic
-    try:
-        seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    out = atomic_write_with(output_path, lambda handle: seg.save_as(handle, enforce_file_format=True))
     logger.info("wrote DICOM-SEG %s (%d segment(s), %d source file(s))", out, task.num_outputs - 1, len(series.files))
     return out

@@ -28,10 +28,11 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.transforms import Invertd, InvertibleTransform, SaveImage
 
+from medmtl.atomic_io import atomic_write
 from medmtl.csv_safety import csv_text
 from medmtl.data.dicom import is_dicom_file
+from medmtl.data.task_keys import pred_key
 from medmtl.data.tasks import Task, TaskKind, as_tasks
-from medmtl.engines.prepare_batch import pred_key
 from medmtl.inference.case_files import CaseFileNames
 from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
 
@@ -239,14 +240,11 @@ class MultiTaskPredictionWriter:
 
     def write_table(self, engine: Engine | None = None) -> Path:
         """``predictions.csv`` with one row per case (written atomically)."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         columns: list[str] = []
         for row in self.rows:
             columns += [c for c in row if c not in columns]
-        tmp = self.table_path.with_suffix(".csv.tmp")
         # backslashreplace: an id from a non-UTF-8 file name must not fail the table after the whole run
-        tmp.write_text(csv_text(columns, self.rows), encoding="utf-8", errors="backslashreplace", newline="")
-        os.replace(tmp, self.table_path)
+        atomic_write(self.table_path, csv_text(columns, self.rows).encode("utf-8", errors="backslashreplace"))
         logger.info("wrote %d predictions to %s", len(self.rows), self.table_path)
         return self.table_path
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 
 from medmtl.losses.weighting import (
@@ -31,7 +32,6 @@ from medmtl.losses.weighting import (
     Weighting,
     _all_reduce_mean,
     _flat_params,
-    _world_size,
     register_weighting,
 )
 
@@ -137,7 +137,7 @@ class GradNormWeighting(Weighting):
         """
         names = self._check_losses(losses)
         params = _flat_params(shared_params, "GradNormWeighting.gradnorm_step")
-        if not names and _world_size() == 1:
+        if not names and idist.get_world_size() == 1:
             return {}  # nothing labelled; under DDP the (zero) gradient is still averaged below
         dev = self.weights.device
         grad = torch.zeros_like(self.weights)
@@ -275,7 +275,7 @@ class PCGradWeighting(FixedWeighting):
         w = self.weights.detach().clone()
         weighted = [w[self.index(n)].to(losses[n].device) * losses[n].reshape(()) for n in names]
         correction = None
-        if len(weighted) < 2 and _world_size() > 1:  # every rank joins the all-reduce below
+        if len(weighted) < 2 and idist.get_world_size() > 1:  # every rank joins the all-reduce below
             correction = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
         elif len(weighted) > 1:
             per_task = _task_grads(weighted, params)

@@ -25,13 +25,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from medmtl.data.tasks import Task, as_tasks, present_key
 from medmtl.losses.task_losses import build_task_loss, present_flags
-from medmtl.losses.weighting import Weighting, _world_size, build_weighting
+from medmtl.losses.weighting import Weighting, build_weighting
 
 __all__ = ["MultiTaskLoss"]
 
@@ -239,12 +239,12 @@ class MultiTaskLoss(nn.Module):
         this is active (training does); monitoring under ``torch.no_grad()``, where validation
         shards may differ in length, runs no collective.
         """
-        world = _world_size()
+        world = idist.get_world_size()
         if not self.global_label_mean or world == 1 or self.needs_shared_params or not torch.is_grad_enabled():
             return None
         names = list(counts)  # the task order of self.task_losses: the same on every rank
         totals = torch.tensor([float(counts[n]) for n in names], dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
+        totals = idist.all_reduce(totals)
         return {n: counts[n] * world / total for n, total in zip(names, totals.tolist(), strict=True) if total > 0}
 
     def forward(

@@ -30,8 +30,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from monai.utils import look_up_option
 from torch import nn
 
@@ -97,16 +97,15 @@ def build_weighting(name: str, task_names: Sequence[str], **kwargs: Any) -> Weig
     return cls(task_names, **kwargs)
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Average ``t`` in place across DDP ranks (no-op without an initialised process group)."""
-    ws = _world_size()
+    """Average ``t`` in place across DDP ranks with ignite's ``idist.all_reduce`` (no-op in one process).
+
+    In place because callers average ``.grad`` and buffers; ``copy_`` covers the case where ignite
+    reduced a copy on the backend's device. Gloo has no average, hence the sum and the division.
+    """
+    ws = idist.get_world_size()
     if ws > 1:
-        dist.all_reduce(t)
-        t.div_(ws)
+        t.copy_(idist.all_reduce(t)).div_(ws)
     return t
 
 
@@ -229,7 +228,7 @@ class Weighting(nn.Module, ABC):
         These parameters are not inside the DDP-wrapped network, so DDP does not reduce them. Call
         after backward and before ``optimizer.step()`` on every rank; no-op without a process group.
         """
-        if _world_size() == 1:
+        if idist.get_world_size() == 1:
             return
         for p in self.parameters():
             if p.requires_grad:

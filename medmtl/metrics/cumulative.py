@@ -27,21 +27,14 @@ from monai.data import MetaTensor, decollate_batch
 from monai.metrics import Cumulative
 from monai.utils import string_list_all_gather
 
-from medmtl.data.tasks import Task, TaskKind, present_key
+from medmtl.data.task_keys import label_key as _label_key
+from medmtl.data.task_keys import pred_key as _pred_key
+from medmtl.data.task_keys import present_key
+from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
 __all__ = ["TaskMetric", "as_samples", "update_from_samples", "collect_results"]
-
-
-def _pred_key(task: str) -> str:
-    """Key of a task's logits in a flattened evaluator output (engine contract)."""
-    return f"pred_{task}"
-
-
-def _label_key(task: str) -> str:
-    """Key of a task's label in a flattened evaluator output (engine contract)."""
-    return f"label_{task}"
 
 
 def _unbatch(x: Any, name: str) -> list[Any]:

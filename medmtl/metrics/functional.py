@@ -5,9 +5,10 @@ give the same numbers, so both call these functions on the same per-case arrays.
 segmentation scores come straight from MONAI (``compute_dice``, ``compute_iou``,
 ``compute_hausdorff_distance``, ``get_confusion_matrix``) and are reduced with MONAI's NaN-aware
 ``do_metric_reduction``; AUROC is MONAI's ``compute_roc_auc`` and the thresholded binary scores
-are MONAI's ``compute_confusion_matrix_metric``. Only what MONAI lacks is written here: Cohen's
-kappa, the K x K multiclass confusion matrix with balanced accuracy / macro F1, and a vectorised
-case-resampling bootstrap (MONAI's AUROC loops in Python, far too slow for 1000 resamples).
+are MONAI's ``compute_confusion_matrix_metric``. What MONAI lacks comes from scikit-learn: Cohen's
+kappa, the K x K multiclass confusion matrix, balanced accuracy and macro F1. Only the
+case-resampling bootstrap is written here: neither library has a vectorised one (MONAI's AUROC
+loops in Python and scikit-learn scores one resample per call, far too slow for 1000 resamples).
 
 Which metrics a task gets, and which one is primary, depends only on its kind, never its name.
 """
@@ -30,6 +31,14 @@ from monai.metrics import (
 )
 from monai.metrics.utils import do_metric_reduction
 from monai.networks.utils import one_hot
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from medmtl.data.tasks import Task, TaskKind
 
@@ -47,7 +56,6 @@ __all__ = [
     "label_metrics",
     "multiclass_confusion_matrix",
     "multiclass_metrics",
-    "kappa_from_matrix",
     "bootstrap_ci",
     "resampled_nanmean",
     "rows_nanmean",
@@ -238,15 +246,13 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float(compute_roc_auc(s, y))
 
 
-def kappa_from_matrix(matrix: np.ndarray) -> float:
-    """Cohen's kappa from a K x K confusion matrix (rows: truth); NaN when chance agreement is 1."""
-    m = np.asarray(matrix, dtype=np.float64)
-    n = m.sum()
-    if n == 0:
+def _kappa(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """Cohen's kappa (scikit-learn); NaN without cases or when chance agreement is 1."""
+    if not len(labels):
         return math.nan
-    observed = np.trace(m) / n
-    expected = float((m.sum(axis=1) * m.sum(axis=0)).sum()) / (n * n)
-    return (observed - expected) / (1.0 - expected) if expected < 1.0 else math.nan
+    with warnings.catch_warnings():  # chance agreement 1 (one class only): NaN, scikit-learn warns
+        warnings.simplefilter("ignore")
+        return float(cohen_kappa_score(labels, predictions, labels=np.arange(num_classes)))
 
 
 def label_metrics(
@@ -271,12 +277,13 @@ def label_metrics(
     names = [safe_key(n) for n in (label_names or [str(i) for i in range(k)])]
     per_label: dict[str, np.ndarray] = {"auroc": np.array([auroc(p[:, j], y[:, j]) for j in range(k)])}
     if len(p):
-        counts = get_confusion_matrix(torch.as_tensor(p >= threshold), torch.as_tensor(y), include_background=True)
+        hard = (p >= threshold).astype(np.int64)
+        counts = get_confusion_matrix(torch.as_tensor(hard), torch.as_tensor(y), include_background=True)
         counts = counts.sum(dim=0).double()  # (K, 4): tp, fp, tn, fn
         for ours, monai_name in _CONFUSION_NAMES.items():
             per_label[ours] = compute_confusion_matrix_metric(monai_name, counts).numpy().astype(np.float64)
-        tp, fp, tn, fn = (counts[:, i].numpy() for i in range(4))
-        per_label["kappa"] = np.array([kappa_from_matrix([[tn[j], fp[j]], [fn[j], tp[j]]]) for j in range(k)])
+        truth = y.astype(np.int64)
+        per_label["kappa"] = np.array([_kappa(truth[:, j], hard[:, j], 2) for j in range(k)])
     else:
         for name in LABEL_METRICS[1:]:
             per_label[name] = np.full(k, np.nan)
@@ -291,10 +298,12 @@ def label_metrics(
 
 
 def multiclass_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """K x K counts, rows the true class and columns the predicted class."""
+    """K x K counts (scikit-learn), rows the true class and columns the predicted class; zeros without cases."""
     t = np.asarray(labels, dtype=np.int64).reshape(-1)
     p = np.asarray(predictions, dtype=np.int64).reshape(-1)
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    if not len(t):  # scikit-learn refuses empty input
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return confusion_matrix(t, p, labels=np.arange(num_classes))
 
 
 def multiclass_metrics(
@@ -302,9 +311,10 @@ def multiclass_metrics(
 ) -> dict[str, float]:
     """Multiclass scores from softmax probabilities and class indices (prediction: argmax).
 
-    Balanced accuracy and macro F1 average over the classes that occur in the truth or the
-    prediction (as scikit-learn does); ``auroc`` is the one-vs-rest mean over classes that occur.
-    Per-class recall and F1 are also given as ``recall_<class>`` / ``f1_<class>``.
+    Accuracy, balanced accuracy (mean recall over the classes in the truth), macro F1 (mean over
+    the classes in the truth or the prediction) and kappa are scikit-learn's; ``auroc`` is the
+    one-vs-rest mean over classes that occur. Per-class recall and F1 are also given as
+    ``recall_<class>`` / ``f1_<class>`` (NaN for a class with no case to score it on).
 
     Args:
         probabilities: ``(N, K)`` probabilities.
@@ -318,22 +328,21 @@ def multiclass_metrics(
     k = p.shape[1]
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     names = [safe_key(n) for n in (class_names or [str(i) for i in range(k)])]
-    cm = multiclass_confusion_matrix(y, p.argmax(axis=1) if len(p) else y, k)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(support > 0, tp / support, np.nan)
-        f1_den = support + predicted
-        f1 = np.where(f1_den > 0, 2 * tp / f1_den, np.nan)
     aucs = np.array([auroc(p[:, j], y == j) for j in range(k)])
-    out = {
-        "accuracy": float(tp.sum() / len(y)) if len(y) else math.nan,
-        "balanced_accuracy": _nanmean(recall),
-        "f1_macro": _nanmean(f1),
-        "kappa": kappa_from_matrix(cm),
-        "auroc": _nanmean(aucs),
-    }
+    out = {name: math.nan for name in MULTICLASS_METRICS}
+    recall = f1 = np.full(k, np.nan)
+    if len(y):  # scikit-learn refuses empty input
+        pred = p.argmax(axis=1)
+        with warnings.catch_warnings():  # classes absent from a small validation set are expected: NaN
+            warnings.simplefilter("ignore")
+            _, recall, f1, _ = precision_recall_fscore_support(
+                y, pred, labels=np.arange(k), average=None, zero_division=np.nan
+            )
+            out["accuracy"] = float(accuracy_score(y, pred))
+            out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
+            out["f1_macro"] = float(f1_score(y, pred, average="macro"))
+        out["kappa"] = _kappa(y, pred, k)
+    out["auroc"] = _nanmean(aucs)
     for j, name in enumerate(names):
         out[f"recall_{name}"] = float(recall[j])
         out[f"f1_{name}"] = float(f1[j])
@@ -418,7 +427,7 @@ def rows_nanmean(v: np.ndarray) -> np.ndarray:
 def resampled_auroc(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """AUROC of each resample row (ties count one half, as in MONAI / scikit-learn).
 
-    Scores are ranked once; each resample only re-weights the tied-score bins, so R resamples
+    Why our own: scikit-learn's ``roc_auc_score`` sorts once per resample. Scores are ranked once; each resample only re-weights the tied-score bins, so R resamples
     cost O(R N) instead of R sorts.
     """
     uniq, bins = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
@@ -438,7 +447,11 @@ def resampled_auroc(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> 
 def resampled_balanced_accuracy(
     labels: np.ndarray, predictions: np.ndarray, num_classes: int, idx: np.ndarray
 ) -> np.ndarray:
-    """Balanced accuracy (mean recall over classes present in the truth) of each resample row."""
+    """Balanced accuracy (mean recall over classes present in the truth) of each resample row.
+
+    Why our own: scikit-learn's ``balanced_accuracy_score`` scores one resample per call; this
+    counts all R resamples in one ``bincount``.
+    """
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     correct = (y == np.asarray(predictions, dtype=np.int64).reshape(-1)).astype(np.float64)
     r = idx.shape[0]

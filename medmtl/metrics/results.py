@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.atomic_io import atomic_write_with
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
 
@@ -336,9 +337,8 @@ class EvaluationResults:
         return flat
 
     def save(self, path: str | Path) -> Path:
-        """Write every task's per-case arrays to one ``.npz`` (no pickled objects); returns the path."""
+        """Write every task's per-case arrays to one ``.npz`` (no pickled objects, atomically); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         for name, r in self.results.items():
             arrays[f"{name}{_SEP}case_ids"] = np.asarray(r.case_ids, dtype=np.str_)
@@ -348,9 +348,7 @@ class EvaluationResults:
                 arrays[f"{name}{_SEP}labels"] = r.labels
             for metric, values in r.case_metrics.items():
                 arrays[f"{name}{_SEP}metric{_SEP}{metric}"] = values
-        with path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        return path
+        return atomic_write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | Path, tasks: Sequence[Task]) -> EvaluationResults:

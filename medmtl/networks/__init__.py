@@ -5,7 +5,8 @@ sharing (:class:`MultiTaskNet`, :class:`MultiTaskClassifier`, :class:`MultiPlane
 (:class:`CrossStitchNet`) and the MultiMix saliency bridge (:class:`SaliencyBridgeNet`) all size their
 heads from :class:`~medmtl.data.Task` objects and the channels their backbone reports. Backbones wrap
 MONAI networks (or implement MeshNet, which MONAI lacks) behind the small :class:`Backbone`
-interface, and are also reachable by name through :func:`build_backbone`.
+interface, and are also reachable by name through :func:`build_backbone`. :class:`ExpertRouter`
+sends each sample to one expert network per group chosen by a prediction.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from medmtl.networks.backbones import (
 from medmtl.networks.cross_stitch import CrossStitchNet, CrossStitchUnit
 from medmtl.networks.factory import SHARING, build_multitask_network
 from medmtl.networks.heads import ClassificationHead, SegmentationHead, build_head
+from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 from medmtl.networks.meshnet import DILATION_SCHEDULES, MeshNet, MeshNetBackbone
 from medmtl.networks.multiplane import MultiPlaneNet
 from medmtl.networks.multitask import MultiTaskClassifier, MultiTaskModule, MultiTaskNet
 from medmtl.networks.registry import build_backbone, list_backbones, register_backbone
+from medmtl.networks.router import ExpertRouter
 from medmtl.networks.saliency import SaliencyBridgeNet
 from medmtl.networks.wrappers import TaskOutput
 
@@ -51,6 +54,9 @@ __all__ = [
     "CrossStitchUnit",
     "CrossStitchNet",
     "MultiPlaneNet",
+    "ExpertRouter",
+    "MemoryBudgetError",
+    "estimate_activation_bytes",
     "register_backbone",
     "build_backbone",
     "list_backbones",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless, generate_uid
 
-import medmtl.data.dicom as dicom
+import medmtl.data.dicom.deidentify as dicom_deidentify
+import medmtl.data.dicom.file_checks as dicom_file_checks
+import medmtl.data.dicom.pixels as dicom_pixels
 from medmtl.data.dicom import (
     CHECKS,
     DicomError,
@@ -340,7 +343,7 @@ def test_unsupported_syntax_names_the_plugin(tmp_path, monkeypatch):
     ds.PixelData = encapsulate([bytes(64)])
     ds["PixelData"].VR = "OB"
     path = save(ds, tmp_path / "htj2k.dcm")
-    monkeypatch.setattr(dicom, "_decoder_available", lambda ts: False)
+    monkeypatch.setattr(dicom_file_checks, "_decoder_available", lambda ts: False)
     [problem] = check_dicom(path)
     assert problem.check == "unsupported_transfer_syntax"
     assert "High-Throughput JPEG 2000" in problem.message and "pylibjpeg-openjpeg" in problem.fix
@@ -351,7 +354,8 @@ def test_missing_pydicom_plugin_falls_back_to_simpleitk(tmp_path, monkeypatch, c
     ds = make_dataset(pixels, series_uid=generate_uid())
     ds.compress(RLELossless)
     path = save(ds, tmp_path / "rle.dcm")
-    monkeypatch.setattr(dicom, "_decoder_available", lambda ts: False)
+    monkeypatch.setattr(dicom_file_checks, "_decoder_available", lambda ts: False)
+    monkeypatch.setattr(dicom_pixels, "_decoder_available", lambda ts: False)
     with caplog.at_level(logging.WARNING):
         arr, _ = read_dicom(path)
     np.testing.assert_array_equal(arr, pixels.T)
@@ -426,11 +430,10 @@ def test_convert_single_2d_file(tmp_path):
 def test_convert_is_atomic(tmp_path, monkeypatch):
     write_series(tmp_path / "ct")
 
-    def broken_save(img, filename):
-        Path(filename).write_bytes(b"half")
+    def broken_fsync(fd):  # the temp file holds the NIfTI bytes, then the disk fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         convert_dicom(tmp_path / "ct", tmp_path / "out" / "ct.nii.gz")
     assert list((tmp_path / "out").iterdir()) == []
@@ -476,7 +479,7 @@ def test_deidentify_dataset_blanks_removes_and_remaps(tmp_path):
 
 
 def test_deidentify_profile_names_are_dicom_keywords():
-    for keyword in dicom._BLANK + dicom._REMOVE:
+    for keyword in dicom_deidentify._BLANK + dicom_deidentify._REMOVE:
         assert pydicom.datadict.tag_for_keyword(keyword) is not None, keyword
 
 

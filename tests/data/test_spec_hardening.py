@@ -18,9 +18,10 @@ import yaml
 from monai.utils import CommonKeys, PostFix
 
 from medmtl.data.spec import SpecError, load_spec
-from medmtl.data.tasks import RESERVED_NAMES, Task, as_tasks, present_key, reserved_name_error
+from medmtl.data.task_keys import RESERVED_NAMES, label_key, pred_key, present_key, reserved_name_error
+from medmtl.data.tasks import Task, as_tasks
 from medmtl.data.validate import validate_dataset
-from medmtl.engines.prepare_batch import FlattenTaskOutputsd, label_key, pred_key
+from medmtl.engines.prepare_batch import FlattenTaskOutputsd
 
 _GRADE = {"name": "grade", "kind": "multiclass", "classes": ["a", "b", "c"], "label": {"field": "label"}}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import validate_fixtures as vf
 
-import medmtl.data.validate as validate_module
+import medmtl.data.validate.pool as validate_pool
 from medmtl.data.problems import Problem, Severity
 from medmtl.data.spec import load_spec
 from medmtl.data.validate import ValidationReport, validate_dataset
@@ -131,7 +131,7 @@ def test_clean_png_label_table(tmp_path):
 def test_process_pool_matches_in_process(tmp_path, monkeypatch):
     dataset = vf.nifti_dataset(tmp_path, faults=True)
     serial = validate_dataset(dataset.spec, workers=1)
-    monkeypatch.setattr(validate_module, "_ADAPTIVE", False)  # every case through the spawned worker
+    monkeypatch.setattr(validate_pool, "_ADAPTIVE", False)  # every case through the spawned worker
     pooled = validate_dataset(dataset.spec, workers=2)
     assert pooled.workers == 2
     assert _keys(pooled) == _keys(serial)

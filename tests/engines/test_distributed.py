@@ -43,6 +43,29 @@ def test_writers_are_kept_on_rank0_only(monkeypatch) -> None:
     assert rank0_only(handlers) == [] and per_rank_handlers(None) == []
 
 
+def test_ignite_idist_follows_the_group_from_init_to_cleanup(monkeypatch) -> None:
+    """A one-process gloo group: ignite's helpers see it after init and forget it after cleanup, twice."""
+    import socket
+
+    import ignite.distributed as idist
+
+    for _ in range(2):  # a second group in the same process is seen too
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        try:
+            assert D.init_distributed(backend="gloo") == D.distributed_device()
+            assert D.is_distributed() and idist.backend() == "gloo" and idist.model_name() == "native-dist"
+            assert (D.get_rank(), D.get_world_size()) == (0, 1)
+        finally:
+            D.cleanup_distributed()
+        assert not D.is_distributed() and idist.backend() is None and idist.model_name() == "serial"
+        assert (D.get_rank(), D.get_world_size()) == (0, 1)
+
+
 def test_init_without_torchrun_says_how_to_start(monkeypatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -1,4 +1,4 @@
-"""Fine-tuning helpers: loading pre-trained weights, freezing the encoder, LR groups, and the expert router."""
+"""Fine-tuning helpers: loading pre-trained weights, freezing the encoder, LR groups."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from torch import nn
 
 from medmtl.data import Task
 from medmtl.engines import (
-    ExpertRouter,
     encoder_parameters,
     finetune_param_groups,
     freeze_encoder,
@@ -194,63 +193,3 @@ def test_finetune_param_groups() -> None:
     assert len(optimizer.param_groups) == 3
     with pytest.raises(ValueError, match="encoder_lr_factor"):
         finetune_param_groups(net, lr=1e-3, encoder_lr_factor=-1)
-
-
-# -- expert router ----------------------------------------------------------------------------------
-class FixedRouter(nn.Module):
-    """Routes by the sample's first pixel value (an integer class index)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.tasks = [Task(name="body_part", kind="multiclass", classes=[f"part{i}" for i in range(num_classes)])]
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        index = x[:, 0, 0, 0].long()
-        return {"body_part": nn.functional.one_hot(index, self.num_classes).float() * 5.0}
-
-
-class ConstantExpert(nn.Module):
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-        self.batch_sizes: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.batch_sizes.append(x.shape[0])
-        return {"abnormal": torch.full((x.shape[0], 1), self.value), "grade": torch.full((x.shape[0], 2), -self.value)}
-
-
-def test_expert_router_picks_the_expert_of_the_predicted_group() -> None:
-    experts = {f"part{i}": ConstantExpert(float(10 * (i + 1))) for i in range(3)}
-    router = ExpertRouter(FixedRouter(3), experts, router_task="body_part")
-    routes = torch.tensor([2, 0, 2, 1, 0])
-    x = torch.zeros(5, 1, 4, 4)
-    x[:, 0, 0, 0] = routes.float()
-
-    out = router(x)
-    assert set(out) == {"body_part", "abnormal", "grade"}
-    assert out["abnormal"][:, 0].tolist() == [10.0 * (r + 1) for r in routes.tolist()]  # batch order kept
-    assert out["grade"].shape == (5, 2)
-    assert [experts[f"part{i}"].batch_sizes for i in range(3)] == [[2], [1], [2]]  # only its own samples
-    assert router.route(out["body_part"]).tolist() == routes.tolist()
-
-    only_one = torch.zeros(2, 1, 4, 4)
-    assert router(only_one)["abnormal"][:, 0].tolist() == [10.0, 10.0]
-
-
-def test_expert_router_binary_list_and_checks() -> None:
-    class BinaryRouter(nn.Module):
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"side": x[:, :1, 0, 0]}
-
-    router = ExpertRouter(BinaryRouter(), [ConstantExpert(1.0), ConstantExpert(2.0)], router_task="side")
-    x = torch.tensor([-1.0, 3.0, -2.0]).reshape(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
-    assert router(x)["abnormal"][:, 0].tolist() == [1.0, 2.0, 1.0]
-
-    with pytest.raises(ValueError, match="one-to-one"):
-        ExpertRouter(FixedRouter(3), {"part0": ConstantExpert(1.0), "part1": ConstantExpert(2.0)}, "body_part")
-    with pytest.raises(ValueError, match="class order"):
-        ExpertRouter(BinaryRouter(), {"left": ConstantExpert(1.0), "right": ConstantExpert(2.0)}, "side")
-    with pytest.raises(KeyError, match="no 'organ'"):
-        ExpertRouter(FixedRouter(2), [ConstantExpert(1.0), ConstantExpert(2.0)], "organ")(torch.zeros(1, 1, 2, 2))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import bundle_argv  # tests/bundles
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
@@ -198,10 +198,10 @@ def test_bundle_with_nan_guard_exits_non_zero_with_a_clear_message(tmp_path) -> 
             "lambda e: [p.data.fill_(float('nan')) for p in @network.parameters()] if e.state.epoch == 2 else None)"
         ],
     }
-    (tmp_path / "nan.json").write_text(json.dumps(extra))
-    configs = f"['{REPO / 'bundles/demo/configs/train.json'}','{tmp_path / 'nan.json'}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs]
-    cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(tmp_path / "data")]
+    extra_file = tmp_path / "nan.json"
+    extra_file.write_text(json.dumps(extra))
+    cmd = bundle_argv("demo", ["train"], ["--data_spec", str(REPO / "data_specs" / "demo.yaml")], [extra_file])
+    cmd += ["--dataset_dir", str(tmp_path / "data")]
     cmd += ["--output_dir", str(tmp_path / "run"), "--epochs", "3", "--val_interval", "1"]
     cmd += ["--spatial_size", "[32,32]", "--batch_size", "4"]
     result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)

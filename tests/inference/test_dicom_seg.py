@@ -20,8 +20,8 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from medmtl.data.dicom import read_dicom  # noqa: E402
 from medmtl.data.readers import MedmtlLoadImaged, make_loader  # noqa: E402
+from medmtl.data.task_keys import pred_key  # noqa: E402
 from medmtl.data.tasks import Task  # noqa: E402
-from medmtl.engines.prepare_batch import pred_key  # noqa: E402
 from medmtl.inference import MultiTaskPredictionWriter, write_dicom_seg  # noqa: E402
 
 ROWS, COLS, SLICES = 16, 20, 6

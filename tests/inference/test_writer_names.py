@@ -15,7 +15,7 @@ from monai.engines.utils import IterationEvents
 from PIL import Image
 
 from medmtl.csv_safety import FORMULA_TRIGGERS
-from medmtl.engines.prepare_batch import pred_key
+from medmtl.data.task_keys import pred_key
 from medmtl.inference import MultiTaskPredictionWriter
 
 TASKS = [

@@ -147,6 +147,28 @@ def test_multiclass_metrics_match_sklearn():
     assert cm.sum() == 80 and np.trace(cm) == (y == hard).sum()
     fast = F.resampled_balanced_accuracy(y, hard, 4, np.arange(80)[None])
     assert fast[0] == pytest.approx(balanced_accuracy_score(y, hard))
+    idx = rng.integers(0, 80, size=(5, 80))
+    for row, value in zip(idx, F.resampled_balanced_accuracy(y, hard, 4, idx), strict=True):
+        assert value == pytest.approx(balanced_accuracy_score(y[row], hard[row]))
+
+
+def test_multiclass_edge_cases_are_nan_not_errors():
+    # class 2 never occurs and is never predicted; class 1 is predicted but never true
+    p = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    y = np.array([0, 0, 0])
+    out = F.multiclass_metrics(p, y, ["a", "b", "c"])
+    assert out["balanced_accuracy"] == pytest.approx(2 / 3)  # recall of the true classes only
+    assert out["f1_macro"] == pytest.approx(np.mean([2 * 2 / (3 + 2), 0.0]))  # classes in truth or prediction
+    assert out["recall_a"] == pytest.approx(2 / 3) and math.isnan(out["recall_b"]) and math.isnan(out["f1_c"])
+    assert out["f1_b"] == 0.0
+    assert F.multiclass_confusion_matrix(y, p.argmax(1), 3).tolist() == [[2, 1, 0], [0, 0, 0], [0, 0, 0]]
+    one_class = F.multiclass_metrics(np.array([[0.9, 0.1]] * 4), np.zeros(4, dtype=int))
+    assert one_class["accuracy"] == 1.0 and math.isnan(one_class["kappa"])  # chance agreement is 1
+    empty = F.multiclass_metrics(np.zeros((0, 3)), np.zeros(0, dtype=int), ["a", "b", "c"])
+    assert empty["num_cases"] == 0 and all(math.isnan(v) for k, v in empty.items() if k != "num_cases")
+    assert F.multiclass_confusion_matrix(np.zeros(0), np.zeros(0), 3).tolist() == [[0] * 3] * 3
+    binary_empty = F.label_metrics(np.zeros((0, 1)), np.zeros((0, 1)))
+    assert math.isnan(binary_empty["kappa"]) and binary_empty["num_cases"] == 0
 
 
 def test_primary_metrics_by_kind(kit):

@@ -6,9 +6,10 @@ minutes (MLflow's default: 7 retries with exponential backoff) and then raises, 
 training with a traceback: an hours-long run lost because a dashboard was down. The metrics are
 safe in ``history.json`` either way; what the run must not do is die or go silent.
 
-:class:`TrackingGuard` wraps the ``client`` of every ``MLFlowHandler`` of the engines (MONAI's
-handler and ours make every server call through ``handler.client``, so nothing of MONAI is copied
-or patched). The wrapped client:
+:class:`TrackingGuard` wraps the ``client`` of every ``MLFlowHandler`` connected to it
+(:func:`medmtl.tracking.connect_tracking`: the handlers ``--tracking mlflow`` appended to the
+bundle's handler lists; MONAI's handler and ours make every server call through
+``handler.client``, so nothing of MONAI is copied or patched). The wrapped client:
 
 - passes calls through while the server answers;
 - on the first connection failure logs **one** warning and goes offline: writes (metrics, params,
@@ -32,13 +33,14 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
 from monai.utils import path_to_sqlite_uri, path_to_uri
 
-from medmtl.tracking_batch import MetricBatchingClient
+from medmtl.tracking.batch import MetricBatchingClient
 
 __all__ = ["TrackingGuard", "FALLBACK_DB", "FALLBACK_ARTIFACTS"]
 
@@ -408,11 +410,14 @@ class _GuardedClient:
 class TrackingGuard:
     """Keep a run going, and its MLflow records, when the tracking server is down (see the module docstring).
 
-    List it in the trainer's handlers (``train::handlers``) once; it guards the ``MLFlowHandler`` of
-    the trainer and of the validator that ``ValidationHandler`` runs. In an evaluation or inference
-    config, list it in that engine's handlers. Without ``--tracking mlflow`` it does nothing::
+    List it in the trainer's handlers (``train::handlers``) once, and connect it in the bundle's
+    ``run`` section to the handler lists ``--tracking mlflow`` appends ``MLFlowHandler`` to: it
+    guards every one of them, the trainer's and the validator's. In an evaluation or inference
+    config, list it in that engine's handlers and connect that list. Not connected (no
+    ``--tracking mlflow``) it does nothing::
 
         {"_target_": "medmtl.tracking.TrackingGuard", "fallback_dir": "@output_dir"}
+        "run": ["$medmtl.tracking.connect_tracking(@train::handlers, @validate::handlers)", "$@train::trainer.run()"]
 
     It also sets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` for this
     process unless they are set already: MLflow's defaults (7 retries with exponential backoff,
@@ -428,7 +433,7 @@ class TrackingGuard:
         timeout: MLflow HTTP timeout in seconds (environment default, see above).
         max_buffered: calls kept in memory at most; beyond that they go to the local store early.
         batch_metrics: merge MONAI's per-iteration metric calls and send them once per epoch (or every
-            ``flush_interval`` seconds) with :class:`~medmtl.tracking_batch.MetricBatchingClient`: one
+            ``flush_interval`` seconds) with :class:`~medmtl.tracking.MetricBatchingClient`: one
             store transaction per epoch instead of one per step (5-9 % of a small 2D run's epoch on SQLite).
         flush_interval: longest delay, in seconds, of a batched metric.
     """
@@ -450,6 +455,7 @@ class TrackingGuard:
         self.max_buffered = max_buffered
         self.batch_metrics = batch_metrics
         self.flush_interval = float(flush_interval)
+        self.mlflow_handlers: list[Any] = []
         self._batchers: list[MetricBatchingClient] = []
         self._outages: dict[str, _Outage] = {}
         self._clients: list[tuple[Any, _Outage]] = []
@@ -475,9 +481,15 @@ class TrackingGuard:
         # (``--tracking`` appends MLflow's handlers after the bundle's), so no call goes unguarded
         engine.add_event_handler(Events.STARTED, self.started)
 
+    def connect(self, mlflow_handlers: Iterable[Any]) -> None:
+        """Guard these ``MLFlowHandler`` objects from the start of the engine on; idempotent."""
+        for handler in mlflow_handlers:
+            if not any(handler is known for known in self.mlflow_handlers):
+                self.mlflow_handlers.append(handler)
+
     def started(self, engine: Engine) -> None:
-        """Wrap the clients of the MLflow handlers of ``engine`` and of its validators; finish after the run."""
-        for handler in self._mlflow_handlers(engine):
+        """Wrap the clients of the connected MLflow handlers (before they open a run); finish after the run."""
+        for handler in self.mlflow_handlers:
             self.guard(handler)
         if engine is self._main and not engine.has_event_handler(self.finish, Events.COMPLETED):
             # added now, after MLFlowHandler's COMPLETED callbacks (its final artifacts, set_terminated)
@@ -487,26 +499,6 @@ class TrackingGuard:
         if not self._atexit:  # a run that ends with an exception never fires COMPLETED
             atexit.register(self.finish)
             self._atexit = True
-
-    @staticmethod
-    def _mlflow_handlers(engine: Engine) -> list[Any]:
-        from monai.handlers import MLFlowHandler, ValidationHandler
-
-        found: list[Any] = []
-        engines, index = [engine], 0
-        while index < len(engines):
-            for callbacks in engines[index]._event_handlers.values():
-                for func, *_ in callbacks:
-                    parent = getattr(func, "_parent", None)  # filtered events wrap the callback
-                    target = parent() if callable(parent) else func
-                    owner = getattr(target, "__self__", target)  # ValidationHandler registers itself
-                    if isinstance(owner, MLFlowHandler) and not any(owner is h for h in found):
-                        found.append(owner)
-                    validator = getattr(owner, "validator", None) if isinstance(owner, ValidationHandler) else None
-                    if isinstance(validator, Engine) and not any(validator is e for e in engines):
-                        engines.append(validator)
-            index += 1
-        return found
 
     def guard(self, handler: Any) -> None:
         """Route ``handler.client`` (an ``MlflowClient``) through the outage logic; idempotent."""

@@ -12,8 +12,13 @@ every ``flush_interval`` seconds) costs one transaction for the lot.
 metrics are kept; any other call (params, tags, artifacts, reads, the run's end) first sends what
 was kept, so the order of writes on the server is unchanged. Metrics keep the timestamps and steps
 they were created with, so the run's history is the same as without batching; it only reaches the
-server up to one epoch later. :class:`medmtl.tracking_guard.TrackingGuard` installs it (its
+server up to one epoch later. :class:`medmtl.tracking.TrackingGuard` installs it (its
 ``batch_metrics`` argument) and flushes at every epoch end and when the run ends.
+
+Why ours and not MLflow's asynchronous logging (``log_batch(..., synchronous=False)``): a batch its
+queue fails to write is logged and dropped, and when it merges calls (the only way to get one store
+transaction for many steps, ``MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS``) the failure is reported on
+the first call's future only, so the outage guard could not tell which calls to keep and replay.
 """
 
 from __future__ import annotations

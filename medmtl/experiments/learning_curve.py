@@ -6,21 +6,22 @@ fine-tuning) buy back what fewer labels cost. Answering that means many training
 in ``label_fraction`` and the mode, so this module runs them and gathers one table and one plot.
 
 How: every run goes through the bundle's own command line, ``python -m monai.bundle run
---config_file ...`` in a subprocess, so each run is exactly what a user would type (its log says
-how to redo it by hand) and a crash or an out-of-memory kill costs one point, not the sweep. Per
-mode and label fraction, the bundle trains into ``<out>/<mode>/<fraction>`` with
-``--label_fraction`` (the nested, stratified subsets of :mod:`medmtl.data.label_budget`), then
-``evaluate.json`` scores the best checkpoint on the test split and writes ``eval/summary.json``,
-from which each task's primary metric (:func:`medmtl.metrics.primary_metric`), its bootstrap
-interval and ``mean_primary`` are read. The modes:
+--config_file "[<the workflow's config layers>]"`` in a subprocess (what ``medmtl run BUNDLE
+WORKFLOW`` runs, :func:`medmtl.bundle_layers.bundle_command`), so each run is exactly what a user
+would type (its log says how to redo it by hand) and a crash or an out-of-memory kill costs one
+point, not the sweep. Per mode and label fraction, the bundle trains into ``<out>/<mode>/<fraction>``
+with ``--label_fraction`` (the nested, stratified subsets of :mod:`medmtl.data.label_budget`), then
+the ``evaluate`` workflow scores the best checkpoint on the test split and writes
+``eval/summary.json``, from which each task's primary metric (:func:`medmtl.metrics.primary_metric`),
+its bootstrap interval and ``mean_primary`` are read. The modes (bundle workflows):
 
-- ``supervised``: ``train.json``.
-- ``semi_supervised``: ``train.json`` + ``semi_supervised.json`` (the cases whose labels were
-  dropped join the unlabelled stream); skipped when the bundle has no such file, and a fraction is
-  skipped when it leaves no unlabelled case (100 % of the labels and no unlabelled split).
-- ``weak_strong``: once, ``train.json`` + ``pretrain.json`` (weak labels) into
-  ``<out>/weak_pretrain``; then per fraction ``train.json --pretrained_ckpt
-  <out>/weak_pretrain/models/best.pt``; skipped when the bundle has no ``pretrain.json``.
+- ``supervised``: ``train``.
+- ``semi_supervised``: ``semi_supervised`` (the cases whose labels were dropped join the
+  unlabelled stream); skipped when the bundle has no such workflow, and a fraction is skipped when
+  it leaves no unlabelled case (100 % of the labels and no unlabelled split).
+- ``weak_strong``: once, ``pretrain`` (weak labels) into ``<out>/weak_pretrain``; then per
+  fraction ``train --pretrained_ckpt <out>/weak_pretrain/models/best.pt``; skipped when the bundle
+  has no ``pretrain`` workflow (``pretrain.json``).
 
 Resuming: a run whose ``eval/summary.json`` exists is read, not redone, and a finished training is
 not repeated when only its evaluation is missing (delete a run folder to redo it). A killed
@@ -38,13 +39,13 @@ import math
 import os
 import shlex
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmtl.atomic_io import atomic_write
+from medmtl.bundle_layers import BundleLayerError, bundle_command, bundle_dir, config_layers
 from medmtl.csv_safety import csv_text
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
     "CurvePoint",
     "CurveRun",
     "LearningCurveResult",
-    "bundle_command",
+    "override_args",
     "read_primary_metrics",
     "plot_learning_curve",
     "run_learning_curve",
@@ -281,29 +282,20 @@ def _cli_value(value: Any) -> str:
     return repr(value)
 
 
-def bundle_command(
-    config_files: Sequence[str | os.PathLike],
-    overrides: Mapping[str, Any] | None = None,
-    tracking: str | None = None,
-) -> list[str]:
-    """The ``python -m monai.bundle run`` argv for merged ``config_files`` with ``--key value`` overrides.
+def override_args(overrides: Mapping[str, Any] | None = None, tracking: str | None = None) -> list[str]:
+    """``overrides`` as the ``--key value`` arguments a user types after a bundle command, then ``--tracking``.
 
     Example::
 
-        bundle_command(["bundles/demo/configs/train.json"], {"epochs": 2, "spatial_size": [32, 32]})
-        # [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/demo/configs/train.json",
-        #  "--epochs", "2", "--spatial_size", "[32, 32]"]
+        override_args({"epochs": 2, "spatial_size": [32, 32]}, "mlflow")
+        # ["--epochs", "2", "--spatial_size", "[32, 32]", "--tracking", "mlflow"]
     """
-    files = [os.fspath(f) for f in config_files]
-    if not files:
-        raise ValueError("bundle_command needs at least one config file, got none")
-    config_arg = files[0] if len(files) == 1 else json.dumps(files)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+    args: list[str] = []
     for key, value in (overrides or {}).items():
-        cmd += [f"--{key}", _cli_value(value)]
+        args += [f"--{key}", _cli_value(value)]
     if tracking:
-        cmd += ["--tracking", tracking]
-    return cmd
+        args += ["--tracking", tracking]
+    return args
 
 
 def read_primary_metrics(summary_file: str | os.PathLike) -> list[CurvePoint]:
@@ -340,20 +332,6 @@ def read_primary_metrics(summary_file: str | os.PathLike) -> list[CurvePoint]:
 
 
 # -- files -------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write through a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -424,7 +402,7 @@ def plot_learning_curve(result: LearningCurveResult, path: str | os.PathLike) ->
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
-    return _write_atomic(Path(path), buffer.getvalue())
+    return atomic_write(Path(path), buffer.getvalue())
 
 
 def _write_outputs(result: LearningCurveResult) -> None:
@@ -435,46 +413,44 @@ def _write_outputs(result: LearningCurveResult) -> None:
         "md": out / "learning_curve.md",
         "png": out / "learning_curve.png",
     }
-    _write_atomic(result.files["csv"], _csv_text(result.rows()))
-    _write_atomic(result.files["json"], json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    atomic_write(result.files["csv"], _csv_text(result.rows()))
+    atomic_write(result.files["json"], json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     title = f"# Learning curve: {result.bundle.name}\n\n"
-    _write_atomic(result.files["md"], title + result.to_markdown())
+    atomic_write(result.files["md"], title + result.to_markdown())
     plot_learning_curve(result, result.files["png"])
 
 
 # -- running -----------------------------------------------------------------------------------------
 
 
+_WORKFLOWS = ("train", "evaluate", "semi_supervised", "pretrain")  # the bundle workflows a sweep runs
+
+
 @dataclass(frozen=True)
 class _Bundle:
-    """The config files of a bundle that the sweep uses; optional ones are ``None``."""
+    """A bundle's folder and the config layers of each workflow the sweep uses (absent optional ones left out)."""
 
     root: Path
-    train: Path
-    evaluate: Path
-    semi_supervised: Path | None
-    pretrain: Path | None
+    layers: dict[str, list[Path]]
 
     @classmethod
     def find(cls, bundle: str | os.PathLike) -> _Bundle:
-        root = Path(bundle).resolve()
-        configs = root / "configs" if (root / "configs").is_dir() else root
-        missing = [name for name in ("train.json", "evaluate.json") if not (configs / name).is_file()]
+        root = bundle_dir(bundle)  # a name or a folder; unknown: BundleLayerError listing the bundles
+        layers: dict[str, list[Path]] = {}
+        for workflow in _WORKFLOWS:
+            try:
+                layers[workflow] = config_layers(root, workflow)
+            except BundleLayerError:
+                if workflow in ("train", "evaluate"):  # the sweep needs both
+                    raise
+        missing = [str(f) for f in layers["train"] if not f.is_file()]
         if missing:
-            raise FileNotFoundError(
-                f"{root} is not a bundle the learning curve can run: {', '.join(missing)} missing in {configs}"
-            )
+            raise BundleLayerError(f"{root} is not a bundle the learning curve can run: {', '.join(missing)} missing")
+        return cls(root=root, layers=layers)
 
-        def optional(name: str) -> Path | None:
-            return configs / name if (configs / name).is_file() else None
-
-        return cls(
-            root=configs.parent if configs == root else root,
-            train=configs / "train.json",
-            evaluate=configs / "evaluate.json",
-            semi_supervised=optional("semi_supervised.json"),
-            pretrain=optional("pretrain.json"),
-        )
+    def command(self, workflow: str, overrides: Mapping[str, Any], tracking: str | None) -> list[str]:
+        """The ``python -m monai.bundle run`` argv of ``workflow`` with ``overrides``, as ``medmtl run`` builds it."""
+        return bundle_command(self.root, [workflow], override_args(overrides, tracking))
 
 
 @dataclass
@@ -583,7 +559,8 @@ def run_learning_curve(
     """Train and evaluate the bundle at each label fraction in each mode; write the table and the plot.
 
     Args:
-        bundle: bundle folder (holding ``configs/train.json`` and ``configs/evaluate.json``).
+        bundle: bundle name (``ultrasound_mtl``) or folder (``bundles/ultrasound_mtl``); it needs the
+            ``train`` and ``evaluate`` workflows.
         output_dir: sweep folder: runs go to ``<output_dir>/<mode>/<fraction>``, results to
             ``learning_curve.{csv,json,md,png}``.
         fractions: label fractions in ``(0, 1]`` (sorted, duplicates dropped).
@@ -601,12 +578,13 @@ def run_learning_curve(
         The :class:`LearningCurveResult`; ``result.failed`` lists runs that produced no metrics.
 
     Raises:
-        FileNotFoundError: when ``bundle`` lacks ``train.json`` or ``evaluate.json``.
-        ValueError: for fractions outside ``(0, 1]``, unknown modes or reserved overrides.
+        ValueError: for an unknown bundle or one without ``train``/``evaluate`` workflows
+            (:class:`~medmtl.bundle_layers.BundleLayerError`), fractions outside ``(0, 1]``, unknown
+            modes, reserved overrides or overrides no workflow's config defines.
 
     Example::
 
-        result = run_learning_curve("bundles/ultrasound_mtl", "runs/lc_busi", fractions=(0.1, 1.0),
+        result = run_learning_curve("ultrasound_mtl", "runs/lc_busi", fractions=(0.1, 1.0),
                                     overrides={"epochs": 20, "spatial_size": [96, 96]})
         print(result.to_markdown())
     """
@@ -617,38 +595,37 @@ def run_learning_curve(
     workdir = Path(cwd).resolve() if cwd is not None else Path.cwd()
     result = LearningCurveResult(spec.root, out, fracs, chosen, seed=seed, overrides=overrides)
     shared = {**overrides, "seed": seed}
-    counts: dict[tuple[tuple[Path, ...], float], tuple[int | None, int | None]] = {}
-    layers = {"train": spec.train, "evaluate": spec.evaluate, "semi": spec.semi_supervised, "pre": spec.pretrain}
-    ids = {name: _config_ids([spec.train, layer]) for name, layer in layers.items() if layer is not None}
+    counts: dict[tuple[str, float], tuple[int | None, int | None]] = {}
+    ids = {workflow: _config_ids(files) for workflow, files in spec.layers.items()}
     undefined = sorted(k for k in overrides if not any(k.split("#")[0] in found for found in ids.values()))
     if undefined:
         raise ValueError(
-            f"overrides {undefined} are defined by none of the bundle's configs in {spec.train.parent}: "
-            "check their spelling against train.json"
+            f"overrides {undefined} are defined by none of the bundle's configs ({', '.join(ids)} workflows of "
+            f"{spec.root}): check their spelling (`medmtl run --print {spec.root.name} train` shows the files)"
         )
 
     for mode in chosen:
-        train_files: list[Path] = [spec.train]
+        workflow = "train"
         extra: dict[str, Any] = {}
         pre_cmd: list[str] | None = None
         pretrain_failure: _Stage | None = None
         if mode == "semi_supervised":
-            if spec.semi_supervised is None:
-                result.skipped[mode] = f"the bundle has no semi_supervised.json in {spec.train.parent}"
+            if "semi_supervised" not in spec.layers:
+                result.skipped[mode] = f"the bundle {spec.root} has no semi_supervised workflow (semi_supervised.json)"
                 logger.warning("%s: %s", mode, result.skipped[mode])
                 continue
-            train_files.append(spec.semi_supervised)
+            workflow = "semi_supervised"
         if mode == "weak_strong":
-            if spec.pretrain is None:
+            if "pretrain" not in spec.layers:
                 result.skipped[mode] = (
-                    f"the bundle has no pretrain.json (weak-label pre-training) in {spec.train.parent}"
+                    f"the bundle {spec.root} has no pretrain workflow (pretrain.json: weak-label pre-training)"
                 )
                 logger.warning("%s: %s", mode, result.skipped[mode])
                 continue
             pre_dir = out / "weak_pretrain"
             ckpt = pre_dir / "models" / "best.pt"
-            pre_cmd = bundle_command(
-                [spec.train, spec.pretrain], {**_for_configs(shared, ids["pre"]), "output_dir": pre_dir}, tracking
+            pre_cmd = spec.command(
+                "pretrain", {**_for_configs(shared, ids["pretrain"]), "output_dir": pre_dir}, tracking
             )
             extra = {"pretrained_ckpt": ckpt}
             if dry_run:
@@ -659,23 +636,23 @@ def run_learning_curve(
                 logger.info("weak_strong: pre-training on weak labels into %s", pre_dir)
                 stage = _run_stage(pre_cmd, pre_dir, "pretrain", workdir)
                 if stage.ok and ckpt.is_file():
-                    _write_atomic(pre_dir / "logs" / _TRAIN_OK, "ok\n")
+                    atomic_write(pre_dir / "logs" / _TRAIN_OK, "ok\n")
                 else:
                     pretrain_failure = stage
 
         for fraction in fracs:
             run_dir = out / mode / _fraction_dir(fraction)
             per_run = {**shared, "label_fraction": fraction, "output_dir": run_dir}
-            train_ids = ids["semi"] if mode == "semi_supervised" else ids["train"]
-            train_cmd = bundle_command(train_files, {**_for_configs(per_run, train_ids), **extra}, tracking)
-            eval_cmd = bundle_command([spec.train, spec.evaluate], _for_configs(per_run, ids["evaluate"]), tracking)
+            train_cmd = spec.command(workflow, {**_for_configs(per_run, ids[workflow]), **extra}, tracking)
+            eval_cmd = spec.command("evaluate", _for_configs(per_run, ids["evaluate"]), tracking)
             run = CurveRun(mode, fraction, run_dir, commands=[train_cmd, eval_cmd])
             if pre_cmd is not None:
                 run.commands.insert(0, pre_cmd)
             result.runs.append(run)
-            key = (tuple(train_files), fraction)
+            key = (workflow, fraction)
             if key not in counts:
-                counts[key] = _case_counts(train_files, _for_configs(shared, train_ids), fraction, workdir)
+                layers = spec.layers[workflow]
+                counts[key] = _case_counts(layers, _for_configs(shared, ids[workflow]), fraction, workdir)
             run.labelled_cases, unlabelled = counts[key]
             if unlabelled == 0:  # e.g. 100 % of the labels and no unlabelled split: FixMatch has no input
                 run.status = "skipped"
@@ -714,7 +691,7 @@ def _execute(run: CurveRun, train_cmd: list[str], eval_cmd: list[str], cwd: Path
             if not stage.ok:
                 fail("train", "the training command exited with an error", stage)
                 return
-            _write_atomic(marker, "ok\n")
+            atomic_write(marker, "ok\n")
         stage = _run_stage(eval_cmd, run.run_dir, "evaluate", cwd)
         if not stage.ok or not summary.is_file():
             error = "the evaluation command exited with an error" if not stage.ok else f"no {summary} written"

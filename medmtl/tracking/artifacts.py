@@ -1,0 +1,104 @@
+"""Hyperparameters and files a reviewer of a run needs, added to the run MONAI's ``MLFlowHandler`` opened."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+__all__ = ["RunArtifactsHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class RunArtifactsHandler:
+    """Adds hyperparameters and files (spec, splits, best model, report) to the MLflow run of an engine.
+
+    MONAI's ``MLFlowHandler`` (added by ``--tracking mlflow``) logs metrics; this handler logs what a
+    reviewer of the run also needs, into the run of the ``MLFlowHandler`` of its own handler list.
+    :func:`~medmtl.tracking.connect_tracking`, called in the bundle's ``run`` section, hands that
+    handler over (:meth:`connect`). Not connected (no MLflow tracking) it does nothing, so bundles
+    can always list it.
+
+    Args:
+        params: flat or nested dict of hyperparameters (nested keys are joined with ``.``).
+        artifacts: files or folders logged when the engine completes (missing ones are skipped); a
+            glob pattern logs every match (e.g. MONAI's ``config_*.json`` of the executed config).
+        artifact_path: folder inside the run's artifacts.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        artifacts: Sequence[str | os.PathLike] | str | None = None,
+        artifact_path: str | None = None,
+    ) -> None:
+        self.params = dict(params or {})
+        self.artifacts = [artifacts] if isinstance(artifacts, str | os.PathLike) else list(artifacts or [])
+        self.artifact_path = artifact_path
+        self.mlflow_handlers: list[Any] = []
+
+    def attach(self, engine: Engine) -> None:
+        if engine.has_event_handler(self.log_artifacts, Events.COMPLETED):
+            return
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self.log_params)
+        engine.add_event_handler(Events.COMPLETED, self.log_artifacts)
+
+    def connect(self, mlflow_handlers: Iterable[Any]) -> None:
+        """Log into the run of these ``MLFlowHandler`` objects (those of this handler's engine); idempotent."""
+        for handler in mlflow_handlers:
+            if not any(handler is known for known in self.mlflow_handlers):
+                self.mlflow_handlers.append(handler)
+
+    @property
+    def mlflow_handler(self) -> Any | None:
+        """The first connected ``MLFlowHandler`` with an open run, if any."""
+        return next((h for h in self.mlflow_handlers if getattr(h, "cur_run", None) is not None), None)
+
+    def log_params(self, engine: Engine) -> None:
+        handler = self.mlflow_handler
+        if handler is None or not self.params:
+            return
+        flat = {k: _param_text(v) for k, v in _flatten(self.params).items()}
+        existing = handler.client.get_run(handler.cur_run.info.run_id).data.params
+        fresh = {k: v for k, v in flat.items() if k not in existing}  # MLflow params are write-once (resume)
+        for key, value in fresh.items():
+            handler.client.log_param(handler.cur_run.info.run_id, key, value)
+
+    def log_artifacts(self, engine: Engine) -> None:
+        handler = self.mlflow_handler
+        if handler is None:
+            return
+        run_id = handler.cur_run.info.run_id
+        paths: list[Path] = []
+        for item in self.artifacts:
+            text = os.fspath(item)
+            paths += [Path(p) for p in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        for path in paths:
+            if path.is_file():
+                handler.client.log_artifact(run_id, str(path), self.artifact_path)
+            elif path.is_dir():
+                handler.client.log_artifacts(run_id, str(path), self.artifact_path)
+            else:
+                logger.debug("artifact %s does not exist, not logged", path)
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    text = str(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 500 else text[:497] + "..."
