@@ -18,12 +18,14 @@ import os
 import pickle
 import re
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.handlers import CheckpointLoader
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from medmtl.engines.guards import GuardExit
 
@@ -31,9 +33,12 @@ __all__ = [
     "CheckpointError",
     "CheckpointExit",
     "CheckpointWriteError",
+    "RUN_CONFIG_KEY",
     "SafeCheckpointLoader",
     "check_state_dict_fits",
     "load_checkpoint",
+    "read_run_config",
+    "strip_ddp_prefix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,9 @@ logger = logging.getLogger(__name__)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # pickle protocol >= 2: torch's legacy (non-zip) format
 _SHOWN_KEYS = 5
+
+RUN_CONFIG_KEY = "run_config"
+"""Where ``last.pt`` and ``best.pt`` keep the JSON record of how the run was trained."""
 
 
 class CheckpointError(ValueError):
@@ -175,6 +183,27 @@ def load_checkpoint(
         raise _not_torch(file, f"{type(err).__name__} while reading it", what) from None
 
 
+def read_run_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``run_config`` record a medmtl checkpoint carries, or ``None`` (a checkpoint written before records).
+
+    Loaded with :func:`load_checkpoint` (nothing in the file is executed).
+
+    Raises:
+        CheckpointError: the file cannot be loaded (see :func:`load_checkpoint`), or its record is not a
+            JSON object.
+    """
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    record = checkpoint.get(RUN_CONFIG_KEY) if isinstance(checkpoint, Mapping) else None
+    if record is None:
+        return None
+    if not isinstance(record, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds a '{RUN_CONFIG_KEY}' that is a {type(record).__name__}, not a run record "
+            "(a JSON object): it was not written by medmtl; pass the training overrides explicitly instead"
+        )
+    return dict(record)
+
+
 def _listed(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOWN_KEYS])
     return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
@@ -218,10 +247,21 @@ def check_state_dict_fits(
     )
 
 
-def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return state
+def strip_ddp_prefix(state: Mapping[str, Any], prefix: str = "module.") -> Mapping[str, Any]:
+    """A network state dict saved from a DDP / DataParallel wrapper (every key ``module.*``), unwrapped.
+
+    torch's ``consume_prefix_in_state_dict_if_present`` strips the keys and ``_metadata``, on a
+    copy (``state`` is left as it is). Only a state in which every key has the prefix is changed:
+    a plain network with a child named ``module`` keeps its keys.
+    """
+    if not (state and all(isinstance(k, str) and k.startswith(prefix) for k in state)):
+        return state
+    out: OrderedDict[str, Any] = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]
+    consume_prefix_in_state_dict_if_present(out, prefix)
+    return out
 
 
 class SafeCheckpointLoader(CheckpointLoader):
@@ -268,4 +308,4 @@ class SafeCheckpointLoader(CheckpointLoader):
                 )
             if isinstance(obj, torch.nn.Module) and self.strict and self.strict_shape:
                 module = obj.module if isinstance(getattr(obj, "module", None), torch.nn.Module) else obj
-                check_state_dict_fits(module, _strip_module_prefix(state), path)
+                check_state_dict_fits(module, strip_ddp_prefix(state), path)

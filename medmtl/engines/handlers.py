@@ -3,9 +3,10 @@
 - :class:`MultiTaskLossHandler`: per-task losses and weights into ``engine.state.metrics`` each
   epoch (so MLflow / the progress bar see them), the weighting's epoch hook (DWA history,
   schedules), GradNorm's extra step and DDP syncing of learnable weights.
-- :class:`ResumableCheckpoint`: atomic ``last.pt`` every epoch (model, optimizer, scheduler,
-  loss weighting, trainer counters, every RNG the next epoch draws from, early stopping and the
-  evaluator's best metric) and ``best.pt`` on a key metric; a restarted run with the same command
+- :class:`ResumableCheckpoint`: atomic ``last.pt`` every epoch (the objects its ``save_dict``
+  names: model, optimizer, scheduler, loss weighting, random transforms, early stopping...; the
+  trainer's counters, the global RNGs and the evaluator's best metric) and ``best.pt`` on a key
+  metric; a restarted run with the same command
   resumes from ``last.pt`` and produces the same numbers as a run that was never interrupted.
   ``last.pt`` is the commit point of an epoch: ``best.pt`` and ``history.json`` only change after
   it, so after any failure the three describe the same epoch.
@@ -16,12 +17,12 @@ Both are objects with ``attach(engine)``, idempotent like MONAI's handlers.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import EarlyStopping
 from monai.engines.utils import IterationEvents
 
+from medmtl.atomic_io import atomic_write_with
 from medmtl.engines.checkpoint_io import (
+    RUN_CONFIG_KEY,
     CheckpointError,
     CheckpointExit,
     CheckpointWriteError,
@@ -43,6 +45,7 @@ from medmtl.engines.checkpoint_io import (
     load_checkpoint,
 )
 from medmtl.engines.guards import NonFiniteError, non_finite_tensors
+from medmtl.engines.resume_state import numpy_state, numpy_state_tuple
 
 __all__ = ["MultiTaskLossHandler", "ResumableCheckpoint", "atomic_torch_save", "unwrap", "CHECKPOINT_PAUSE_ENV"]
 
@@ -161,49 +164,21 @@ purpose; with this set, a test sees the ``.tmp`` file appear and kills the run w
 """
 
 
-def _saved_temp(obj: Any, path: Path) -> str:
-    """``torch.save`` into a hidden ``.<name>.<random>.tmp`` beside ``path``, fsynced; removed if that fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
+def _pause_for_tests(tmp: Path) -> None:
+    """Hold the finished temp file before its rename when :data:`CHECKPOINT_PAUSE_ENV` is set."""
+    pause = os.environ.get(CHECKPOINT_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
 
-    The temp file is hidden (``.<name>.<random>.tmp``), so nothing ever sees a partial file under
-    the final name; :class:`ResumableCheckpoint` removes the ones a killed run left behind.
+    The temp file is hidden (``.<name>.<random>.tmp``, :func:`medmtl.atomic_io.atomic_write_with`),
+    so nothing ever sees a partial file under the final name; :class:`ResumableCheckpoint` removes
+    the ones a killed run left behind.
     """
-    path = Path(path)
-    tmp = _saved_temp(obj, path)
-    try:
-        pause = os.environ.get(CHECKPOINT_PAUSE_ENV)
-        if pause:
-            time.sleep(float(pause))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _numpy_state(state: tuple) -> list[Any]:
-    name, keys, pos, has_gauss, cached = state
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _numpy_tuple(state: list[Any]) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    return atomic_write_with(path, lambda handle: torch.save(obj, handle), before_replace=_pause_for_tests)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -211,7 +186,7 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": _numpy_state(np.random.get_state()),
+        "numpy": numpy_state(np.random.get_state()),
         "python": [version, list(internal), gauss],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -221,7 +196,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(_numpy_tuple(state["numpy"]))
+    np.random.set_state(numpy_state_tuple(state["numpy"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     cuda = state.get("cuda")
@@ -229,109 +204,19 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-_NO_WALK = (str, bytes, int, float, bool, torch.Tensor, np.ndarray, torch.nn.Module, type, Mapping)
-
-
-def _random_generators(root: Any) -> list[np.random.RandomState | torch.Generator]:
-    """Every random generator reachable from ``root`` (a data loader), in a fixed order.
-
-    Why: MONAI's ``DataLoader`` with ``num_workers=0`` seeds each random transform's own
-    ``RandomState`` (``transform.R``) once, when the loader is built (``monai.data.utils.set_rnd``);
-    those states advance with every augmented sample and are in no global RNG. Restoring only the
-    global RNGs on resume would replay the first epoch's augmentations instead of the next ones.
-    The walk follows object attributes, lists and tuples the way ``set_rnd`` does (dicts, tensors,
-    arrays and modules are not entered), so the order is the same in every run of one config.
-    """
-    found: list[np.random.RandomState | torch.Generator] = []
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if depth > 16 or id(obj) in seen or obj is None:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, np.random.RandomState | torch.Generator):
-            found.append(obj)
-            return
-        if isinstance(obj, list | tuple):
-            for item in obj:
-                visit(item, depth + 1)
-            return
-        if isinstance(obj, _NO_WALK):
-            return
-        try:
-            attributes = list(vars(obj).values())
-        except TypeError:  # no __dict__ (builtins, slots)
-            return
-        for value in attributes:
-            visit(value, depth + 1)
-        generator = getattr(type(obj), "R", None)  # Randomizable's class-level default, used until seeded
-        if isinstance(generator, np.random.RandomState):
-            visit(generator, depth + 1)
-
-    visit(root, 0)
-    return found
-
-
-def _generator_states(root: Any) -> list[Any]:
-    return [
-        _numpy_state(g.get_state()) if isinstance(g, np.random.RandomState) else g.get_state()
-        for g in _random_generators(root)
-    ]
-
-
-def _set_generator_states(root: Any, states: list[Any], source: Path) -> None:
-    generators = _random_generators(root)
-    if len(generators) != len(states):
-        logger.warning(
-            "%s holds %d data-loader random states but the data pipeline has %d (the transforms changed?): "
-            "augmentations after the resume will differ from an uninterrupted run",
-            source,
-            len(states),
-            len(generators),
+def _json_data(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain JSON copy of ``run_config`` (what ``torch.load(weights_only=True)`` reads back), or a clear error."""
+    if not isinstance(run_config, Mapping):
+        raise TypeError(
+            f"ResumableCheckpoint run_config must be a mapping (JSON object), got {type(run_config).__name__}"
         )
-        return
-    for generator, state in zip(generators, states, strict=True):
-        if isinstance(generator, np.random.RandomState):
-            generator.set_state(_numpy_tuple(state))
-        else:
-            generator.set_state(state)
-
-
-def _attached(engine: Engine) -> list[Any]:
-    """The objects whose callbacks are registered on ``engine`` (bound methods' owners, callables)."""
-    owners: list[Any] = []
-    for handlers in engine._event_handlers.values():
-        for func, *_ in handlers:
-            parent = getattr(func, "_parent", None)  # filtered events wrap the callback
-            func = parent() if callable(parent) else func
-            owner = getattr(func, "__self__", func)
-            if not any(owner is o for o in owners):
-                owners.append(owner)
-    return owners
-
-
-def _batch_augment(trainer: Engine | None) -> Any:
-    """The trainer's batch augmentation (``prepare_batch.augment``) if it has a state to save, else ``None``.
-
-    Why: :class:`medmtl.transforms.BatchAugment` draws from its own generator, not from any global
-    RNG nor from the data loader, so its position must be saved for a resumed run to see the same
-    augmentations as an uninterrupted one.
-    """
-    augment = getattr(getattr(trainer, "prepare_batch", None), "augment", None)
-    return augment if hasattr(augment, "state_dict") and hasattr(augment, "load_state_dict") else None
-
-
-def _early_stoppers(*engines: Engine | None) -> list[EarlyStopping]:
-    """Ignite ``EarlyStopping`` objects attached to the engines (MONAI's ``EarlyStopHandler`` holds one)."""
-    found: list[EarlyStopping] = []
-    for engine in engines:
-        if engine is None:
-            continue
-        for owner in _attached(engine):
-            stopper = owner if isinstance(owner, EarlyStopping) else getattr(owner, "_handler", None)
-            if isinstance(stopper, EarlyStopping) and not any(stopper is s for s in found):
-                found.append(stopper)
-    return found
+    try:
+        return json.loads(json.dumps(dict(run_config)))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"ResumableCheckpoint run_config must hold JSON data only (dicts, lists, strings, numbers, booleans, "
+            f"null): {err}; convert the values (e.g. paths to strings) when building it"
+        ) from None
 
 
 def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -405,26 +290,30 @@ class ResumableCheckpoint:
 
     ``last.pt`` holds everything the next epoch depends on, so a run killed at any moment and
     started again with the same command ends with the same weights and metrics as a run that was
-    never interrupted (on CPU; CUDA kernels may be non-deterministic): the ``save_dict`` objects,
-    the trainer's counters, the global RNGs (torch, CUDA, numpy, python: dropout and the data
-    loader's shuffling), the random transforms' own states (see :func:`_random_generators`), the
-    batch augmentation's state (``prepare_batch.augment``, see :func:`_batch_augment`), the
-    state of early stopping and the key-metric engine's best metric. Weights that are no longer
-    finite (a diverged run) are never written: :class:`medmtl.engines.guards.NonFiniteError` is
-    raised instead and the previous ``last.pt`` stays.
+    never interrupted (on CPU; CUDA kernels may be non-deterministic). What it holds is listed, never
+    discovered: the ``save_dict`` objects (as in MONAI's ``CheckpointSaver``: network, optimizer,
+    loss, scheduler, and for the data pipeline :class:`~medmtl.engines.RandomStates`, the batch
+    augmentation and :class:`~medmtl.engines.ResumableEarlyStop`), the trainer it is attached to
+    (its counters), the process's global RNGs (torch, CUDA, numpy, python: dropout and the data
+    loader's shuffling), the ``history`` and the key-metric engine's best metric. Weights that are
+    no longer finite (a diverged run) are never written: :class:`medmtl.engines.guards.NonFiniteError`
+    is raised instead and the previous ``last.pt`` stays.
 
     ``last.pt`` is the commit point of an epoch, written after every other end-of-epoch handler
     (MLflow's included). A new ``best.pt`` is first written beside it (``.best.pt.pending.tmp``)
-    and takes its name only once ``last.pt`` is written; the history file
-    (:class:`medmtl.engines.EpochProgress`, adopted through its ``resumable_state_key``) is kept
-    inside ``last.pt`` and rewritten after it. A failed write (full disk, read-only folder) thus
-    leaves ``last.pt``, ``best.pt`` and ``history.json`` at the same epoch, and a kill between
-    ``last.pt`` and the others is completed when the run starts again.
+    and takes its name only once ``last.pt`` is written; the ``history``
+    (:class:`medmtl.engines.EpochProgress`) is kept inside ``last.pt`` and its file rewritten after
+    it. A failed write (full disk, read-only folder) thus leaves ``last.pt``, ``best.pt`` and
+    ``history.json`` at the same epoch, and a kill between ``last.pt`` and the others is completed
+    when the run starts again.
 
     Args:
         save_dir: folder of ``last.pt`` and ``best.pt``.
         save_dict: objects with ``state_dict``/``load_state_dict`` to save, e.g. ``{"network": net,
-            "optimizer": opt, "loss": loss, "lr_scheduler": sched}``; the trainer is added as ``trainer``.
+            "optimizer": opt, "loss": loss, "lr_scheduler": sched, "random_states": RandomStates(...)}``;
+            an entry whose object is ``None`` is left out (an optional part switched off); the
+            trainer is added as ``trainer``. An entry missing from ``last.pt`` is an error unless
+            its object declares ``resumes_without_state`` (it then starts empty, with a warning).
         resume: load ``last.pt`` when the trainer starts, if it exists.
         key_metric_engine: engine whose ``state.metrics[key_metric]`` selects ``best.pt`` (the evaluator).
         key_metric: name of that metric; ``None`` uses the engine's ``key_metric_name``.
@@ -434,6 +323,11 @@ class ResumableCheckpoint:
             :class:`~medmtl.engines.checkpoint_io.CheckpointExit` (exit status 1, one message, no
             traceback; what bundles set) instead of raising :class:`CheckpointError` /
             :class:`CheckpointWriteError`.
+        history: the run's :class:`~medmtl.engines.EpochProgress` (with a ``history_file``): saved
+            in ``last.pt`` as ``history`` and its file written only after ``last.pt``.
+        run_config: JSON data describing how the run was trained; stored as ``run_config`` in
+            ``last.pt`` and ``best.pt`` (read back by :func:`~medmtl.engines.checkpoint_io.read_run_config`);
+            a resume does not load it.
     """
 
     def __init__(
@@ -446,19 +340,28 @@ class ResumableCheckpoint:
         higher_is_better: bool = True,
         save_every: int = 1,
         exit_on_error: bool = False,
+        history: Any | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {name: obj for name, obj in save_dict.items() if obj is not None}
+        for reserved in ("history", RUN_CONFIG_KEY, "rng", "best", "key_metric_engine"):
+            if reserved in self.save_dict:
+                raise ValueError(
+                    f"ResumableCheckpoint save_dict may not use the name '{reserved}': the checkpoint stores its "
+                    f"own entry there (pass the history as history=, the run configuration as run_config=)"
+                )
         self.resume = resume
         self.key_metric_engine = key_metric_engine
         self.key_metric = key_metric
         self.higher_is_better = higher_is_better
         self.save_every = save_every
         self.exit_on_error = exit_on_error
+        self.history = history
+        self.run_config = None if run_config is None else _json_data(run_config)
         self.best_value = -math.inf if higher_is_better else math.inf
         self.best_epoch = -1
         self._trainer: Engine | None = None
-        self._followers: list[Any] = []  # objects committed after last.pt (history)
         self._pending_best = False
         self._saved_epoch: int | None = None  # the epoch last.pt holds
 
@@ -479,6 +382,8 @@ class ResumableCheckpoint:
             return
         self._trainer = trainer
         self.save_dict.setdefault("trainer", trainer)
+        if self.history is not None:
+            self.history.committed_by_checkpoint = True  # its file is written after last.pt (save_last)
         trainer.add_event_handler(Events.STARTED, self.started)
         trainer.add_event_handler(Events.COMPLETED, self.ensure_best)
         if self.key_metric_engine is not None:
@@ -491,13 +396,12 @@ class ResumableCheckpoint:
         raise error
 
     def started(self, trainer: Engine) -> None:
-        """Adopt the history, settle what a killed run left, resume, and register the saves behind every other handler.
+        """Settle what a killed run left, resume, and register the saves behind every other handler.
 
         The saves are registered here, when the trainer starts, rather than in :meth:`attach`: by now
         every handler of the bundle (and MLflow's, added after ours by ``--tracking``) is attached,
         so ``last.pt`` is the last thing written at the end of an epoch.
         """
-        self._adopt_followers(trainer)
         try:
             checkpoint = self._read_last() if self.resume else None
             if self._is_main():
@@ -518,16 +422,6 @@ class ResumableCheckpoint:
         if not trainer.has_event_handler(self.save_last, Events.COMPLETED):
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save_last)
             trainer.add_event_handler(Events.COMPLETED, self.save_last)
-
-    def _adopt_followers(self, trainer: Engine) -> None:
-        """Save the state of handlers that declare a ``resumable_state_key`` (the history) in ``last.pt``."""
-        for owner in _attached(trainer):
-            key = getattr(owner, "resumable_state_key", None)
-            if not isinstance(key, str) or not hasattr(owner, "state_dict") or any(owner is f for f in self._followers):
-                continue
-            self.save_dict.setdefault(key, owner)
-            self._followers.append(owner)
-            owner.committed_by_checkpoint = True
 
     def _read_last(self) -> dict[str, Any] | None:
         if not self.last_path.is_file():
@@ -558,8 +452,8 @@ class ResumableCheckpoint:
             logger.info("discarded a best.pt of epoch %s whose last.pt was never written (the epoch is redone)", epoch)
 
     def _remove_stale_temp_files(self) -> None:
-        """Delete ``.last.pt.*.tmp`` / ``.best.pt.*.tmp`` left by a run killed inside a write."""
-        for name in (self.last_path.name, self.best_path.name):
+        """Delete ``.last.pt.*.tmp`` / ``.best.pt.*.tmp`` (and the pending best's) left by a run killed inside a write."""
+        for name in (self.last_path.name, self.best_path.name, PENDING_BEST):
             for stale in self.save_dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
                 logger.info("removed %s, left by an interrupted checkpoint write", stale)
@@ -590,19 +484,23 @@ class ResumableCheckpoint:
         }
         state["rng"] = _rng_state()
         state["best"] = {"value": self.best_value, "epoch": self.best_epoch}
-        trainer = self._trainer
-        loader = getattr(trainer, "data_loader", None) if trainer is not None else None
-        state["data_rng"] = _generator_states(loader)
-        augment = _batch_augment(trainer)
-        if augment is not None:
-            state["batch_augment"] = augment.state_dict()
-        state["early_stopping"] = [dict(s.state_dict()) for s in _early_stoppers(self.key_metric_engine, self._trainer)]
+        if self.history is not None:
+            state["history"] = self.history.state_dict()
+        if self.run_config is not None:
+            state[RUN_CONFIG_KEY] = self.run_config
         evaluator_state = getattr(self.key_metric_engine, "state", None)
         if evaluator_state is not None and hasattr(evaluator_state, "best_metric"):
             state["key_metric_engine"] = {
                 "best_metric": float(evaluator_state.best_metric),
                 "best_metric_epoch": int(evaluator_state.best_metric_epoch),
             }
+        return state
+
+    def _best_state(self, epoch: int) -> dict[str, Any]:
+        """What ``best.pt`` holds: the network's weights, the epoch and the run's configuration."""
+        state: dict[str, Any] = {"network": unwrap(self.save_dict["network"]).state_dict(), "epoch": epoch}
+        if self.run_config is not None:
+            state[RUN_CONFIG_KEY] = self.run_config
         return state
 
     def _held(self) -> str:
@@ -633,8 +531,8 @@ class ResumableCheckpoint:
             if self._pending_best:
                 os.replace(self.pending_best_path, self.best_path)
                 self._pending_best = False
-            for follower in self._followers:
-                follower.commit()
+            if self.history is not None:
+                self.history.commit()
         except OSError as err:
             reason, fix = _write_error_reason(err)
             self._fail(
@@ -661,7 +559,10 @@ class ResumableCheckpoint:
             "it was written by another configuration (network, tasks or optimizer changed since): give this "
             "configuration its own --output_dir, or pass --resume false to start over here (that overwrites last.pt)"
         )
-        for name, obj in self.save_dict.items():
+        entries = dict(self.save_dict)
+        if self.history is not None and self._is_main():  # other DDP ranks write no history file
+            entries["history"] = self.history
+        for name, obj in entries.items():
             if name not in checkpoint and getattr(obj, "resumes_without_state", False):
                 logger.warning(
                     "%s has no '%s' (written before it was part of the run): %s starts empty",
@@ -695,20 +596,6 @@ class ResumableCheckpoint:
             for message in stretch_lr_schedules(self.save_dict.values(), saved_epochs, max_epochs):
                 logger.warning("resuming %s: %s", self.last_path, message)
         _set_rng_state(checkpoint["rng"])
-        if "data_rng" in checkpoint:  # absent in checkpoints written before it was saved
-            _set_generator_states(getattr(trainer, "data_loader", None), checkpoint["data_rng"], self.last_path)
-        augment = _batch_augment(trainer)
-        if augment is not None and "batch_augment" in checkpoint:
-            augment.load_state_dict(checkpoint["batch_augment"])
-        elif augment is not None:
-            logger.warning(
-                "%s has no batch-augmentation state (written without prepare_batch augment): the batch "
-                "augmentations after the resume start from the beginning of their random stream",
-                self.last_path,
-            )
-        stoppers = _early_stoppers(self.key_metric_engine, trainer)
-        for stopper, saved in zip(stoppers, checkpoint.get("early_stopping", []), strict=False):
-            stopper.load_state_dict(saved)
         saved_best = checkpoint.get("key_metric_engine")
         if saved_best is not None and self.key_metric_engine is not None:
             self.key_metric_engine.state.best_metric = saved_best["best_metric"]
@@ -729,9 +616,9 @@ class ResumableCheckpoint:
         if self.best_path.is_file() or self._pending_best or not self._is_main():
             return
         self._check_finite(str(self.best_path), trainer.state.epoch)
-        network = unwrap(self.save_dict["network"])
+        state = self._best_state(trainer.state.epoch)
         try:
-            atomic_torch_save({"network": network.state_dict(), "epoch": trainer.state.epoch}, self.best_path)
+            atomic_torch_save(state, self.best_path)
         except OSError as err:
             reason, fix = _write_error_reason(err)
             self._fail(
@@ -758,10 +645,9 @@ class ResumableCheckpoint:
                 epoch = trainer.state.epoch
                 self._check_finite(str(self.best_path), epoch)
                 if self._is_main():
-                    network = unwrap(self.save_dict["network"])
-                    state = {"network": network.state_dict(), "epoch": epoch, name: float(value)}
+                    state = {**self._best_state(epoch), name: float(value)}
                     try:  # takes the name best.pt once this epoch's last.pt is written (save_last)
-                        os.replace(_saved_temp(state, self.best_path), self.pending_best_path)
+                        atomic_write_with(self.pending_best_path, lambda handle: torch.save(state, handle))
                     except OSError as err:
                         reason, fix = _write_error_reason(err)
                         self._fail(

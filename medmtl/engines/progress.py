@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from medmtl.atomic_io import atomic_write
 from medmtl.data.tasks import as_tasks
 from medmtl.metrics import primary_metric
 
@@ -52,13 +52,12 @@ class EpochProgress:
         history_file: JSON file updated every epoch with one record of scalars per epoch (training
             losses, task weights, validation metrics), read by the evaluation report's curves.
 
-    With a :class:`medmtl.engines.ResumableCheckpoint` on the same trainer, the records are kept
-    inside ``last.pt`` (``resumable_state_key``) and the file is written only after ``last.pt``
-    (:meth:`commit`): after any failure it never lists an epoch ``last.pt`` does not hold, and a
-    resumed run rewrites it from ``last.pt``. Without one, it is written at the end of each epoch.
+    Given to a :class:`medmtl.engines.ResumableCheckpoint` as its ``history``, the records are kept
+    inside ``last.pt`` and the file is written only after ``last.pt`` (:meth:`commit`): after any
+    failure it never lists an epoch ``last.pt`` does not hold, and a resumed run rewrites it from
+    ``last.pt``. Otherwise it is written at the end of each epoch.
     """
 
-    resumable_state_key = "history"
     resumes_without_state = True  # a last.pt written before the history was part of it
 
     def __init__(
@@ -73,7 +72,7 @@ class EpochProgress:
         self.bar = sys.stderr.isatty() if bar is None else bar
         self.history_file = Path(history_file) if history_file else None
         self.best: tuple[float, int] | None = None
-        self.committed_by_checkpoint = False  # set by ResumableCheckpoint when it adopts this handler
+        self.committed_by_checkpoint = False  # set by the ResumableCheckpoint this is the history of
         self._records: list[dict[str, Any]] | None = None
         self._engine: Engine | None = None
 
@@ -154,14 +153,7 @@ class EpochProgress:
         """Write the records to the history file (atomically: a temp file, then a rename)."""
         if self.history_file is None or self._records is None:
             return
-        self.history_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(self._records))
-            os.replace(tmp, self.history_file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(self.history_file, json.dumps(self._records))
 
     def state_dict(self) -> dict[str, Any]:
         """The records so far (saved in ``last.pt`` by :class:`medmtl.engines.ResumableCheckpoint`)."""

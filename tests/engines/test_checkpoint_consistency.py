@@ -1,7 +1,7 @@
 """``last.pt``, ``best.pt`` and ``history.json`` describe the same epoch after any failure, and after the resume.
 
 A tiny trainer with a validator whose key metric improves every epoch (so every epoch writes a new
-``best.pt``), :class:`ResumableCheckpoint` and :class:`EpochProgress`, as in the bundles. Failures
+``best.pt``), :class:`ResumableCheckpoint` and :class:`EpochProgress` as its ``history``, as in the bundles. Failures
 are injected where they happen in real life: ``torch.save`` of ``last.pt`` hits a full disk
 (``ENOSPC``), the history file cannot be written after ``last.pt`` was, and the process dies between
 ``last.pt`` and the rename of the new ``best.pt``.
@@ -48,15 +48,17 @@ def _run(folder: Path, epochs: int, exit_on_error: bool = False) -> tuple[torch.
     evaluator = Engine(lambda engine, batch: None)
     evaluator.add_event_handler(Events.COMPLETED, lambda e: e.state.metrics.update(score=SCORES[trainer.state.epoch]))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    progress = EpochProgress(TASKS, evaluator=evaluator, bar=False, history_file=folder / "history.json")
     checkpoint = ResumableCheckpoint(
         folder / "models",
         {"network": network, "optimizer": optimizer},
         key_metric_engine=evaluator,
         key_metric="score",
         exit_on_error=exit_on_error,
+        history=progress,
     )
     checkpoint.attach(trainer)
-    EpochProgress(TASKS, evaluator=evaluator, bar=False, history_file=folder / "history.json").attach(trainer)
+    progress.attach(trainer)
     trainer.run(batches, max_epochs=epochs)
     return network, checkpoint
 

@@ -151,3 +151,21 @@ def test_load_pretrained_and_resume_translate_damaged_files(good, tmp_path) -> N
         trainer.run([0], max_epochs=1)
     message = str(info.value)
     assert "does not fit the network" in message and "grade.weight" in message and "--output_dir" in message
+
+
+def test_ddp_prefix_is_stripped_with_torchs_helper_only_when_every_key_has_it() -> None:
+    from torch.nn.parallel import DataParallel
+
+    from medmtl.engines.checkpoint_io import strip_ddp_prefix
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    wrapped = DataParallel(net).state_dict()  # every key "module.*", _metadata too
+    before = list(wrapped)
+    plain = strip_ddp_prefix(wrapped)
+    assert list(plain) == list(net.state_dict()) and list(wrapped) == before  # the input is left alone
+    assert set(plain._metadata) == set(net.state_dict()._metadata)  # BatchNorm's version survives
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    fresh.load_state_dict(plain)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values(), strict=True))
+    mixed = {"module.weight": torch.zeros(1), "bias": torch.zeros(1)}  # a child named "module": not a wrapper
+    assert strip_ddp_prefix(mixed) is mixed and strip_ddp_prefix({}) == {}

@@ -123,7 +123,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, batch_augment: bool) -> N
         loss = MultiTaskLoss(TASKS, weighting="uncertainty")
         augment = BatchAugment(2, seed=0) if batch_augment else None
         trainer = _trainer(net, loss, epochs=epochs, augment=augment)
-        ResumableCheckpoint(save_dir, {"network": net, "optimizer": trainer.optimizer, "loss": loss}).attach(trainer)
+        state_objects = {"network": net, "optimizer": trainer.optimizer, "loss": loss, "batch_augment": augment}
+        ResumableCheckpoint(save_dir, state_objects).attach(trainer)  # every stateful object named
         trainer.run()
         return net, loss, trainer
 
