@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-BUNDLE := $(PY) -m monai.bundle run
-DEMO_CONFIGS := bundles/demo/configs
+# `medmtl run BUNDLE WORKFLOW` = python -m monai.bundle run with the bundle's config layers (common + demo)
+BUNDLE := $(VENV)/bin/medmtl run
 DEMO_RUN := runs/demo
 DEMO_EPOCHS ?= 40
 
@@ -27,9 +27,9 @@ demo: venv
 	$(PY) -m medmtl.cli demo-data demo_data
 	$(PY) -m medmtl.cli validate data_specs/demo.yaml --root demo_data/demo2d
 	rm -rf $(DEMO_RUN)
-	$(BUNDLE) --config_file $(DEMO_CONFIGS)/train.json --epochs $(DEMO_EPOCHS) --output_dir $(DEMO_RUN) --tracking mlflow
-	$(BUNDLE) --config_file "['$(DEMO_CONFIGS)/train.json','$(DEMO_CONFIGS)/evaluate.json']" --output_dir $(DEMO_RUN) --tracking mlflow
-	$(BUNDLE) --config_file $(DEMO_CONFIGS)/inference.json --output_dir $(DEMO_RUN) --infer_split all
+	$(BUNDLE) demo train --epochs $(DEMO_EPOCHS) --output_dir $(DEMO_RUN) --tracking mlflow
+	$(BUNDLE) demo evaluate --output_dir $(DEMO_RUN) --tracking mlflow
+	$(BUNDLE) demo inference --output_dir $(DEMO_RUN) --infer_split all
 	$(PY) -m medmtl.cli summary $(DEMO_RUN)
 
 lint: venv

@@ -19,25 +19,24 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
+from medmtl.bundle_layers import config_layers
 from medmtl.engines import tune_host_allocator
-
-CONFIGS = Path(__file__).resolve().parent.parent / "bundles" / "demo" / "configs"
 
 
 def demo_network(data_spec: str, features: list[int]) -> torch.nn.Module:
     """The demo bundle's ``network_def`` with these backbone features (dropout off, as in the benchmark's bundle runs)."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
+    parser.read_config([str(f) for f in config_layers("demo", "train")])  # the shared layer, then the demo's
     parser["data_spec"] = data_spec
-    parser["network_def"]["backbone_kwargs"]["dropout"] = 0.0
-    parser["network_def"]["backbone_kwargs"]["features"] = features
+    parser["resume"] = False  # no run record of ./runs/demo may replace these settings
+    parser["backbone_presets"]["unet"]["dropout"] = 0.0
+    parser["backbone_presets"]["unet"]["features"] = features
     return parser.get_parsed_content("network_def")
 
 

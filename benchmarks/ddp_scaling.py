@@ -76,11 +76,11 @@ from typing import Any
 
 from _bench import REPO, machine, print_table, summary, write_results
 
+from medmtl.bundle_layers import bundle_dir, config_layers
 from medmtl.data.demo import generate_demo2d
 
 NAME = "ddp_scaling"
 PHASES = ("forward", "loss", "backward", "optimizer", "between")
-CONFIGS = REPO / "bundles" / "demo" / "configs"
 SPEC = REPO / "data_specs" / "demo.yaml"
 F64_TOLERANCE = 1e-9
 EPOCH_LINE = re.compile(r"^BENCH_EPOCH rank=(\d+) epoch=(\d+) seconds=([0-9.eE+-]+)$", re.MULTILINE)
@@ -162,11 +162,11 @@ class PhaseTimes:
         self.emit(f"BENCH_PHASES rank={medmtl.engines.get_rank()} {json.dumps(out)}")
 
 
-# Extra config merged after train.json (and multi_gpu_train.json): comparable runs + epoch timing.
+# Extra config merged after the demo's train (or multi_gpu_train) layers: comparable runs + epoch timing.
 # (No "import" anywhere in an expression: MONAI then parses it as Python before resolving "@" ids.)
 COMMON_OVERRIDES: dict[str, Any] = {
     "train::preprocessing::train": False,
-    "network_def::backbone_kwargs::dropout": 0.0,
+    "backbone_presets::unet::dropout": 0.0,  # the network's kwargs: the bundle's preset of its backbone
     "train::dataset::data": "$(lambda cs: cs[: len(cs) // 2 * 2])(@train_cases[0])",
     "bench_phases": {"_target_": "ddp_scaling.PhaseTimes"},
     "run": [
@@ -203,7 +203,7 @@ F64_NETWORK = {
 
 def network_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The backbone's feature widths of the timed network (``--features``)."""
-    return {"network_def::backbone_kwargs::features": list(args.features)}
+    return {"backbone_presets::unet::features": list(args.features)}
 
 
 def launcher(mode: str, args: argparse.Namespace) -> list[str]:
@@ -250,7 +250,7 @@ def run_bundle(
         extra_config.update({**F64_OVERRIDES, **F64_NETWORK[mode]})
     extra = work / f"bench_{label}.json"
     extra.write_text(json.dumps(extra_config))
-    configs = [CONFIGS / "train.json"] + ([CONFIGS / "multi_gpu_train.json"] if mode == "ddp" else []) + [extra]
+    configs = [*config_layers("demo", "multi_gpu_train" if mode == "ddp" else "train"), extra]
     out = work / f"run_{label}"
     cmd = launcher(mode, args) + [
         "-m",
@@ -258,6 +258,8 @@ def run_bundle(
         "run",
         "--config_file",
         "[" + ",".join(f"'{c}'" for c in configs) + "]",
+        "--meta_file",
+        str(bundle_dir("demo") / "configs" / "metadata.json"),
     ]
     per_rank_batch = args.global_batch // (args.nproc if mode == "ddp" else 1)
     overrides = {
@@ -558,8 +560,8 @@ def main() -> None:
         "loss_comparison_float32_reference": noise,
         "loss_comparison_float64": float64,
         "setup": {
-            "configs_single": ["train.json"],
-            "configs_ddp": ["train.json", "multi_gpu_train.json"],
+            "configs_single": [str(f.relative_to(REPO)) for f in config_layers("demo", "train")],
+            "configs_ddp": [str(f.relative_to(REPO)) for f in config_layers("demo", "multi_gpu_train")],
             "extra_config": {
                 **COMMON_OVERRIDES,
                 "single process only": SINGLE_OVERRIDES,

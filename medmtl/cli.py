@@ -15,12 +15,19 @@ import logging
 import math
 import os
 import re
+import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import monai.bundle
+
+from medmtl.bundle_layers import WORKFLOWS, bundle_command, export_bundle
 from medmtl.data.problems import DataError
 from medmtl.data.splits import NEW_CASES_OPTIONS
-from medmtl.learning_curve import MODES as LEARNING_CURVE_MODES
+from medmtl.engines.start_checks import cli_overrides, unknown_override_problems
+from medmtl.experiments.learning_curve import MODES as LEARNING_CURVE_MODES
 
 __all__ = ["main", "build_parser"]
 
@@ -148,7 +155,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from medmtl.summary import run_summary_text
+    from medmtl.experiments.summary import run_summary_text
 
     print(run_summary_text(args.run_dir))
     return 0
@@ -179,7 +186,7 @@ def _override(text: str) -> tuple[str, object]:
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
     import shlex
 
-    from medmtl.learning_curve import DEFAULT_FRACTIONS, MODES, run_learning_curve
+    from medmtl.experiments.learning_curve import DEFAULT_FRACTIONS, MODES, run_learning_curve
 
     try:
         result = run_learning_curve(
@@ -205,6 +212,28 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     print(result.to_markdown(), end="")
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 1 if result.failed else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    workflows = [w for w in args.workflow.split("+") if w]
+    cmd = bundle_command(args.bundle, workflows, args.overrides)
+    monai_argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
+    if problems := unknown_override_problems(cli_overrides(monai_argv) or {}):  # MONAI would stop with a KeyError
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    if args.print_only:  # double quotes around MONAI's list syntax, as the docs write it
+        print(" ".join(f'"{t}"' if "'" in t and '"' not in t else shlex.quote(t) for t in cmd))
+        return 0
+    sys.stdout.flush()
+    if os.name == "posix":  # MONAI's own process: its signals, exit status and command line (read by the start checks)
+        os.execv(cmd[0], cmd)
+    return subprocess.call(cmd)
+
+
+def _cmd_export_bundle(args: argparse.Namespace) -> int:
+    out = export_bundle(args.bundle, args.out, data_spec=args.data_spec)
+    print(f"wrote {out} (run it with: python -m monai.bundle run --config_file {out}/configs/train.json)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m monai.bundle run; write OUT/learning_curve.{csv,json,md,png}. Finished runs are reused, "
         "failed ones are recorded and the sweep goes on (exit code 1 when any failed).",
     )
-    p.add_argument("bundle", help="bundle folder, e.g. bundles/ultrasound_mtl (run from the repository root)")
+    p.add_argument("bundle", help="bundle name (ultrasound_mtl) or folder (bundles/ultrasound_mtl)")
     p.add_argument("out", help="sweep folder: runs in OUT/<mode>/<fraction>, results in OUT/learning_curve.*")
     p.add_argument(
         "--fractions",
@@ -324,6 +353,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", default=None, help="passed to every run as --tracking (e.g. mlflow)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=_cmd_learning_curve)
+
+    p = sub.add_parser(
+        "run",
+        help="run a bundle workflow: python -m monai.bundle run with the bundle's config layers",
+        description="Run WORKFLOW of BUNDLE through python -m monai.bundle run, with the shared and the bundle's "
+        "config layers in order. Everything after WORKFLOW is passed to MONAI as it is (--epochs 3 ...). "
+        "Evaluation and inference need only --output_dir of the training run.",
+        epilog="examples:\n  medmtl run demo train --epochs 3 --output_dir runs/demo\n"
+        "  medmtl run demo evaluate --output_dir runs/demo\n"
+        "  medmtl run demo inference --output_dir runs/demo --infer_split all\n"
+        "  medmtl run --print ultrasound_mtl semi_supervised+multi_gpu_train   (the command, for torchrun)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--print", dest="print_only", action="store_true", help="print the command, run nothing")
+    p.add_argument("bundle", help="bundle name (demo, ultrasound_mtl, ...) or bundle folder")
+    p.add_argument(
+        "workflow", help=f"one of {', '.join(WORKFLOWS)}; join several with + (semi_supervised+multi_gpu_train)"
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs for MONAI")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "export-bundle",
+        help="write a self-contained copy of a bundle (no shared layers), as the MONAI model zoo expects",
+    )
+    p.add_argument("bundle", help="bundle name or folder")
+    p.add_argument("out", help="new folder for the copy")
+    p.add_argument("--data-spec", default=None, help="data spec to ship (default: the one the bundle names)")
+    p.set_defaults(func=_cmd_export_bundle)
 
     p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")
     p.add_argument("run_dir", help="the bundle's output_dir (e.g. runs/demo)")

@@ -36,27 +36,28 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
-from medmtl.data.problems import DataError, Problem
-from medmtl.data.tasks import LabelQuality, Task, TaskKind, reserved_name_error
+from medmtl.data.datalist import CaseTable, build_cases
+from medmtl.data.problems import Problem
+from medmtl.data.spec_model import (
+    CsvCases,
+    CsvLookup,
+    DatasetSpecModel,
+    DecathlonCases,
+    GlobCases,
+    LabelSource,
+    SpecError,
+    SplitSpec,
+    TaskSpec,
+    clash_message,
+)
+from medmtl.resources import resolve_resource
 
 __all__ = [
     "GlobCases",
@@ -71,301 +72,12 @@ __all__ = [
     "SpecError",
 ]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
 
-
-class SpecError(DataError):
-    """A spec file that cannot be used: every problem in it, with the file name."""
-
-
-class _CaseSourceBase(BaseModel):
-    model_config = _STRICT
-    regex: str | None = None
-    """Regular expression with named groups, matched against the path (relative to root); entries
-    that do not match are skipped (e.g. ``_mask`` files or macOS ``._`` files)."""
-    unlabelled: bool = False
-    """Every case of this source is unlabelled (e.g. a ``test/`` folder without masks)."""
-    fields: dict[str, str] = Field(default_factory=dict)
-    """Constant fields added to every case of this source (e.g. ``{split: test}``)."""
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"regex {value!r} does not compile: {err}") from err
-        return value
-
-
-class GlobCases(_CaseSourceBase):
-    """Cases found by globbing files or folders under the root."""
-
-    glob: str | tuple[str, ...]
-
-
-class CsvCases(_CaseSourceBase):
-    """Cases listed in a CSV file (one row per case, or per image as in MURA).
-
-    ``path_column`` names the column with the image path (relative to root); with ``header: false``
-    columns are named ``col0``, ``col1``, ...; every column becomes a field.
-    """
-
-    csv: str
-    header: bool = True
-    path_column: str | None = None
-
-
-class DecathlonCases(_CaseSourceBase):
-    """Cases listed in a Medical Segmentation Decathlon style ``dataset.json``."""
-
-    decathlon: str
-    section: str = "training"
-
-
-def _source_kind(value: Any) -> str | None:
-    """Which kind of case source a YAML mapping is, from the key it has (clear errors, no union soup)."""
-    if isinstance(value, BaseModel):
-        return {GlobCases: "glob", CsvCases: "csv", DecathlonCases: "decathlon"}.get(type(value))
-    if isinstance(value, dict):
-        for key in ("glob", "csv", "decathlon"):
-            if key in value:
-                return key
-    return None
-
-
-CaseSource = Annotated[
-    Annotated[GlobCases, Tag("glob")] | Annotated[CsvCases, Tag("csv")] | Annotated[DecathlonCases, Tag("decathlon")],
-    Discriminator(
-        _source_kind,
-        custom_error_type="case_source",
-        custom_error_message="a case source needs one of the keys glob / csv / decathlon",
-    ),
-]
-
-
-class CsvLookup(BaseModel):
-    """A label looked up in a CSV table by case key (MRNet's ``train-acl.csv``: ``0000,1``)."""
-
-    model_config = _STRICT
-    file: str
-    """Path template relative to root, e.g. ``"{split}-acl.csv"``."""
-    key: str = "{case_id}"
-    """Template giving the case's key in the table."""
-    key_column: str | int = 0
-    value_column: str | int | tuple[str | int, ...] = 1
-    """One column, or one per label for a multilabel task."""
-    header: bool = True
-
-
-class LabelSource(BaseModel):
-    """Where one task's label comes from; exactly one of the source fields is set.
-
-    - ``mask``: path template of a mask file; a glob matching several files ORs them (BUSI
-      ``_mask_1.png``); no match means the case lacks this label.
-    - ``field``: a case field (folder name, regex group, CSV column of the case list).
-    - ``csv``: a lookup in a separate CSV table.
-    - ``mask_nonempty``: binary label derived from a mask: 1 if any voxel is non-zero.
-
-    ``map`` turns raw values into class names or 0/1 (``{positive: 1, negative: 0}``); ``binarize``
-    turns a mask into {0, 1} (any non-zero voxel is foreground); ``values`` maps mask voxel values
-    (``{255: 1}``). ``scaled_mask: true`` declares 2D masks drawn at a whole-number fraction of the
-    image resolution over the same field of view (JSRT's SCR masks: 1024 px for 2048 px images); the
-    2D presets resize image and masks to one size, and the validator accepts that size ratio only
-    where it is declared.
-    """
-
-    model_config = _STRICT
-    mask: str | None = None
-    field: str | None = None
-    csv: CsvLookup | None = None
-    mask_nonempty: str | None = None
-    map: dict[str, str | int | float] | None = None
-    binarize: bool = False
-    values: dict[int, int] | None = None
-    scaled_mask: bool = False
-    quality: LabelQuality = LabelQuality.STRONG
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> LabelSource:
-        given = [k for k in ("mask", "field", "csv", "mask_nonempty") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a label needs exactly one of mask / field / csv / mask_nonempty, got {given or 'none'}")
-        return self
-
-    @property
-    def is_file(self) -> bool:
-        """True when the label is a mask file read at training time."""
-        return self.mask is not None
-
-
-class TaskSpec(Task):
-    """A :class:`Task` plus where its labels are found in this dataset.
-
-    ``weak_label`` is an optional second, machine-made source (k-means masks, report mining) used for
-    weak-label pre-training; ``label`` is the strong (human) one.
-    """
-
-    label: LabelSource | None = None
-    weak_label: LabelSource | None = None
-
-    @model_validator(mode="after")
-    def _label_fits_kind(self) -> TaskSpec:
-        for source in (self.label, self.weak_label):
-            if source is None:
-                continue
-            if self.kind == TaskKind.SEGMENTATION and source.mask is None:
-                raise ValueError(f"segmentation task '{self.name}' takes its label from a 'mask' file template")
-            if self.kind != TaskKind.SEGMENTATION and source.mask is not None:
-                raise ValueError(
-                    f"{self.kind.value} task '{self.name}' cannot read a 'mask': use field/csv/mask_nonempty"
-                )
-            if source.mask_nonempty is not None and self.kind != TaskKind.BINARY:
-                raise ValueError(f"'mask_nonempty' gives a binary label; task '{self.name}' is {self.kind.value}")
-            multi_columns = source.csv is not None and isinstance(source.csv.value_column, tuple)
-            if multi_columns and self.kind != TaskKind.MULTILABEL:
-                raise ValueError(
-                    f"several value columns are for multilabel tasks; task '{self.name}' is {self.kind.value}"
-                )
-            if self.kind == TaskKind.MULTILABEL and source.csv is not None:
-                n = len(source.csv.value_column) if multi_columns else 1
-                if n != self.num_outputs:
-                    raise ValueError(
-                        f"task '{self.name}' has {self.num_outputs} labels but its csv gives {n} value columns"
-                    )
-        return self
-
-    def as_task(self) -> Task:
-        """The plain :class:`Task` (what networks and losses need), without data-source details."""
-        return Task(**{k: getattr(self, k) for k in Task.model_fields})
-
-
-class SplitSpec(BaseModel):
-    """How cases are split into train / val / test.
-
-    - ``fractions``: each patient (or case) hashed with the seed into the given fractions, so adding
-      cases never moves one (see :mod:`medmtl.data.splits`).
-    - ``kfold``: ``folds`` folds, fold ``fold`` is validation, the rest training (cases whose ``split``
-      field says ``test`` are kept out, if such a field exists).
-    - ``field``: a case field names the split (``values`` maps raw values to train/val/test);
-      ``val_fraction`` optionally carves a validation set out of the training cases.
-    - ``none``: every case is in ``train``.
-
-    ``stratify`` names a task whose class proportions the splits keep in expectation; ``group`` (on
-    the dataset) keeps all cases of a patient in one split.
-    """
-
-    model_config = _STRICT
-    method: Literal["fractions", "kfold", "field", "none"] = "fractions"
-    fractions: dict[Literal["train", "val", "test"], float] = Field(
-        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
-    )
-    folds: int = Field(default=5, ge=2)
-    fold: int = Field(default=0, ge=0)
-    field: str = "split"
-    values: dict[str, Literal["train", "val", "test", "exclude"]] | None = None
-    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    seed: int = 0
-    stratify: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> SplitSpec:
-        if self.method == "fractions":
-            total = sum(self.fractions.values())
-            if abs(total - 1.0) > 1e-6 or any(v < 0 for v in self.fractions.values()):
-                raise ValueError(
-                    f"split fractions must be >= 0 and sum to 1, got {dict(self.fractions)} (sum {total:g})"
-                )
-        if self.method == "kfold" and self.fold >= self.folds:
-            raise ValueError(f"fold {self.fold} does not exist with {self.folds} folds (use 0..{self.folds - 1})")
-        return self
-
-
-def _input_name(name: str) -> str:
-    """An input name that is not one of medmtl's own keys (``case_id``, ``split``, ``pred_*``...)."""
-    reason = reserved_name_error(name, "input")
-    if reason is not None:
-        raise PydanticCustomError("reserved_name", reason.replace("{", "{{").replace("}", "}}"))
-    return name
-
-
-def _clash_message(names: list[str]) -> str:
-    return f"{', '.join(map(repr, names))} is both an input name and a task name: a case holds one value per name"
-
-
-InputName = Annotated[str, AfterValidator(_input_name)]
-
-
-class DatasetSpec(BaseModel):
+class DatasetSpec(DatasetSpecModel):
     """A whole dataset: where the files are, what the tasks are, how labels and splits are found.
 
     Build with :func:`load_spec` (YAML) or directly; ``datalist(split)`` gives MONAI-style dicts.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    description: str = ""
-    root: str = "."
-    cases: CaseSource | tuple[CaseSource, ...]
-    case_id: str = "{stem}"
-    group: str | CsvLookup | None = None
-    """Patient of a case: a template (``"{patient}"``) or a CSV lookup by case (a case without a row is its own group)."""
-    inputs: dict[InputName, str] = Field(default_factory=lambda: {"image": "{path}"})
-    tasks: tuple[TaskSpec, ...]
-    splits: SplitSpec = Field(default_factory=SplitSpec)
-    spatial_dims: Literal[2, 3] = 2
-    modality: str = ""
-    spec_path: str | None = Field(default=None, exclude=True)
-    """Where the spec was read from (relative roots resolve against its folder)."""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DatasetSpec:
-        names = [t.name for t in self.tasks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"task names must be unique, repeated: {duplicates}")
-        if not self.tasks:
-            raise ValueError("a spec needs at least one task")
-        clash = sorted(set(self.inputs) & set(names))
-        if clash:
-            raise PydanticCustomError("name_clash", _clash_message(clash).replace("{", "{{").replace("}", "}}"))
-        if self.splits.stratify is not None and self.splits.stratify not in names:
-            raise ValueError(f"splits.stratify names task '{self.splits.stratify}', which is not one of {names}")
-        if self.splits.stratify is not None:
-            task = self.task(self.splits.stratify)
-            if task.kind == TaskKind.SEGMENTATION:
-                raise ValueError(f"cannot stratify by segmentation task '{task.name}': pick a classification task")
-        return self
-
-    # ---- accessors -------------------------------------------------------------------------
-    @property
-    def case_sources(self) -> tuple[CaseSource, ...]:
-        return self.cases if isinstance(self.cases, tuple) else (self.cases,)
-
-    @property
-    def task_list(self) -> list[Task]:
-        """Plain tasks, what networks / losses / metrics are built from."""
-        return [t.as_task() for t in self.tasks]
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-    def task(self, name: str) -> TaskSpec:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise KeyError(f"no task '{name}' in spec '{self.name}'; tasks are {self.task_names}")
-
-    def resolved_root(self, root: str | os.PathLike | None = None) -> Path:
-        """The data root: ``root`` if given, else the spec's (env vars expanded, relative to the spec file)."""
-        raw = str(root) if root is not None else _expand_env(self.root)
-        path = Path(raw).expanduser()
-        if not path.is_absolute() and root is None and self.spec_path is not None:
-            path = Path(self.spec_path).parent / path
-        return path.resolve()
 
     # ---- data ------------------------------------------------------------------------------
     def build_cases(
@@ -374,14 +86,12 @@ class DatasetSpec(BaseModel):
         label_quality: str = "strong",
         splits_file: str | os.PathLike | None = None,
         new_cases: str = "exclude",
-    ):
+    ) -> CaseTable:
         """Every case with its inputs, labels and split (see :mod:`medmtl.data.datalist`).
 
         ``splits_file``: a run's ``splits.json`` whose recorded splits are kept (when it exists);
         ``new_cases``: where labelled cases it lacks go (see :mod:`medmtl.data.splits`).
         """
-        from medmtl.data.datalist import build_cases
-
         return build_cases(self, root=root, label_quality=label_quality, splits_file=splits_file, new_cases=new_cases)
 
     def datalist(
@@ -396,29 +106,6 @@ class DatasetSpec(BaseModel):
         return self.build_cases(root=root, label_quality=label_quality).datalist(split)
 
 
-def _expand_env(text: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` (shell style) in a spec's root."""
-
-    def replace(match: re.Match) -> str:
-        name, default = match.group(1), match.group(3)
-        value = os.environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        raise SpecError(
-            [
-                Problem(
-                    "missing_env",
-                    f"environment variable {name} is not set",
-                    f"export {name}=/path/to/data or pass --root",
-                )
-            ]
-        )
-
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", replace, text)
-
-
 def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
     """Read and validate a spec YAML; raises :class:`SpecError` listing every problem with the file name.
 
@@ -426,7 +113,7 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> DatasetSpec:
         path: the YAML file.
         overrides: top-level keys replacing those of the file (e.g. ``root=...``).
     """
-    path = Path(path)
+    path = resolve_resource(path)  # a bundle's "data_specs/x.yaml" is found from any working folder
     if not path.is_file():
         raise SpecError([Problem("missing_file", "spec file not found", "check the path", path=str(path))], str(path))
     try:
@@ -459,7 +146,7 @@ def _cross_field_problems(raw: dict, path: Path) -> list[Problem]:
     inputs = raw.get("inputs")
     clash = sorted(set(inputs) & {n for n in names if isinstance(n, str)}) if isinstance(inputs, dict) else []
     if clash:
-        found.append(Problem("name_clash", _clash_message(clash), _FIXES["name_clash"], path=str(path)))
+        found.append(Problem("name_clash", clash_message(clash), _FIXES["name_clash"], path=str(path)))
     splits = raw.get("splits")
     if isinstance(splits, dict) and splits.get("stratify") is not None and splits["stratify"] not in names:
         message = f"'splits.stratify': names task {splits['stratify']!r}, which is not one of {names}"

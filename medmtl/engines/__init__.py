@@ -9,6 +9,7 @@ from medmtl.engines.checkpoint_io import (
     SafeCheckpointLoader,
     check_state_dict_fits,
     load_checkpoint,
+    read_run_config,
 )
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
@@ -25,7 +26,6 @@ from medmtl.engines.distributed import (
 )
 from medmtl.engines.eval_mode import EvalModePerRun
 from medmtl.engines.finetune import (
-    ExpertRouter,
     PretrainedLoadReport,
     encoder_parameters,
     finetune_param_groups,
@@ -58,6 +58,14 @@ from medmtl.engines.prepare_batch import (
     probabilities,
 )
 from medmtl.engines.progress import EpochProgress, log_run_summary, run_summary
+from medmtl.engines.resume_state import RandomStates, ResumableEarlyStop
+from medmtl.engines.run_config import (
+    RunConfigError,
+    RunConfigExit,
+    RunRecord,
+    build_run_config,
+    write_run_config,
+)
 from medmtl.engines.run_lock import (
     OutputDirError,
     OutputDirLock,
@@ -81,12 +89,21 @@ from medmtl.engines.semi_supervised import (
 from medmtl.engines.start_checks import BundleStartError, BundleStartExit, check_bundle_start
 from medmtl.engines.time_budget import TimeBudget
 from medmtl.engines.weight_average import EMAWeights
+from medmtl.networks.router import ExpertRouter  # moved to medmtl.networks; this name kept for existing configs
 
 __all__ = [
+    "RunConfigError",
+    "RunConfigExit",
+    "RunRecord",
+    "build_run_config",
+    "write_run_config",
     "EMAWeights",
     "EvalModePerRun",
     "TimeBudget",
     "EpochProgress",
+    "RandomStates",
+    "ResumableEarlyStop",
+    "read_run_config",
     "log_run_summary",
     "run_summary",
     "FlattenTaskOutputsd",

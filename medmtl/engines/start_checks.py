@@ -34,7 +34,14 @@ from medmtl.engines.guards import GuardExit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleStartError", "BundleStartExit", "check_bundle_start", "cli_overrides", "unknown_override_problems"]
+__all__ = [
+    "BundleStartError",
+    "BundleStartExit",
+    "check_bundle_start",
+    "cli_overrides",
+    "monai_run_arguments",
+    "unknown_override_problems",
+]
 
 
 class BundleStartError(ValueError):
@@ -45,7 +52,7 @@ class BundleStartExit(GuardExit):  # same exit: status 1, one line, no traceback
     """:class:`BundleStartError` for bundle runs: exit status 1, the message, no traceback."""
 
 
-def _run_arguments() -> set[str]:
+def monai_run_arguments() -> set[str]:
     """The keywords MONAI's ``run`` takes for itself (not config overrides): config_file, tracking, ..."""
     names: set[str] = set()
     for fn in (monai_run, create_workflow, ConfigWorkflow.__init__):
@@ -99,8 +106,33 @@ def cli_overrides(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     return given
 
 
+def _nested_id_problem(config: dict[str, Any], key: str) -> str | None:
+    """``--a#b#c`` needs ``a#b`` to be a table (or a list and ``c`` an index): MONAI stops with a KeyError otherwise."""
+    parts = ReferenceResolver.split_id(key.replace("#", "::"))
+    node: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        parent = node
+        node = node.get(part) if isinstance(node, dict) else node[int(part)] if _index_in(node, part) else None
+        if not isinstance(node, (dict, list)):
+            where = "::".join(parts[: depth + 1])
+            if node is None and isinstance(parent, dict) and depth:
+                keys = ", ".join(sorted(map(str, parent))[:12])
+                return f"--{key}: '{'::'.join(parts[:depth])}' has no '{part}' (it has: {keys})"
+            has = f"'{where}' holds {str(node)[:40]!r}" if node is not None else f"'{where}' is not defined"
+            return f"--{key}: {has}, it cannot hold '{parts[depth + 1]}'; override --{where} itself"
+    last = parts[-1]
+    if isinstance(node, list) and not _index_in(node, last):
+        return f"--{key}: '{'::'.join(parts[:-1])}' is a list of {len(node)}; give an index below {len(node)}"
+    return None
+
+
+def _index_in(node: Any, part: str) -> bool:
+    return isinstance(node, list) and part.isdigit() and int(part) < len(node)
+
+
 def unknown_override_problems(overrides: dict[str, Any]) -> list[str]:
-    """One line per override whose top-level id the bundle's config files do not define.
+    """One line per override whose top-level id the bundle's config files do not define, or whose nested id
+    (``--a#b#c``) has no table to go into.
 
     Args:
         overrides: what MONAI's ``run`` received (:func:`cli_overrides`), with ``config_file``.
@@ -112,12 +144,17 @@ def unknown_override_problems(overrides: dict[str, Any]) -> list[str]:
     config_file = overrides.get("config_file")
     if not config_file:
         return []
-    defined = set(ConfigParser.load_config_files(config_file)) | {"_meta_"}
-    run_args = _run_arguments()
+    config = ConfigParser.load_config_files(config_file)
+    defined = set(config) | {"_meta_"}
+    run_args = monai_run_arguments()
     problems = []
     for key in overrides:
         top = ReferenceResolver.split_id(key)[0]
-        if key in run_args or top in defined:
+        if key in run_args or top == "_meta_":
+            continue
+        if top in defined:
+            if problem := _nested_id_problem(config, key):
+                problems.append(problem)
             continue
         close = difflib.get_close_matches(top, sorted(defined - {"_meta_"}), n=1, cutoff=0.6)
         hint = f"did you mean --{close[0]}?" if close else "see the config for the ids it defines"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from medmtl.bundle_layers import config_layers
 from medmtl.data.demo import generate_demo2d
 from medmtl.networks import CrossStitchNet
 
@@ -28,9 +29,9 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 def _optimizer(bundle: str, data: Path, work: Path, **overrides: object) -> tuple[torch.optim.Optimizer, ConfigParser]:
-    """The bundle's ``optimizer`` built from its train.json on the demo data (nothing trained)."""
+    """The bundle's ``optimizer`` built from its training config layers on the demo data (nothing trained)."""
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    parser.read_config([str(f) for f in config_layers(bundle, "train")])
     parser.update(
         {
             "data_spec": str(REPO / "data_specs" / "demo.yaml"),

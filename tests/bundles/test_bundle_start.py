@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import monai.bundle
 import pytest
 import torch
 
+from medmtl.bundle_layers import bundle_command
 from medmtl.engines import BundleStartError, check_bundle_start
 from medmtl.engines.start_checks import cli_overrides
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "demo" / "configs"
 MONAI_MAIN = str(Path(monai.bundle.__file__).with_name("__main__.py"))
 
 
-def _refused(tmp_path: Path, configs: tuple[str, ...], *args: str) -> list[str]:
+def _refused(tmp_path: Path, workflows: tuple[str, ...], *args: str) -> list[str]:
     """Run the bundle; assert exit 1 without traceback; the error lines (first one without its type)."""
-    files = [str(CONFIGS / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+    cmd = bundle_command("demo", workflows)  # with --meta_file and --logging_file: MONAI's keys, never refused
     cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(tmp_path / "no_data")]
     cmd += ["--output_dir", str(tmp_path / "run"), *args]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -43,10 +40,10 @@ def test_unknown_override_keys_are_refused_with_a_did_you_mean(tmp_path) -> None
     args_file.write_text(json.dumps({"seed": 1, "learning_rte": 0.1}))
     lines = _refused(
         tmp_path,
-        ("train.json",),
+        ("train",),
         *("--epoch", "3", "--batchsize", "4", "--args_file", str(args_file)),
-        *("--run_id", "run", "--workflow_type", "train", "--logging_file", str(CONFIGS / "logging.conf")),
-        *("--network_def#backbone_kwargs#dropout", "0.2", "--train::dataloader::num_workers", "0"),
+        *("--run_id", "run", "--workflow_type", "train"),
+        *("--backbone_presets#unet#dropout", "0.2", "--train::dataloader::num_workers", "0"),
     )
     by_key = {line.split(":", 1)[0]: line for line in lines}
     assert len(lines) == 3 and set(by_key) == {"--epoch", "--batchsize", "--learning_rte"}, lines
@@ -58,7 +55,7 @@ def test_unknown_override_keys_are_refused_with_a_did_you_mean(tmp_path) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_and_too_few_epochs_each_get_their_line(tmp_path) -> None:
-    lines = _refused(tmp_path, ("train.json",), "--device", "cuda", "--epochs", "1")  # the demo validates every 2
+    lines = _refused(tmp_path, ("train",), "--device", "cuda", "--epochs", "1")  # the demo validates every 2
     assert len(lines) == 2, lines
     assert lines[0].startswith("--device cuda: CUDA is not available") and "--device cpu" in lines[0]
     assert lines[1].startswith("--epochs 1 is smaller than --val_interval 2 (the config's)")
@@ -66,12 +63,12 @@ def test_cuda_without_cuda_and_too_few_epochs_each_get_their_line(tmp_path) -> N
 
 
 def test_evaluation_without_a_trained_run_says_train_first(tmp_path) -> None:
-    (line,) = _refused(tmp_path, ("train.json", "evaluate.json"))
+    (line,) = _refused(tmp_path, ("evaluate",))
     assert line == (
         f"checkpoint {tmp_path / 'run' / 'models' / 'best.pt'} does not exist: train first (with the same "
         "--output_dir), or pass --ckpt_path"
     )
-    (line,) = _refused(tmp_path, ("inference.json",), "--ckpt_path", str(tmp_path / "missing.pt"))
+    (line,) = _refused(tmp_path, ("inference",), "--ckpt_path", str(tmp_path / "missing.pt"))
     assert line == f"--ckpt_path {tmp_path / 'missing.pt'}: no such checkpoint file"
 
 
@@ -86,7 +83,7 @@ def test_command_line_is_read_as_fire_reads_it(tmp_path) -> None:
         "spatial_size": [8, 8],
     }
     assert cli_overrides(["/usr/bin/pytest", "run", "--epoch", "3"]) is None  # not monai.bundle: nothing to check
-    good = [MONAI_MAIN, "run", "--config_file", str(CONFIGS / "train.json"), "--epochs", "2", "--tracking", "mlflow"]
+    good = [MONAI_MAIN, *bundle_command("demo", ["train"], ["--epochs", "2", "--tracking", "mlflow"])[3:]]
     check_bundle_start("cpu", epochs=2, val_interval=1, argv=good, exit_on_error=False)
     on_purpose = [*good, "--val_interval", "1000"]  # no validation asked for (timing runs): a warning only
     check_bundle_start("cpu", epochs=2, val_interval=1000, argv=on_purpose, exit_on_error=False)

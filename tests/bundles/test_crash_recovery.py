@@ -13,22 +13,22 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import bundle_argv
 
 from medmtl.data.demo import generate_demo2d
 from medmtl.engines import CHECKPOINT_PAUSE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "bundles" / "demo" / "configs" / "train.json"
-TEMP_NAME = re.compile(r"^\.(last|best)\.pt\..+\.tmp$")
+# hidden temp files of last.pt / best.pt, and of the pending best (``..best.pt.pending.tmp.<random>.tmp``)
+TEMP_NAME = re.compile(r"^\.(last|best)\.pt\..+\.tmp$|^\.\.best\.pt\.pending\.tmp\..+\.tmp$")
 
-# Test-only config merged after train.json: in epoch 2, after its 2nd iteration, write a marker and
+# Test-only config merged after the demo's training layers: in epoch 2, after its 2nd iteration, write a marker and
 # sleep until killed, unless the marker exists (a reference run creates it first; a restart finds it).
 KILL_HOOK = {
     "+imports": ["$import ignite", "$import time"],
@@ -60,8 +60,6 @@ def setup(tmp_path_factory) -> dict:
 
 
 def _command(setup: dict, output_dir: Path) -> list[str]:
-    configs = f"['{TRAIN}','{setup['hook']}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs]
     overrides = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
         "dataset_dir": setup["work"] / "data" / "demo2d",
@@ -71,9 +69,7 @@ def _command(setup: dict, output_dir: Path) -> list[str]:
         "batch_size": 4,
         "spatial_size": "[32,32]",
     }
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    return cmd
+    return bundle_argv("demo", ["train"], overrides, extra_configs=[setup["hook"]])
 
 
 def _start(setup: dict, output_dir: Path, env: dict | None = None) -> subprocess.Popen:

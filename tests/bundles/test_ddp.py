@@ -1,4 +1,4 @@
-"""``multi_gpu_train.json`` for real: ``torchrun --nproc_per_node=2`` on CPU (gloo), as a user runs it.
+"""The ``multi_gpu_train`` workflow for real: ``torchrun --nproc_per_node=2`` on CPU (gloo), as a user runs it.
 
 The validation split is chosen odd (5 cases: shards of 3 and 2 with ``even_divisible=False``), so
 the gathered validation metric equals a single-process evaluation of the saved checkpoint only if
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import bundle_argv
 
+from medmtl.bundle_layers import config_layers
 from medmtl.data.demo import generate_demo2d
 from medmtl.data.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "demo" / "configs"
 SPEC = REPO / "data_specs" / "demo.yaml"
 TASKS = ("lesion", "malignant")
 # 16 demo cases with this split give 5 validation cases holding both malignancy classes (splits are
@@ -38,12 +39,10 @@ SPLITS = {
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _torchrun(*configs: str | Path, cwd: Path, env: dict, **overrides: object) -> str:
-    files = [str(c if Path(c).is_absolute() else CONFIGS / c) for c in configs]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+def _torchrun(*extra_configs: Path, cwd: Path, env: dict, **overrides: object) -> str:
+    """The demo's ``multi_gpu_train`` workflow (its config layers, then ``extra_configs``) on 2 processes."""
+    bundle = bundle_argv("demo", ["multi_gpu_train"], {k: str(v) for k, v in overrides.items()}, extra_configs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *bundle[1:]]
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
@@ -89,8 +88,6 @@ def ddp_run(tmp_path_factory) -> dict:
         "val_interval": 1,
     }
     log = _torchrun(
-        "train.json",
-        "multi_gpu_train.json",
         dump,
         cwd=work,
         env=env,
@@ -153,7 +150,7 @@ def test_validation_counts_every_case_once_and_matches_one_process(ddp_run) -> N
         assert history[f"val_{task}/num_cases"] == labelled  # no shard lost, no padding duplicate
 
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
+    parser.read_config([str(f) for f in config_layers("demo", "train")])
     common = ddp_run["common"]
     parser.update(
         {
@@ -190,8 +187,6 @@ def test_restart_resumes_every_rank_from_last_checkpoint(ddp_run) -> None:
     work = ddp_run["work"]
     shutil.copytree(work / "run", work / "resumed")
     log = _torchrun(
-        "train.json",
-        "multi_gpu_train.json",
         cwd=work,
         env=ddp_run["env"],
         output_dir=work / "resumed",

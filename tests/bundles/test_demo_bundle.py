@@ -6,25 +6,22 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from medmtl.bundle_layers import bundle_command, bundle_dir
 from medmtl.data.demo import generate_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "demo" / "configs"
+CONFIGS = bundle_dir("demo") / "configs"
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 
-def _bundle(*configs: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
-    files = [str(CONFIGS / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+def _bundle(*workflows: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
+    """``workflows`` of the demo bundle (its config layers, as ``medmtl run`` gives them) with ``overrides``."""
+    cmd = bundle_command("demo", workflows, [a for k, v in overrides.items() for a in (f"--{k}", str(v))])
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -42,7 +39,7 @@ def demo_run(tmp_path_factory) -> dict:
         "output_dir": work / "run",
         "val_interval": 1,
     }
-    train = _bundle("train.json", cwd=work, env=env, epochs=3, tracking="mlflow", **common)
+    train = _bundle("train", cwd=work, env=env, epochs=3, tracking="mlflow", **common)
     return {"work": work, "env": env, "common": common, "train_log": train.stdout + train.stderr}
 
 
@@ -76,7 +73,7 @@ def test_mlflow_run_has_task_metrics_params_and_artifacts(demo_run) -> None:
 
 
 def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
-    log = _bundle("train.json", cwd=demo_run["work"], env=demo_run["env"], epochs=4, **demo_run["common"])
+    log = _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=4, **demo_run["common"])
     text = log.stdout + log.stderr
     assert "resumed from" in text
     assert "epoch 1/4" not in text and "epoch 4/4" in text  # epochs 1-3 are not trained again
@@ -87,14 +84,10 @@ def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
 @pytest.fixture(scope="module")
 def demo_evaluation(demo_run) -> Path:
     """The evaluation bundle on the trained run, with MLflow: its output folder (once per module, so
-    every test that reads it also passes alone or on another pytest-xdist worker)."""
+    every test that reads it also passes alone or on another pytest-xdist worker). Only ``--output_dir``,
+    as the docs show: the run's ``run_config.json`` gives the spec, data and network."""
     _bundle(
-        "train.json",
-        "evaluate.json",
-        cwd=demo_run["work"],
-        env=demo_run["env"],
-        tracking="mlflow",
-        **demo_run["common"],
+        "evaluate", cwd=demo_run["work"], env=demo_run["env"], tracking="mlflow", output_dir=demo_run["work"] / "run"
     )
     return demo_run["work"] / "run" / "eval"
 
@@ -114,11 +107,11 @@ def test_evaluate_writes_report_with_every_task(demo_evaluation) -> None:
 
 def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
     _bundle(
-        "inference.json",
+        "inference",
         cwd=demo_run["work"],
         env=demo_run["env"],
         infer_split="all",
-        **{k: v for k, v in demo_run["common"].items() if k != "val_interval"},  # inference has no validation
+        output_dir=demo_run["work"] / "run",  # the rest comes from the run's run_config.json
     )
     out = demo_run["work"] / "run" / "predictions"
     with open(out / "predictions.csv") as handle:
@@ -144,7 +137,7 @@ def test_same_seed_gives_the_same_run(demo_run) -> None:
     if torch.cuda.is_available():  # the fixture trained on the GPU
         pytest.skip("bit-for-bit reruns are promised on CPU; cuDNN/atomic CUDA kernels are not deterministic")
     common = {**demo_run["common"], "output_dir": demo_run["work"] / "run_again"}
-    _bundle("train.json", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common)
+    _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common)
     first = json.loads((demo_run["work"] / "run" / "history.json").read_text())[:3]
     again = json.loads((demo_run["work"] / "run_again" / "history.json").read_text())
     assert again == first
@@ -176,9 +169,8 @@ def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
     from PIL import Image
 
     Image.new("L", (32, 32)).save(root / "masks" / "case_007.png")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
-    cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(root)]
-    cmd += ["--output_dir", str(tmp_path / "run"), "--epochs", "1", "--val_interval", "1"]
+    cmd = bundle_command("demo", ["train"], ["--data_spec", str(REPO / "data_specs" / "demo.yaml")])
+    cmd += ["--dataset_dir", str(root), "--output_dir", str(tmp_path / "run"), "--epochs", "1", "--val_interval", "1"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -11,20 +11,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from medmtl.bundle_layers import bundle_command, config_layers
 from medmtl.data.demo import generate_demo2d
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "demo" / "configs"
 
 
 def _train(work: Path, data: Path, epochs: int, *extra: str) -> str:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
-    cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(data)]
+    cmd = bundle_command("demo", ["train"], ["--data_spec", str(REPO / "data_specs" / "demo.yaml")])
+    cmd += ["--dataset_dir", str(data)]
     cmd += ["--output_dir", str(work / "run"), "--epochs", str(epochs), "--val_interval", "1", *extra]
     result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
@@ -32,10 +31,10 @@ def _train(work: Path, data: Path, epochs: int, *extra: str) -> str:
     return output
 
 
-def _bundle_cases(config: str, work: Path, data: Path, **overrides: object):
-    """The ``cases`` a bundle config builds (parsed here, nothing trained)."""
+def _bundle_cases(workflow: str, work: Path, data: Path, **overrides: object):
+    """The ``cases`` a bundle workflow builds (its config layers parsed here, nothing trained)."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
+    parser.read_config([str(f) for f in config_layers("demo", workflow)])
     parser.update(
         {
             "data_spec": str(REPO / "data_specs" / "demo.yaml"),
@@ -66,8 +65,8 @@ def test_resumed_training_on_grown_data_keeps_every_recorded_split(tmp_path) -> 
     first_splits = {case: split for split, ids in json.loads(recorded).items() for case in ids}
     assert len(first_splits) == 12
 
-    for config in ("train.json", "inference.json"):  # default: new cases are in no split, still predictable
-        table = _bundle_cases(config, tmp_path, full)
+    for workflow in ("train", "inference"):  # default: new cases are in no split, still predictable
+        table = _bundle_cases(workflow, tmp_path, full)
         now = {c["case_id"]: c["split"] for c in table.cases}
         assert {case: now[case] for case in first_splits} == first_splits
         labelled_new = [case for case in new_ids if now[case] != "unlabelled"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from medmtl.bundle_layers import bundle_command
 from medmtl.data.demo import generate_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,13 +70,7 @@ def test_training_logs_to_real_mlflow_server(mlflow_server, tmp_path) -> None:
 
     generate_demo_data(tmp_path / "data", seed=0)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(REPO / "bundles" / "demo" / "configs" / "train.json"),
+    cmd = bundle_command("demo", ["train"]) + [
         "--data_spec",
         str(REPO / "data_specs" / "demo.yaml"),
         "--dataset_dir",

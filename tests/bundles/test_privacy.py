@@ -30,7 +30,6 @@ from dicom_factory import make_dataset, save
 from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "brain_mri_mtl" / "configs"
 N_CASES = 8
 
 # planted in every file (dates also checked as YYYY-MM-DD)
@@ -176,16 +175,14 @@ def pipeline(tmp_path_factory) -> dict:
             writer.writerow([case_id, f"subject{k:02d}", k % 2])
 
     output = work / "run"
-    bundle = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    common = ["--data_spec", str(REPO / "data_specs" / "brain_nifti.yaml"), "--dataset_dir", str(data)]
-    common += ["--output_dir", str(output), "--spatial_size", "[32,32,32]"]
-    common += ["--backbone_presets#unet#features", "[4,4,8,8,16,4]", "--batch_size", "2"]
-    train = str(CONFIGS / "train.json")
-    _run([*bundle, train, *common, "--epochs", "1", "--val_interval", "1", "--tracking", "mlflow"], work, env, logs)
-    evaluate = f"['{train}','{CONFIGS / 'evaluate.json'}']"
-    _run([*bundle, evaluate, *common, "--tracking", "mlflow"], work, env, logs)
-    infer = f"['{train}','{CONFIGS / 'inference.json'}']"
-    _run([*bundle, infer, *common, "--infer_split", "all", "--tracking", "mlflow"], work, env, logs)
+    bundle = [*medmtl, "run", "brain_mri_mtl"]  # python -m monai.bundle run with the bundle's config layers
+    train = ["--data_spec", str(REPO / "data_specs" / "brain_nifti.yaml"), "--dataset_dir", str(data)]
+    train += ["--spatial_size", "[32,32,32]", "--backbone_presets#unet#features", "[4,4,8,8,16,4]"]
+    train += ["--batch_size", "2", "--epochs", "1", "--val_interval", "1"]
+    run = ["--output_dir", str(output), "--tracking", "mlflow"]  # evaluation and inference read the rest from it
+    _run([*bundle, "train", *run, *train], work, env, logs)
+    _run([*bundle, "evaluate", *run], work, env, logs)
+    _run([*bundle, "inference", *run, "--infer_split", "all"], work, env, logs)
     return {"work": work, "output": output, "data": data, "planted": planted, "logs": logs, "env": env}
 
 

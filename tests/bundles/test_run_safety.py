@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import bundle_argv
 
 from medmtl.data.demo import generate_demo2d
 from medmtl.engines.run_lock import LOCK_NAME
-from medmtl.tracking_guard import FALLBACK_DB
+from medmtl.tracking import FALLBACK_DB
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "demo" / "configs"
 
 LOCK_DB = """
 import sqlite3, sys, time
@@ -56,10 +56,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _bundle(work: Path, *configs: str, env: dict | None = None, **overrides: object) -> subprocess.CompletedProcess:
-    files = [str(CONFIGS / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+def _bundle(work: Path, *workflows: str, env: dict | None = None, **overrides: object) -> subprocess.CompletedProcess:
     settings = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
         "dataset_dir": work / "data",
@@ -68,8 +65,7 @@ def _bundle(work: Path, *configs: str, env: dict | None = None, **overrides: obj
         "batch_size": 4,
         **overrides,
     }
-    for key, value in settings.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = bundle_argv("demo", workflows, settings)
     env = {**(env or os.environ), "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
@@ -91,7 +87,7 @@ def trained(tmp_path_factory) -> dict:
     locker = _background(LOCK_DB, store)
     try:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-        result = _bundle(work, "train.json", env=env, epochs=1, val_interval=1, tracking="mlflow")
+        result = _bundle(work, "train", env=env, epochs=1, val_interval=1, tracking="mlflow")
     finally:
         _stop(locker)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -120,7 +116,7 @@ def test_a_second_training_into_a_held_folder_is_refused(trained) -> None:
     before = (run / "models" / "last.pt").stat().st_mtime_ns
     holder = _background(HOLD_FOLDER, run)
     try:
-        result = _bundle(work, "train.json", epochs=2)
+        result = _bundle(work, "train", epochs=2)
     finally:
         _stop(holder)
     assert result.returncode == 1
@@ -134,7 +130,7 @@ def test_evaluation_of_a_truncated_checkpoint_stops_with_one_line(trained) -> No
     work = trained["work"]
     broken = work / "broken.pt"
     broken.write_bytes((work / "run" / "models" / "best.pt").read_bytes()[:4096])
-    result = _bundle(work, "train.json", "evaluate.json", ckpt_path=broken)
+    result = _bundle(work, "evaluate", ckpt_path=broken)
     assert result.returncode == 1
     for stream in (result.stdout, result.stderr):  # MONAI's StatsHandler logs engine errors to stdout
         assert "Traceback" not in stream and "weights_only" not in stream
@@ -149,7 +145,7 @@ def test_inference_on_a_dataset_with_errors_prints_the_report(trained) -> None:
     shutil.copytree(work / "data", data)
     missing = sorted((data / "images").iterdir())[0]
     missing.unlink()
-    result = _bundle(work, "inference.json", dataset_dir=data, validate_data=False)
+    result = _bundle(work, "inference", dataset_dir=data, validate_data=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "ConfigExpression" not in result.stderr
     assert missing.name in result.stderr and "FAILED: 1 error(s)" in result.stderr

@@ -2,9 +2,11 @@
 
 For each bundle: train two epochs (with MLflow into a temporary SQLite store), evaluate on the
 test split (report), infer (masks read back with nibabel / PIL in the input's geometry, CSV parsed),
-then MONAI's own bundle checks: ``verify_metadata`` against the schema copy in ../shared/monai,
-``verify_net_in_out`` on the ``verify_net`` wrapper and ``ckpt_export`` of the trained checkpoint
-(the TorchScript module gives the same outputs as the network with those weights).
+then MONAI's own bundle checks on the self-contained copy ``medmtl export-bundle`` writes (what the
+model zoo takes): ``verify_metadata`` against the schema copy in ../shared/monai, ``verify_net_in_out``
+on the ``verify_net`` wrapper and ``ckpt_export`` of the trained checkpoint (the TorchScript module
+gives the same outputs as the network with those weights). Runs go through ``bundle_command``: the
+bundle's config layers, as ``medmtl run`` gives them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +23,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_cli import bundle_argv
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 from scenario_data import BRAIN_AFFINE, BRAIN_SCENARIO_SHAPE, write_brain_scenario
+
+from medmtl.bundle_layers import config_layers, export_bundle, merged_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
@@ -41,18 +45,8 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Path], dict[str, object]]] = {
 BUNDLES = sorted(SCENARIOS)
 
 
-def configs(name: str, *files: str) -> str:
-    paths = [str(REPO / "bundles" / name / "configs" / f) for f in files]
-    return paths[0] if len(paths) == 1 else "[" + ",".join(f"'{p}'" for p in paths) + "]"
-
-
-def run_bundle(name: str, files: tuple[str, ...], cwd: Path, env: dict, **overrides: object) -> str:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(name, *files)]
-    for key, value in overrides.items():
-        cmd += [
-            f"--{key}",
-            value if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value),
-        ]
+def run_bundle(name: str, workflows: tuple[str, ...], cwd: Path, env: dict, **overrides: object) -> str:
+    cmd = bundle_argv(name, workflows, overrides)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
@@ -66,16 +60,16 @@ def trained(request, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp(name)
     root = writer(work / "data")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "OMP_NUM_THREADS": "2"}
-    spec = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())["data_spec"]
+    spec = merged_config(name)["data_spec"]
     # bundles name their spec relative to the repository root (where the docs run them); tests run elsewhere
     common = {"data_spec": REPO / spec, "dataset_dir": root, "output_dir": work / "run", "batch_size": 4, **tiny}
-    log = run_bundle(name, ("train.json",), work, env, epochs=2, val_interval=1, tracking="mlflow", **common)
+    log = run_bundle(name, ("train",), work, env, epochs=2, val_interval=1, tracking="mlflow", **common)
     return {"name": name, "work": work, "root": root, "env": env, "common": common, "log": log}
 
 
 def _tasks(name: str, root: Path) -> list[dict]:
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / name / "configs" / "inference.json"))
+    parser.read_config([str(f) for f in config_layers(name, "inference")])
     parser["dataset_dir"] = str(root)
     parser["data_spec"] = str(REPO / parser["data_spec"])
     return [{"name": t.name, "kind": t.kind.value} for t in parser.get_parsed_content("tasks")]
@@ -97,7 +91,10 @@ def test_train_writes_checkpoints_and_one_mlflow_run(trained) -> None:
 
 
 def test_evaluate_writes_a_report_for_every_task(trained) -> None:
-    run_bundle(trained["name"], ("train.json", "evaluate.json"), trained["work"], trained["env"], **trained["common"])
+    """Only ``--output_dir``, as the docs show: the run's record gives the spec, data and network."""
+    run_bundle(
+        trained["name"], ("evaluate",), trained["work"], trained["env"], output_dir=trained["common"]["output_dir"]
+    )
     eval_dir = trained["common"]["output_dir"] / "eval"
     summary = json.loads((eval_dir / "summary.json").read_text())
     html = (eval_dir / "report.html").read_text()
@@ -108,9 +105,8 @@ def test_evaluate_writes_a_report_for_every_task(trained) -> None:
 
 
 def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
-    run_bundle(
-        trained["name"], ("inference.json",), trained["work"], trained["env"], infer_split="all", **trained["common"]
-    )
+    run_dir = trained["common"]["output_dir"]  # the rest comes from the run's record
+    run_bundle(trained["name"], ("inference",), trained["work"], trained["env"], infer_split="all", output_dir=run_dir)
     out = trained["common"]["output_dir"] / "predictions"
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -144,21 +140,22 @@ def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy (../shared/monai) not present")
 @pytest.mark.parametrize("name", [*BUNDLES, "demo"])
-def test_metadata_is_valid(name: str) -> None:
-    verify_metadata(
-        meta_file=str(REPO / "bundles" / name / "configs" / "metadata.json"),
-        filepath=str(SCHEMA),
-    )  # raises jsonschema's ValidationError on any problem
-    meta = json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())
+def test_metadata_is_valid(name: str, tmp_path) -> None:
+    meta_file = export_bundle(name, tmp_path / name) / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))  # raises jsonschema's ValidationError
+    meta = json.loads(meta_file.read_text())
     for part in ("inputs", "outputs"):
         assert meta["network_data_format"][part], part
 
 
 def test_verify_net_in_out_and_ckpt_export(trained) -> None:
+    """On the exported copy: its ``inference.json`` is whole, as MONAI's checks read one config file."""
     name, common = trained["name"], trained["common"]
     overrides = SCENARIOS[name][1]
-    meta = str(REPO / "bundles" / name / "configs" / "metadata.json")
-    config = configs(name, "inference.json")
+    exported_bundle = export_bundle(name, trained["work"] / "exported" / name) / "configs"
+    meta = str(exported_bundle / "metadata.json")
+    config = str(exported_bundle / "inference.json")
+    overrides = {**overrides, "output_dir": str(common["output_dir"])}  # the trained run (not ./runs/<name>)
     spatial = overrides.get("spatial_size")
     verify_net_in_out(
         net_id="verify_net",
@@ -177,8 +174,7 @@ def test_verify_net_in_out_and_ckpt_export(trained) -> None:
         **{k: v for k, v in overrides.items()},
     )
     parser = ConfigParser()
-    parser.read_config(config)
-    parser["data_spec"] = str(common["data_spec"])
+    parser.read_config(config)  # the exported bundle ships its data spec in configs/
     for key, value in overrides.items():
         parser[key] = value
     net = parser.get_parsed_content("network_def")
@@ -197,14 +193,14 @@ def test_verify_net_in_out_and_ckpt_export(trained) -> None:
 
 @pytest.mark.parametrize("name", ["ultrasound_mtl", "chest_xray_mtl"])
 def test_semi_supervised_option_trains_on_a_label_budget(name: str, tmp_path) -> None:
-    """``semi_supervised.json`` on half the labels: the unlabelled stream runs and its losses are logged."""
+    """The ``semi_supervised`` workflow on half the labels: the unlabelled stream runs and its losses are logged."""
     writer, tiny = SCENARIOS[name]
     root = writer(tmp_path / "data")
-    spec = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())["data_spec"]
+    spec = merged_config(name)["data_spec"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     log = run_bundle(
         name,
-        ("train.json", "semi_supervised.json"),
+        ("semi_supervised",),
         tmp_path,
         env,
         data_spec=REPO / spec,

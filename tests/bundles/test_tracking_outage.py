@@ -25,14 +25,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from bundle_cli import bundle_argv
 
 from medmtl.data.demo import generate_demo2d
-from medmtl.tracking_guard import FALLBACK_DB
+from medmtl.tracking import FALLBACK_DB
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "bundles" / "demo" / "configs" / "train.json"
 
-# Test-only config merged after train.json: the guard as a bundle lists it, checking the server
+# Test-only config merged after the demo's training layers: the guard as a bundle lists it, checking the server
 # every 0.5 s, and a hook that, at the first iteration of epoch 2, writes `reached` and waits for `go`.
 EXTRA = {
     "+imports": ["$import ignite", "$import time"],
@@ -103,7 +103,6 @@ def work(tmp_path_factory) -> Path:
 
 
 def _start_training(work: Path, run: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{work / 'extra.json'}']"]
     overrides = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
         "dataset_dir": work / "data",
@@ -115,8 +114,7 @@ def _start_training(work: Path, run: Path, port: int) -> subprocess.Popen:
         "experiment_name": "outage",
         "tracking": "mlflow",
     }
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = bundle_argv("demo", ["train"], overrides, extra_configs=[work / "extra.json"])
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         env.pop(name, None)  # the guard's own defaults apply
