@@ -13,6 +13,8 @@ from medmtl.engines.checkpoint_io import (
 )
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
+    ShardError,
+    check_shards,
     cleanup_distributed,
     distributed_backend,
     distributed_device,
@@ -92,6 +94,8 @@ from medmtl.engines.weight_average import EMAWeights
 from medmtl.networks.router import ExpertRouter  # moved to medmtl.networks; this name kept for existing configs
 
 __all__ = [
+    "ShardError",
+    "check_shards",
     "RunConfigError",
     "RunConfigExit",
     "RunRecord",

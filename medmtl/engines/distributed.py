@@ -34,7 +34,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -42,7 +42,11 @@ import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
+from medmtl.engines.guards import GuardExit
+
 __all__ = [
+    "ShardError",
+    "check_shards",
     "WRITER_HANDLERS",
     "cleanup_distributed",
     "distributed_backend",
@@ -192,6 +196,35 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         device,
     )
     return device
+
+
+class ShardError(ValueError):
+    """A split has fewer cases than processes: some rank would get no data."""
+
+
+def check_shards(splits: Mapping[str, Sized], world_size: int | None = None) -> None:
+    """Refuse, in one line per split, splits with fewer cases than processes (before the samplers do).
+
+    Why: MONAI's ``DistributedSampler`` stops with "the dataset length is less than the number of
+    participating ranks" inside a config traceback, without saying which split or what to do.
+
+    Args:
+        splits: ``{split name: its cases}`` that are sharded across the processes.
+        world_size: number of processes (default: the current process group's).
+
+    Raises:
+        GuardExit: naming every split that is too small and the fix.
+    """
+    world = get_world_size() if world_size is None else world_size
+    small = {name: len(cases) for name, cases in splits.items() if len(cases) < world}
+    if not small:
+        return
+    lines = [
+        f"the {name} split has {count} case(s) for {world} processes: every process needs at least one; "
+        f"use fewer processes (--nproc_per_node), or give the {name} split more cases (spec splits)"
+        for name, count in small.items()
+    ]
+    raise GuardExit(ShardError("\n".join(lines)))
 
 
 def cleanup_distributed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from medmtl.data.demo import generate_demo_data
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = bundle_dir("demo") / "configs"
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+# non-default network and size: evaluation and inference must get them from the run's record
+# (the default unet is what the DDP, crash-recovery, run-safety and privacy tests train)
+TRAINED_WITH = {
+    "backbone": "resunet",
+    "spatial_size": "[48,48]",
+    "backbone_presets#resunet#channels": "[8,16,32,64,128]",
+}
 
 
 def _bundle(*workflows: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
@@ -39,7 +47,7 @@ def demo_run(tmp_path_factory) -> dict:
         "output_dir": work / "run",
         "val_interval": 1,
     }
-    train = _bundle("train", cwd=work, env=env, epochs=3, tracking="mlflow", **common)
+    train = _bundle("train", cwd=work, env=env, epochs=3, tracking="mlflow", **common, **TRAINED_WITH)
     return {"work": work, "env": env, "common": common, "train_log": train.stdout + train.stderr}
 
 
@@ -105,15 +113,17 @@ def test_evaluate_writes_report_with_every_task(demo_evaluation) -> None:
     assert (eval_dir / "figures" / "history.png").is_file()
 
 
-def test_inference_writes_masks_and_table_for_every_case(demo_run) -> None:
+@pytest.fixture(scope="module")
+def demo_inference(demo_run) -> Path:
+    """The inference bundle on every case with only ``--output_dir`` (the rest from run_config.json)."""
     _bundle(
-        "inference",
-        cwd=demo_run["work"],
-        env=demo_run["env"],
-        infer_split="all",
-        output_dir=demo_run["work"] / "run",  # the rest comes from the run's run_config.json
+        "inference", cwd=demo_run["work"], env=demo_run["env"], infer_split="all", output_dir=demo_run["work"] / "run"
     )
-    out = demo_run["work"] / "run" / "predictions"
+    return demo_run["work"] / "run" / "predictions"
+
+
+def test_inference_writes_masks_and_table_for_every_case(demo_inference) -> None:
+    out = demo_inference
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 60
@@ -137,7 +147,7 @@ def test_same_seed_gives_the_same_run(demo_run) -> None:
     if torch.cuda.is_available():  # the fixture trained on the GPU
         pytest.skip("bit-for-bit reruns are promised on CPU; cuDNN/atomic CUDA kernels are not deterministic")
     common = {**demo_run["common"], "output_dir": demo_run["work"] / "run_again"}
-    _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common)
+    _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common, **TRAINED_WITH)
     first = json.loads((demo_run["work"] / "run" / "history.json").read_text())[:3]
     again = json.loads((demo_run["work"] / "run_again" / "history.json").read_text())
     assert again == first
@@ -177,3 +187,69 @@ def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
     assert "unreadable_file" in output and "case_005.png" in output
     assert "shape_mismatch" in output and "case_007" in output
     assert not (tmp_path / "run" / "models" / "last.pt").exists()
+
+
+# -- the run describes itself (issue 19.1): only --output_dir, same results as the training overrides --
+
+
+def _explicit(demo_run) -> dict:
+    return {**{k: v for k, v in demo_run["common"].items() if k != "val_interval"}, **TRAINED_WITH}
+
+
+def _run_fails(demo_run, *workflows: str, cwd: Path, **overrides: object) -> subprocess.CompletedProcess:
+    cmd = bundle_command("demo", workflows, [a for k, v in overrides.items() for a in (f"--{k}", str(v))])
+    return subprocess.run(cmd, cwd=cwd, env=demo_run["env"], capture_output=True, text=True, timeout=300)
+
+
+def test_training_records_its_configuration_in_the_run_and_the_checkpoints(demo_run) -> None:
+    run = demo_run["work"] / "run"
+    record = json.loads((run / "run_config.json").read_text())
+    model = record["settings"]["model"]
+    assert model["backbone"] == "resunet" and model["spatial_size"] == [48, 48]
+    assert model["backbone_presets"]["resunet"]["channels"] == [8, 16, 32, 64, 128]
+    assert record["settings"]["data"]["dataset_dir"] == str(demo_run["common"]["dataset_dir"])
+    assert record["network"]["class"].endswith("MultiTaskNet") and record["training"]["epochs"] == 3
+    for name in ("best.pt", "last.pt"):
+        checkpoint = torch.load(run / "models" / name, weights_only=True, map_location="cpu")
+        assert checkpoint["run_config"]["settings"] == record["settings"]
+
+
+def test_evaluation_with_only_output_dir_matches_the_explicit_overrides(demo_run, demo_evaluation) -> None:
+    elsewhere = demo_run["work"] / "explicit_eval"
+    _bundle("evaluate", cwd=demo_run["work"], env=demo_run["env"], eval_dir=elsewhere, **_explicit(demo_run))
+    explicit = json.loads((elsewhere / "summary.json").read_text())
+    from_record = json.loads((demo_evaluation / "summary.json").read_text())
+    assert from_record["mean"] == explicit["mean"] and set(explicit["mean"]) == {"lesion", "malignant"}
+
+
+def test_inference_with_only_output_dir_matches_the_explicit_overrides(demo_run, demo_inference, tmp_path) -> None:
+    explicit = {**_explicit(demo_run), "infer_split": "all", "infer_dir": tmp_path / "explicit"}
+    _bundle("inference", cwd=tmp_path, env=demo_run["env"], **explicit)  # from another working folder
+
+    def table(folder: Path) -> dict[str, str]:
+        with open(folder / "predictions.csv", newline="") as handle:
+            return {row["case_id"]: row["malignant_probability"] for row in csv.DictReader(handle)}
+
+    assert table(demo_inference) == table(tmp_path / "explicit")
+
+
+def test_an_override_contradicting_the_run_is_one_line_naming_both_values(demo_run, tmp_path) -> None:
+    run = demo_run["work"] / "run"
+    result = _run_fails(demo_run, "evaluate", cwd=tmp_path, output_dir=run, backbone="unet", eval_dir=tmp_path / "e")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--backbone: the run was trained with backbone='resunet'" in result.stderr and "'unet'" in result.stderr
+    resumed = _run_fails(demo_run, "train", cwd=tmp_path, output_dir=run, epochs=5, spatial_size="[64,64]")
+    assert resumed.returncode == 1 and "spatial_size=[48, 48]" in resumed.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_run_without_a_record_still_works_with_explicit_overrides(demo_run, tmp_path) -> None:
+    old = tmp_path / "old_run"
+    shutil.copytree(demo_run["work"] / "run", old, ignore=shutil.ignore_patterns("eval", "predictions", "*.lock"))
+    (old / "run_config.json").unlink()
+    for name in ("best.pt", "last.pt"):  # as written before runs recorded their configuration
+        checkpoint = torch.load(old / "models" / name, weights_only=True, map_location="cpu")
+        checkpoint.pop("run_config")
+        torch.save(checkpoint, old / "models" / name)
+    _bundle("evaluate", cwd=demo_run["work"], env=demo_run["env"], **{**_explicit(demo_run), "output_dir": old})
+    assert json.loads((old / "eval" / "summary.json").read_text())["mean"]
