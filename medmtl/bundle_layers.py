@@ -44,7 +44,6 @@ __all__ = [
 
 COMMON = "common"
 WORKFLOWS = ("train", "evaluate", "inference", "multi_gpu_train", "semi_supervised", "pretrain")
-BUNDLES_ENV = "MEDMTL_BUNDLES"  # a folder of bundles to use instead of the source checkout's bundles/
 
 
 class BundleLayerError(ValueError):
@@ -52,9 +51,7 @@ class BundleLayerError(ValueError):
 
 
 def bundles_root() -> Path:
-    """The folder holding the bundles: ``$MEDMTL_BUNDLES``, else ``bundles/`` of :func:`resources_root`."""
-    if os.environ.get(BUNDLES_ENV):
-        return Path(os.environ[BUNDLES_ENV]).resolve()
+    """``bundles/`` of :func:`medmtl.resources.resources_root` (``$MEDMTL_RESOURCES`` overrides it)."""
     return resources_root() / "bundles"
 
 

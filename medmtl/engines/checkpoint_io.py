@@ -192,7 +192,8 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any] | None:
         CheckpointError: the file cannot be loaded (see :func:`load_checkpoint`), or its record is not a
             JSON object.
     """
-    checkpoint = load_checkpoint(path, map_location="cpu")
+    # the archive check is the start check's (check_bundle_start): one full read fewer per command
+    checkpoint = load_checkpoint(path, map_location="cpu", verify_archive=False)
     record = checkpoint.get(RUN_CONFIG_KEY) if isinstance(checkpoint, Mapping) else None
     if record is None:
         return None

@@ -43,6 +43,7 @@ from medmtl.engines.checkpoint_io import (
     CheckpointWriteError,
     check_state_dict_fits,
     load_checkpoint,
+    strip_ddp_prefix,
 )
 from medmtl.engines.guards import NonFiniteError, non_finite_tensors
 from medmtl.engines.resume_state import numpy_state, numpy_state_tuple
@@ -217,13 +218,6 @@ def _json_data(run_config: Mapping[str, Any]) -> dict[str, Any]:
             f"ResumableCheckpoint run_config must hold JSON data only (dicts, lists, strings, numbers, booleans, "
             f"null): {err}; convert the values (e.g. paths to strings) when building it"
         ) from None
-
-
-def _strip_module_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A model state dict saved from a DDP / DataParallel wrapper (every key ``module.*``) without the prefix."""
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return state
 
 
 _SCHEDULE_HORIZONS = ("T_max", "total_iters")  # CosineAnnealingLR; LinearLR, PolynomialLR, ConstantLR
@@ -578,7 +572,7 @@ class ResumableCheckpoint:
                 )
             try:
                 if isinstance(obj, torch.nn.Module):
-                    state = _strip_module_prefix(checkpoint[name])
+                    state = strip_ddp_prefix(checkpoint[name])
                     check_state_dict_fits(unwrap(obj), state, self.last_path, fix=fix)
                     unwrap(obj).load_state_dict(state)
                 else:

@@ -122,7 +122,7 @@ def test_the_chosen_training_options_took_effect(trained) -> None:
     weights = {k for k in run.data.metrics if k.startswith("train_weight/")}
     assert weights, "the loss weighting logs a weight per task"
     history = json.loads((run_dir / "history.json").read_text())
-    assert len(history) == 2 and options["epochs"] >= 2  # radiograph: early stopping ended 3 epochs after 2
+    assert len(history) == 2  # radiograph asked for 3: early stopping ended it after 2
 
 
 def test_evaluate_writes_a_report_for_every_task(trained) -> None:
