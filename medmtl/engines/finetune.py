@@ -10,8 +10,12 @@ set. These helpers do the two things such a run needs, without a trainer of its 
   loaded, excluded, missing, unexpected, and present with another shape (typically the heads of a
   different task set), so a wrong checkpoint is noticed at once instead of silently training from
   scratch.
+- :func:`load_pretrained_weights` reads a foreign weight file (torchvision, timm, MONAI, MedicalNet;
+  fetched on a connected machine) into the network's backbones through
+  :func:`medmtl.networks.load_backbone_weights`: hospital machines are often offline.
 - :func:`freeze_encoder` / :func:`encoder_parameters` and :func:`finetune_param_groups`: keep the
-  shared encoder fixed, or train it at a lower learning rate than the decoder and heads.
+  shared encoder fixed (a linear probe: its batch-norm statistics too), or train it at a lower
+  learning rate than the decoder and heads.
 
 Routing each sample to one expert network per group lives with the networks
 (:class:`medmtl.networks.ExpertRouter`).
@@ -22,24 +26,38 @@ from __future__ import annotations
 import logging
 import os
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from monai.networks.utils import copy_model_state
+from monai.utils import optional_import
 from torch import nn
 
-from medmtl.engines.checkpoint_io import load_checkpoint, strip_ddp_prefix
+from medmtl.engines.checkpoint_io import CheckpointError, load_checkpoint, strip_ddp_prefix
+from medmtl.engines.guards import GuardExit
 from medmtl.engines.handlers import unwrap
 from medmtl.networks.backbones import Backbone
+from medmtl.networks.pretrained import (
+    PretrainedWeightsError,
+    PretrainedWeightsReport,
+    load_backbone_weights,
+    state_dict_of,
+)
+
+safetensors_torch, has_safetensors = optional_import("safetensors.torch")
 
 __all__ = [
     "PretrainedLoadReport",
+    "encoder_norm_layers",
     "encoder_parameters",
     "finetune_param_groups",
     "freeze_encoder",
     "load_pretrained",
+    "load_pretrained_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +207,75 @@ def load_pretrained(
     return report
 
 
+def _read_weights(path: Path) -> Any:
+    """What a weight file holds: ``.safetensors`` through safetensors (when installed), else ``torch.load``."""
+    if path.suffix == ".safetensors":
+        if not has_safetensors:
+            raise PretrainedWeightsError(
+                f"{path} is a safetensors file and the safetensors package is not installed: pip install safetensors, "
+                'or convert it on the connected machine: python -c "import torch, safetensors.torch as s; '
+                f"torch.save(s.load_file('{path.name}'), '{path.stem}.pt')\""
+            )
+        try:
+            return safetensors_torch.load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own SafetensorError for damaged files
+            raise PretrainedWeightsError(f"{path} cannot be read as safetensors: {err}") from None
+    return load_checkpoint(path, what="pretrained weights file")
+
+
+def load_pretrained_weights(
+    network: nn.Module,
+    weights_path: str | os.PathLike,
+    strict: bool = True,
+    exit_on_error: bool = False,
+) -> PretrainedWeightsReport:
+    """Load a torchvision, timm, MONAI or MedicalNet weight file into the network's backbone(s).
+
+    The layout is recognised from the key names, keys are renamed to the medmtl (MONAI) backbone's,
+    the first convolution is adapted to the network's input channels and the file's classifier is
+    left out (rules: :mod:`medmtl.networks.pretrained`). Every backbone of the network gets the
+    weights (each view encoder of ``MultiPlaneNet``); heads keep their initialisation. Nothing in the
+    file is executed (``torch.load(weights_only=True)``, or ``safetensors`` for ``.safetensors``
+    files when that package is installed). A medmtl checkpoint is refused with a pointer to
+    :func:`load_pretrained`.
+
+    Args:
+        network: the network to update in place (DDP / DataParallel wrappers are unwrapped).
+        weights_path: the weight file (``.pt`` / ``.pth`` / ``.bin`` from ``torch.save``, or ``.safetensors``).
+        strict: raise when anything but the file's classifier does not fit (default); ``False`` loads
+            what fits and logs the rest.
+        exit_on_error: for bundle runs: log the error and exit with status 1 and the message
+            (``GuardExit``) instead of a traceback.
+
+    Returns:
+        A :class:`~medmtl.networks.pretrained.PretrainedWeightsReport` (also logged).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        CheckpointError: when the file is damaged, not a PyTorch file or holds anything but weights.
+        PretrainedWeightsError: not a state dict, an unknown layout, no backbone it fits, or keys /
+            shapes that do not fit (listed, with the fix).
+
+    Bundle config (``initialize`` list; the bundle key ``pretrained_weights``)::
+
+        "$medmtl.engines.load_pretrained_weights(@network, @pretrained_weights, exit_on_error=True) if @pretrained_weights else None"
+    """
+    path = Path(weights_path)
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained weights file {path} does not exist: fetch it on a connected machine and copy it here "
+                "(bundles/knee_mri_mtl/docs/README.md, 'Pretrained encoders')"
+            )
+        state, _ = state_dict_of(_read_weights(path), str(path))
+        return load_backbone_weights(unwrap(network), state, str(path), strict=strict)
+    except (FileNotFoundError, CheckpointError, PretrainedWeightsError) as err:
+        if not exit_on_error:
+            raise
+        logger.error("%s", err)
+        raise GuardExit(err) from err
+
+
 def encoder_parameters(network: nn.Module) -> list[nn.Parameter]:
     """The parameters of the network's encoder(s): what fine-tuning freezes or slows down.
 
@@ -222,31 +309,86 @@ def encoder_parameters(network: nn.Module) -> list[nn.Parameter]:
     return [p for p in inner.parameters() if id(p) in encoder]
 
 
-def freeze_encoder(network: nn.Module, freeze: bool = True) -> list[nn.Parameter]:
+_RUNNING_STATISTICS = (  # normalisation layers that may keep running statistics (track_running_stats)
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+_FROZEN_STATISTICS: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+def _keep_eval(module: nn.Module, args: Any) -> None:
+    module.training = False  # the trainer calls network.train() every iteration: undo it for this layer
+
+
+def encoder_norm_layers(network: nn.Module) -> list[nn.Module]:
+    """The encoder's normalisation layers with running statistics (batch norm, tracking instance norm).
+
+    Args:
+        network: a medmtl network (DDP / DataParallel wrappers are unwrapped).
+
+    Returns:
+        The layers, each once: inside the medmtl backbones minus their decoders, or, for a network
+        with its own ``encoder_parameters()``, those whose parameters are all encoder parameters.
+    """
+    inner = unwrap(network)
+    backbones = [m for m in inner.modules() if isinstance(m, Backbone)]
+    if backbones:
+        decoder = {id(m) for b in backbones for d in b.decoder_modules() for m in d.modules()}
+        candidates = [m for b in backbones for m in b.modules() if id(m) not in decoder]
+    else:
+        encoder = {id(p) for p in encoder_parameters(inner)}
+        candidates = [m for m in inner.modules() if _all_in(m, encoder)]
+    layers = {id(m): m for m in candidates if isinstance(m, _RUNNING_STATISTICS) and m.track_running_stats}
+    return list(layers.values())
+
+
+def _all_in(module: nn.Module, ids: set[int]) -> bool:
+    params = list(module.parameters())
+    return bool(params) and all(id(p) in ids for p in params)
+
+
+def freeze_encoder(network: nn.Module, freeze: bool = True, norm_statistics: bool = True) -> list[nn.Parameter]:
     """Switch gradients of the encoder parameters (:func:`encoder_parameters`) off, or back on.
 
-    Nothing else changes: decoders and heads keep ``requires_grad``. Frozen parameters also lose
-    any stale ``.grad``, so an optimizer that already holds them skips them (torch optimizers skip
-    parameters whose gradient is ``None``, weight decay included); keep them in the optimizer to
-    unfreeze later. Normalisation layers' running statistics still update in train mode (MONAI's
-    trainer calls ``network.train()`` every iteration); instance / group norm have none.
+    Decoders and heads keep ``requires_grad``. Frozen parameters also lose any stale ``.grad``, so
+    an optimizer that already holds them skips them (torch optimizers skip parameters whose gradient
+    is ``None``, weight decay included); keep them in the optimizer to unfreeze later. With
+    ``norm_statistics`` the encoder's batch-norm layers also stay in eval mode (a forward pre-hook,
+    since MONAI's trainer calls ``network.train()`` every iteration): they normalise with their
+    stored (pretrained) statistics and never update them, so the encoder is a fixed function and
+    training only the heads is a true linear probe. Instance / group norm layers without running
+    statistics behave the same in both modes. To keep the weights but let batch-norm statistics
+    adapt to the new data, use ``encoder_lr_factor=0`` instead (:func:`finetune_param_groups`).
 
     Args:
         network: a medmtl network.
-        freeze: ``True`` to freeze, ``False`` to make the encoder trainable again.
+        freeze: ``True`` to freeze, ``False`` to make the encoder trainable again (its normalisation
+            statistics then update in train mode again).
+        norm_statistics: with ``freeze``, also keep the encoder's normalisation statistics fixed.
 
     Returns:
         The encoder parameters that were switched.
 
     Bundle config (``initialize`` list)::
 
-        "$medmtl.engines.freeze_encoder(@network, @freeze_encoder)"
+        "$medmtl.engines.freeze_encoder(@network) if @freeze_encoder else None"
     """
     params = encoder_parameters(network)
     for p in params:
         p.requires_grad_(not freeze)
         if freeze:
             p.grad = None
+    fixed = freeze and norm_statistics
+    for layer in encoder_norm_layers(network):
+        if fixed and layer not in _FROZEN_STATISTICS:
+            _FROZEN_STATISTICS[layer] = layer.register_forward_pre_hook(_keep_eval)
+        elif not fixed and layer in _FROZEN_STATISTICS:
+            _FROZEN_STATISTICS.pop(layer).remove()
     return params
 
 

@@ -7,6 +7,7 @@ heads from :class:`~medmtl.data.Task` objects and the channels their backbone re
 MONAI networks (or implement MeshNet, which MONAI lacks) behind the small :class:`Backbone`
 interface, and are also reachable by name through :func:`build_backbone`. :class:`ExpertRouter`
 sends each sample to one expert network per group chosen by a prediction.
+:func:`load_backbone_weights` copies torchvision / timm / MONAI / MedicalNet weights into backbones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 from medmtl.networks.meshnet import DILATION_SCHEDULES, MeshNet, MeshNetBackbone
 from medmtl.networks.multiplane import MultiPlaneNet
 from medmtl.networks.multitask import MultiTaskClassifier, MultiTaskModule, MultiTaskNet
+from medmtl.networks.pretrained import (
+    LAYOUT_BACKBONES,
+    PretrainedWeightsError,
+    PretrainedWeightsReport,
+    adapt_input_channels,
+    detect_layout,
+    load_backbone_weights,
+    state_dict_of,
+)
 from medmtl.networks.registry import build_backbone, list_backbones, register_backbone
 from medmtl.networks.router import ExpertRouter
 from medmtl.networks.saliency import SaliencyBridgeNet
@@ -60,4 +70,11 @@ __all__ = [
     "register_backbone",
     "build_backbone",
     "list_backbones",
+    "LAYOUT_BACKBONES",
+    "PretrainedWeightsError",
+    "PretrainedWeightsReport",
+    "adapt_input_channels",
+    "detect_layout",
+    "load_backbone_weights",
+    "state_dict_of",
 ]
