@@ -23,3 +23,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def specs_dir() -> Path:
     return SPECS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """medmtl's cache (image signatures) in a session folder, never the real home; subprocesses inherit it."""
+    os.environ["MEDMTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("medmtl_cache"))

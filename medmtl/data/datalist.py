@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
+from medmtl.data.duplicates import Duplicates, find_duplicates
 from medmtl.data.problems import DataError, Problem, Severity
 from medmtl.data.readers import diagnose_unreadable, load_array
 from medmtl.data.spec_model import (
@@ -67,13 +68,15 @@ class CaseTable:
     """Every case of a dataset with inputs, labels and split; problems found while building it.
 
     ``cases`` holds one dict per case in datalist form plus ``split`` (and ``group`` when the spec
-    groups cases by patient).
+    groups cases by patient). ``duplicates`` holds the duplicate images found when the splits were
+    computed afresh with ``splits.duplicates: together`` (``None`` when they were not looked for).
     """
 
     spec: DatasetSpecModel
     root: Path
     cases: list[dict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    duplicates: Duplicates | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -250,8 +253,31 @@ def build_cases(
             )
         )
     table.problems[:] = _collapse(table.problems)
-    assign_splits(table.cases, spec, table.problems, splits_file=splits_file, new_cases=new_cases)
+    table.duplicates = _find_duplicates(table, splits_file)
+    groups = table.duplicates.group_of() if table.duplicates is not None else None
+    assign_splits(
+        table.cases, spec, table.problems, splits_file=splits_file, new_cases=new_cases, duplicate_groups=groups
+    )
+    if table.duplicates is not None:
+        table.duplicates = table.duplicates.with_splits(table.cases)
     return table
+
+
+def _find_duplicates(table: CaseTable, splits_file: str | os.PathLike | None) -> Duplicates | None:
+    """Duplicate images, looked for only when the splits are hashed afresh and keep duplicates together.
+
+    Not when a ``splits.json`` exists (recorded cases never move), nor while the table has errors
+    (they stop any use of it first), nor with fewer than two labelled cases.
+    """
+    spec = table.spec
+    if spec.splits.duplicates != "together" or spec.splits.method not in ("fractions", "kfold"):
+        return None
+    if splits_file is not None and (Path(splits_file).exists() or Path(splits_file).is_symlink()):
+        return None
+    labelled = [c for c in table.cases if any(c[present_key(t.name)] for t in spec.tasks)]
+    if table.errors or len(labelled) < 2:
+        return None
+    return find_duplicates(table.cases, spec, cache_name=table.root, progress=None, labels=False)
 
 
 def _collapse(problems: list[Problem]) -> list[Problem]:

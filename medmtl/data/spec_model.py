@@ -225,7 +225,10 @@ class SplitSpec(BaseModel):
     - ``none``: every case is in ``train``.
 
     ``stratify`` names a task whose class proportions the splits keep in expectation; ``group`` (on
-    the dataset) keeps all cases of a patient in one split.
+    the dataset) keeps all cases of a patient in one split. ``duplicates: together`` (the default)
+    keeps each group of duplicate images (:mod:`medmtl.data.duplicates`) in one split when
+    ``fractions`` or ``kfold`` splits are computed afresh (a recorded ``splits.json`` still wins);
+    ``ignore`` splits without looking at the images.
     """
 
     model_config = _STRICT
@@ -240,6 +243,7 @@ class SplitSpec(BaseModel):
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 0
     stratify: str | None = None
+    duplicates: Literal["together", "ignore"] = "together"
 
     @model_validator(mode="after")
     def _check(self) -> SplitSpec:

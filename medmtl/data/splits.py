@@ -20,6 +20,12 @@ and cases not in the file are *new*: reported, and placed per ``new_cases`` (``e
 split ``new``, outside train/val/test but still predictable; never silently into test). A new case
 of a recorded patient joins its patient's split. Recorded cases that no longer exist stay in the
 file. Cases without any label go to ``unlabelled`` and never to a supervised split.
+
+Duplicate images (``duplicate_groups``, found by :mod:`medmtl.data.duplicates` when the spec's
+``splits.duplicates`` is ``together``) join one unit with their patients: a unit is then the union
+of the patient groups and duplicate groups that share a case, hashed under its smallest member key,
+so cases outside any duplicate group keep their unit, and so their split (but for the tiny-dataset
+fill below, which counts units).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from scipy.cluster.hierarchy import DisjointSet
 
 from medmtl.atomic_io import atomic_write
 from medmtl.data.problems import DataError, Problem, Severity
@@ -85,6 +93,7 @@ def assign_splits(
     problems: list[Problem],
     splits_file: str | os.PathLike | None = None,
     new_cases: str = "exclude",
+    duplicate_groups: Mapping[str, int] | None = None,
 ) -> None:
     """Set ``case["split"]`` for every case in place: the recorded split, else the spec's rule.
 
@@ -97,6 +106,8 @@ def assign_splits(
             does not exist yet means no run yet: every case gets the spec's rule.
         new_cases: where labelled cases missing from ``splits_file`` go, one of
             :data:`NEW_CASES_OPTIONS`.
+        duplicate_groups: ``{case_id: duplicate group}``; the hash rule keeps each group in one split
+            (recorded splits are never moved).
 
     Raises:
         ValueError: ``new_cases`` is not one of :data:`NEW_CASES_OPTIONS`.
@@ -111,7 +122,13 @@ def assign_splits(
             labelled.append(case)
         else:
             case["split"] = "unlabelled"
-    _apply_rule(labelled, spec, problems, fill=not frozen)
+    for case, unit in _merged_units(labelled, duplicate_groups or {}):
+        case["_unit"] = unit
+    try:
+        _apply_rule(labelled, spec, problems, fill=not frozen)
+    finally:
+        for case in labelled:
+            case.pop("_unit", None)
     fix = "fix the split column so all cases of a patient share one split"
     if frozen:
         recorded = _read_recorded(path, problems)
@@ -167,11 +184,33 @@ def _log_missing_classes(cases: list[dict], spec: DatasetSpecModel) -> None:
 
 
 def _units(cases: list[dict]) -> dict[str, list[dict]]:
-    """Cases gathered by group (patient); each case is its own unit without a group template."""
+    """Cases gathered by group (patient, merged with duplicate groups); each case is its own unit otherwise."""
     units: dict[str, list[dict]] = defaultdict(list)
     for case in cases:
-        units[case.get("group", case["case_id"])].append(case)
+        units[case.get("_unit", case.get("group", case["case_id"]))].append(case)
     return units
+
+
+def _merged_units(cases: list[dict], duplicate_groups: Mapping[str, int]) -> list[tuple[dict, str]]:
+    """``(case, unit)`` for cases whose patient unit shares a duplicate group with another unit.
+
+    The merged unit is named by its smallest member key, so it hashes like one of its patients.
+    """
+    if not duplicate_groups:
+        return []
+    own = {id(case): case.get("group", case["case_id"]) for case in cases}
+    keys = DisjointSet(sorted(set(own.values())))
+    first: dict[int, str] = {}
+    for case in cases:
+        group = duplicate_groups.get(case["case_id"])
+        if group is not None:
+            keys.merge(first.setdefault(group, own[id(case)]), own[id(case)])
+    merged = []
+    for case in cases:
+        members = keys.subset(own[id(case)])
+        if len(members) > 1:
+            merged.append((case, min(members)))
+    return merged
 
 
 def _bins(cases: list[dict], spec: DatasetSpecModel, bounds: Sequence[tuple[object, float, float]], fill: bool) -> None:

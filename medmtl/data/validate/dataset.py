@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from medmtl.data.duplicates import find_duplicates
 from medmtl.data.header_guard import max_image_bytes
 from medmtl.data.problems import DataError, Problem, Severity
 from medmtl.data.spec import DatasetSpec, SpecError, load_spec
@@ -45,6 +46,7 @@ def validate_dataset(
     *,
     max_image_bytes: int | str | None = None,
     file_timeout_s: float | None = None,
+    duplicates: bool = True,
 ) -> ValidationReport:
     """Check a dataset spec, its case table and every file it names; collect every problem.
 
@@ -64,6 +66,9 @@ def validate_dataset(
             (``image_too_large``), never read.
         file_timeout_s: longest wait for one file (``None``: ``MEDMTL_FILE_TIMEOUT_S``, else 120 s);
             slower files are reported as ``read_timeout`` (a stalled network mount) and the report goes on.
+        duplicates: look for duplicate images once the files have no error (:mod:`medmtl.data.duplicates`):
+            each pair is a warning (``duplicate_image``, ``duplicate_label_conflict``,
+            ``duplicate_across_splits``) and ``report.duplicates`` holds them all.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem is an error.
@@ -94,7 +99,7 @@ def validate_dataset(
             report.problems.extend(err.problems)
     if loaded is not None:
         report.dataset = loaded.name
-        _validate_spec(loaded, root, workers, tolerance or GeometryTolerance(), progress, report, limits)
+        _validate_spec(loaded, root, workers, tolerance or GeometryTolerance(), progress, report, limits, duplicates)
     report.duration_s = time.perf_counter() - start
     logger.debug(
         "validated %s: %d errors, %d warnings in %.1f s",
@@ -114,6 +119,7 @@ def _validate_spec(
     progress: bool | None,
     report: ValidationReport,
     limits: tuple[int | None, float] = (None, DEFAULT_FILE_TIMEOUT_S),
+    duplicates: bool = True,
 ) -> None:
     try:
         table = spec.build_cases(root=root)
@@ -157,6 +163,17 @@ def _validate_spec(
                 severity=Severity.WARNING,
             )
         )
+    if duplicates and report.ok:
+        _add_duplicates(spec, table, progress, report)
+
+
+def _add_duplicates(spec: DatasetSpec, table: Any, progress: bool | None, report: ValidationReport) -> None:
+    """Duplicate images as warnings; those found while splitting (``duplicates: together``) are reused."""
+    found = table.duplicates
+    if found is None:
+        found = find_duplicates(table.cases, spec, cache_name=table.root, progress=progress, labels=False)
+    report.duplicates = found.with_splits(table.cases).with_labels(table.cases, spec)
+    report.problems.extend(report.duplicates.problems())
 
 
 def _limits(max_bytes: int | str | None, timeout_s: float | None) -> tuple[int | None, float]:
@@ -355,6 +372,7 @@ def require_valid_dataset(
         check_files=check_files,
         max_image_bytes=max_image_bytes,
         file_timeout_s=file_timeout_s,
+        duplicates=False,  # a run's splits keep duplicates together already; `medmtl validate` reports them
     )
     if not report.ok:
         if exit_on_error:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmtl.data.duplicates import Duplicates
 from medmtl.data.problems import Problem, Severity, format_problems
 from medmtl.data.splits import SPLIT_NAMES
 
@@ -37,6 +38,8 @@ class ValidationReport:
         duration_s: wall time of the validation.
         workers: processes used for the file checks (1: in-process).
         check_files: whether files were opened at all.
+        duplicates: the duplicate images found (``None`` when not looked for: errors, ``--no-files``,
+            ``--no-duplicates``).
     """
 
     problems: list[Problem] = field(default_factory=list)
@@ -51,6 +54,7 @@ class ValidationReport:
     duration_s: float = 0.0
     workers: int = 1
     check_files: bool = True
+    duplicates: Duplicates | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -97,6 +101,8 @@ class ValidationReport:
         if not self.check_files:
             lines.append("files were not opened (--no-files): only the spec and the case table were checked")
         lines.append(self._format_table())
+        if self.duplicates is not None:
+            lines.append(self._format_duplicates())
         lines.append(f"OK: no errors, {len(self.warnings)} warning(s)")
         return "\n".join(lines)
 
@@ -117,6 +123,16 @@ class ValidationReport:
                 lines.append("  " + "  ".join(cells))
         return "\n".join(lines)
 
+    def _format_duplicates(self) -> str:
+        counts = self.duplicates.summary() if self.duplicates is not None else {}
+        if not counts.get("pairs"):
+            return f"duplicates: none among {counts.get('images_compared', 0)} images"
+        return (
+            f"duplicates: {counts['images_in_groups']} of {counts['images_compared']} images in "
+            f"{counts['groups']} groups ({counts['pairs']} pairs, {counts['exact_pairs']} exact; "
+            f"{counts['label_conflicts']} with disagreeing labels, {counts['across_splits']} across splits)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``: ok, counts per check, every problem, label counts."""
         return {
@@ -136,6 +152,7 @@ class ValidationReport:
             "split_counts": self.split_counts,
             "label_counts": self.label_counts,
             "empty_masks": self.empty_masks,
+            "duplicates": self.duplicates.summary() if self.duplicates is not None else None,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
