@@ -35,8 +35,22 @@ __all__ = ["main", "build_parser"]
 def _cmd_validate(args: argparse.Namespace) -> int:
     from medmtl.data.validate import validate_dataset
 
-    report = validate_dataset(args.spec, root=args.root, workers=args.workers, check_files=not args.no_files)
-    print(report.to_json() if args.json else report.format())
+    report = validate_dataset(
+        args.spec,
+        root=args.root,
+        workers=args.workers,
+        check_files=not args.no_files,
+        duplicates=not args.no_duplicates,
+    )
+    written = None
+    if report.duplicates is not None and report.duplicates.pairs:
+        written = report.duplicates.write_csv(args.duplicates_csv)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "duplicates_csv": str(written) if written else None}, indent=2))
+    else:
+        print(report.format())
+        if written is not None:
+            print(f"wrote {len(report.duplicates.pairs)} duplicate pairs (both files, labels, splits) to {written}")
     return 0 if report.ok else 1
 
 
@@ -214,9 +228,73 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from medmtl.planning.plan import make_plan
+
+    result = make_plan(
+        args.spec,
+        args.root,
+        out=args.out,
+        bundle=args.bundle,
+        device=args.device,
+        time_budget=args.time_budget,
+        memory=args.memory,
+        spec_overrides=args.spec_overrides,
+        pretrained_weights=args.pretrained_weights,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    shown = ("spatial_size", "pixdim", "backbone", "batch_size", "epochs", "intensity", "weighting")
+    for choice in result.choices:
+        if choice.key in shown:
+            print(f"{choice.key}: {json.dumps(choice.value)}")
+    print(f"wrote {result.plan_path} and {result.fingerprint_path} in {result.seconds:.1f} s")
+    print(f"train with: medmtl run {result.meta['bundle']} train --plan {result.plan_path} --output_dir RUN_DIR")
+    return 0
+
+
+def _spec_overrides(text: str) -> dict:
+    """``--spec-overrides`` as MONAI's bundles take it: a mapping in YAML/Python literal syntax."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            "must be a mapping of spec keys, e.g. \"{'splits': {'method': 'fractions', 'fractions': "
+            f"{{'train': 0.8, 'test': 0.2}}}}}}\", got {text!r}"
+        )
+    return value
+
+
+def _pop_option(argv: list[str], name: str, default: str | None) -> str | None:
+    """Remove ``name VALUE`` / ``name=VALUE`` from ``argv`` (in place); the last value given, else ``default``."""
+    value, index = default, 0
+    while index < len(argv):
+        token = argv[index]
+        if token == name and index + 1 < len(argv):
+            value = argv[index + 1]
+            del argv[index : index + 2]
+        elif token.startswith(name + "="):
+            value = token.split("=", 1)[1]
+            del argv[index]
+        else:
+            index += 1
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     workflows = [w for w in args.workflow.split("+") if w]
-    cmd = bundle_command(args.bundle, workflows, args.overrides)
+    overrides = list(args.overrides)
+    args.plan = _pop_option(overrides, "--plan", args.plan)  # also after WORKFLOW, where argparse leaves it
+    if args.plan is not None:
+        from medmtl.planning.plan_file import read_plan
+
+        read_plan(args.plan)  # a clear error now rather than MONAI's on a file that is not a plan
+        overrides = ["--args_file", str(args.plan), *overrides]
+    cmd = bundle_command(args.bundle, workflows, overrides)
     monai_argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
     if problems := unknown_override_problems(cli_overrides(monai_argv) or {}):  # MONAI would stop with a KeyError
         print("\n".join(problems), file=sys.stderr)
@@ -254,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes for per-case checks, the main one included (0: all cores, 1: in-process)",
     )
     p.add_argument("--no-files", action="store_true", help="only check the spec and the case table, do not open images")
+    p.add_argument("--no-duplicates", action="store_true", help="do not look for duplicate images")
+    p.add_argument(
+        "--duplicates-csv",
+        default="duplicates.csv",
+        metavar="PATH",
+        help="where the duplicate pairs are written, when there are any (default: duplicates.csv here)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_validate)
 
@@ -367,12 +452,47 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--print", dest="print_only", action="store_true", help="print the command, run nothing")
+    p.add_argument(
+        "--plan",
+        default=None,
+        help="plan.yaml from `medmtl plan`: its settings as overrides (MONAI's --args_file); "
+        "overrides given after WORKFLOW win",
+    )
     p.add_argument("bundle", help="bundle name (demo, ultrasound_mtl, ...) or bundle folder")
     p.add_argument(
         "workflow", help=f"one of {', '.join(WORKFLOWS)}; join several with + (semi_supervised+multi_gpu_train)"
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs for MONAI")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a dataset and write plan.yaml: every training setting, batch fitted to memory, epochs to time",
+        description="Validate the dataset, read every case once (fingerprint.json, cached by file content), choose "
+        "normalisation, network, losses, task weights and augmentation from it, and fit input size, batch size and "
+        "epochs by timing real training steps of the bundle's network on the device. Each value in plan.yaml has "
+        "its reason beside it.",
+        epilog="example:\n  medmtl plan data_specs/breast_ultrasound.yaml --root /data/Dataset_BUSI_with_GT "
+        "--time-budget 10m -o runs/busi_plan/plan.yaml\n"
+        "  medmtl run ultrasound_mtl train --plan runs/busi_plan/plan.yaml --output_dir runs/busi",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="data spec YAML")
+    p.add_argument("--root", default=None, help="data root (default: the spec's)")
+    p.add_argument("-o", "--out", default="plan.yaml", help="plan file (fingerprint.json is written beside it)")
+    p.add_argument("--bundle", default=None, help="bundle to fit (default: by modality and dimensions)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="device of the trial steps and training")
+    p.add_argument("--time-budget", default="10m", help="training time: 10m, 90s, 1.5h (default: 10m)")
+    p.add_argument(
+        "--memory", default=None, help="memory budget, e.g. 8GiB (default: 90%% of the GPU / half the free RAM)"
+    )
+    p.add_argument(
+        "--spec-overrides", type=_spec_overrides, default=None, help="spec keys replaced, e.g. another splits"
+    )
+    p.add_argument("--pretrained-weights", default=None, help="encoder weights file (torchvision, timm, MONAI)")
+    p.add_argument("--workers", type=int, default=0, help="processes reading cases (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser(
         "export-bundle",

@@ -10,6 +10,7 @@ from medmtl.engines.checkpoint_io import (
     check_state_dict_fits,
     load_checkpoint,
     read_run_config,
+    trained_checkpoint,
 )
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
@@ -29,10 +30,12 @@ from medmtl.engines.distributed import (
 from medmtl.engines.eval_mode import EvalModePerRun
 from medmtl.engines.finetune import (
     PretrainedLoadReport,
+    encoder_norm_layers,
     encoder_parameters,
     finetune_param_groups,
     freeze_encoder,
     load_pretrained,
+    load_pretrained_weights,
 )
 from medmtl.engines.guards import (
     GuardExit,
@@ -108,6 +111,7 @@ __all__ = [
     "RandomStates",
     "ResumableEarlyStop",
     "read_run_config",
+    "trained_checkpoint",
     "log_run_summary",
     "run_summary",
     "FlattenTaskOutputsd",
@@ -127,6 +131,8 @@ __all__ = [
     "optimizer_param_groups",
     "freeze_encoder",
     "load_pretrained",
+    "load_pretrained_weights",
+    "encoder_norm_layers",
     "SemiSupervisedHandler",
     "SemiSupervisedIteration",
     "consistency_loss",

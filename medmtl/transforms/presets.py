@@ -46,6 +46,7 @@ from monai.transforms import (
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityd,
+    ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
 )
 
@@ -56,10 +57,12 @@ from medmtl.transforms.dictionary import EnsureTaskLabelsd, FlagSafeSpacingd, Me
 
 __all__ = ["TransformKeys", "transform_keys", "build_transforms", "INTENSITY_MODES", "RESIZE_MODES"]
 
-INTENSITY_MODES = ("auto", "percentile", "zscore", "minmax", "none")
+INTENSITY_MODES = ("auto", "percentile", "zscore", "clip_zscore", "minmax", "none")
 """``percentile``: 0.5-99.5th percentiles to [0, 1], clipped (radiographs, ultrasound);
-``zscore``: zero mean, unit variance over non-zero voxels (MRI); ``minmax``: [0, 1];
-``auto``: ``percentile`` in 2D, ``zscore`` in 3D."""
+``zscore``: zero mean, unit variance over non-zero voxels (MRI); ``clip_zscore``: clipped to the
+dataset's ``low``/``high`` then z-scored with its ``mean``/``std`` (``intensity_stats``; CT, as
+nnU-Net: Hounsfield units mean the same in every scan, so one dataset-wide mapping); ``minmax``:
+[0, 1]; ``auto``: ``percentile`` in 2D, ``zscore`` in 3D."""
 RESIZE_MODES = ("auto", "resize", "pad_crop", "none")
 """``resize``: interpolate to ``spatial_size`` (2D pictures of any size); ``pad_crop``: centre pad or
 crop, keeping the voxel size (3D, after ``Spacingd``); ``none``: keep each image's size (whole volumes
@@ -104,6 +107,7 @@ def build_transforms(
     *,
     label_quality: str = "strong",
     intensity: str = "auto",
+    intensity_stats: Mapping[str, float] | None = None,
     resize: str = "auto",
     orientation: str | None = "RAS",
     pixdim: float | Sequence[float] | None = None,
@@ -132,6 +136,8 @@ def build_transforms(
         label_quality: ``strong`` or ``weak``: whose mask settings (``binarize``, ``values``) to
             apply; match the ``label_quality`` the datalist was built with.
         intensity: one of :data:`INTENSITY_MODES`.
+        intensity_stats: ``{"low", "high", "mean", "std"}`` of the foreground intensities over the
+            dataset (``medmtl plan`` measures them); needed by ``clip_zscore`` only.
         resize: one of :data:`RESIZE_MODES`.
         orientation: axis codes to reorient 3D volumes to (``None``: keep the file's); not used in 2D.
         pixdim: voxel size to resample 3D volumes to (mm; one number or one per axis); ``None`` keeps it.
@@ -188,7 +194,7 @@ def build_transforms(
     if dims == 3 and pixdim is not None:
         spacing = _per_axis(pixdim, dims, "pixdim", float)
         steps.append(FlagSafeSpacingd(spatial, pixdim=spacing, mode=modes, allow_missing_keys=True))
-    steps += _intensity(images, intensity)
+    steps += _intensity(images, intensity, intensity_stats)
     if resize == "resize":
         anti_aliasing = [True] * len(images) + [False] * len(keys.masks)
         steps.append(
@@ -252,7 +258,27 @@ def _per_axis(value: Any, dims: int, name: str, kind: type) -> tuple:
     return tuple(kind(v) for v in values)
 
 
-def _intensity(images: list[str], mode: str) -> list[Any]:
+def _intensity(images: list[str], mode: str, stats: Mapping[str, float] | None = None) -> list[Any]:
+    if mode == "clip_zscore":
+        needed = ("low", "high", "mean", "std")
+        if stats is None or any(not isinstance(stats.get(k), int | float) for k in needed) or stats["std"] <= 0:
+            raise ValueError(
+                f"intensity='clip_zscore' needs intensity_stats with numbers {list(needed)} (std > 0), got {stats!r}; "
+                "medmtl plan writes them, or give e.g. {'low': -1000, 'high': 1500, 'mean': 40, 'std': 350}"
+            )
+        low, high, mean, std = (float(stats[k]) for k in needed)
+        # clip to [low, high] and z-score in one linear map (MONAI's ScaleIntensityRanged with clip)
+        return [
+            ScaleIntensityRanged(
+                images,
+                a_min=low,
+                a_max=high,
+                b_min=(low - mean) / std,
+                b_max=(high - mean) / std,
+                clip=True,
+                allow_missing_keys=True,
+            )
+        ]
     if mode == "percentile":
         return [
             ScaleIntensityRangePercentilesd(

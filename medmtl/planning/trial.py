@@ -1,0 +1,334 @@
+"""Trial training steps of a bundle's own network: peak memory and step time, measured, never guessed.
+
+Why measured: activation memory and step time depend on the network, the input size, the device
+and the allocator in ways no formula follows (MONAI's UNet decoder runs about 2x slower per FLOP
+than its encoder on this project's CPUs). So the plan builds exactly what the bundle would build
+(its config layers with the plan's overrides: network, loss, optimizer, ``train::prepare_batch``
+with its batch augmentation, ``train::preprocessing`` on real training cases) and runs real
+forward/backward/optimizer steps. Peak memory: on CUDA PyTorch's peak reserved bytes; on the CPU
+the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import list_data_collate
+
+from medmtl.bundle_layers import merged_config
+from medmtl.planning.plan_cache import PlanCache
+
+__all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What ``steps`` training steps at one size and batch cost.
+
+    Attributes:
+        spatial_size: the input size of the trial.
+        batch_size: samples per step.
+        peak_bytes: peak memory during the steps (see the module docstring for what is counted).
+        step_seconds: wall time of the fastest training step (forward, loss, backward, optimizer).
+        forward_seconds: wall time of one no-grad forward pass of the same batch.
+        fits: ``peak_bytes`` is within the budget (and no out-of-memory error was raised).
+    """
+
+    spatial_size: tuple[int, ...]
+    batch_size: int
+    peak_bytes: int
+    step_seconds: float
+    forward_seconds: float
+    fits: bool
+
+
+def peak_memory_supported(device: torch.device) -> bool:
+    """Whether peak memory can be measured here (CUDA, or Linux's per-process high-water mark)."""
+    if device.type == "cuda":
+        return True
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _STATUS.is_file()
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_reserved(device))
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{_STATUS} has no VmHWM line; peak memory cannot be measured on this system")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BundleTrial:
+    """Builds a bundle's training objects with given overrides and times real steps on real cases.
+
+    Args:
+        bundle: bundle name or folder.
+        overrides: config overrides every trial uses (data spec, dataset folder, the plan's choices).
+        device: where the steps run.
+        sample_cases: how many training cases are read and preprocessed (batches repeat them).
+
+    Example::
+
+        trial = BundleTrial("ultrasound_mtl", {"data_spec": spec, "dataset_dir": root}, torch.device("cpu"))
+        result = trial.run({"spatial_size": [128, 128]}, batch_size=16, memory_budget=8 << 30)
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        overrides: Mapping[str, Any],
+        device: torch.device,
+        sample_cases: int = 4,
+    ) -> None:
+        self.bundle = bundle
+        self.overrides = dict(overrides)
+        self.device = device
+        self.sample_cases = sample_cases
+        self._config = merged_config(bundle, "train")
+        self._workdir = tempfile.TemporaryDirectory(prefix="medmtl_plan_")
+        self.preprocess_seconds: float | None = None
+        """Median seconds to read and preprocess one case (the dataset cache's cost per case)."""
+        self.in_process = False
+        """Run CPU trials in this process (the worker itself; tests of the step code)."""
+        self.steps = 3
+        """Timed steps per batch size (after one warm-up)."""
+        self.cache: PlanCache | None = None
+        """Where earlier results on the same data are kept (``medmtl plan`` sets it)."""
+
+    def close(self) -> None:
+        self._workdir.cleanup()
+
+    def parser(self, overrides: Mapping[str, Any]) -> ConfigParser:
+        """The bundle's parsed config with the trial's overrides (output in a scratch folder)."""
+        parser = ConfigParser(copy.deepcopy(self._config))  # update() writes into the dict it was given
+        parser.update(
+            {
+                **self.overrides,
+                **overrides,
+                "output_dir": self._workdir.name,
+                "device": f"$torch.device({str(self.device)!r})",
+                "validate_data": False,
+                "resume": False,
+            }
+        )
+        return parser
+
+    def _samples(self, parser: ConfigParser) -> list[dict]:
+        cases = parser.get_parsed_content("train_cases")[0]
+        if not cases:
+            raise ValueError("the training split has no labelled case: nothing to run trial steps on")
+        transform = parser.get_parsed_content("train::preprocessing")
+        samples, seconds = [], []
+        for case in cases[: self.sample_cases]:
+            start = time.perf_counter()
+            samples.append(transform(dict(case)))
+            seconds.append(time.perf_counter() - start)
+        self.preprocess_seconds = sorted(seconds)[len(seconds) // 2]
+        return samples
+
+    def run(
+        self, overrides: Mapping[str, Any], batch_size: int, memory_budget: int, steps: int | None = None
+    ) -> TrialResult:
+        """One batch size: :meth:`run_batches` with ``[batch_size]``."""
+        return self.run_batches(overrides, [batch_size], memory_budget, steps)[0]
+
+    def run_batches(
+        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int | None = None
+    ) -> list[TrialResult]:
+        """Training steps at each batch size (ascending), stopping once one exceeds ``memory_budget``.
+
+        On the CPU this runs in a fresh Python process (:mod:`medmtl.planning.trial_worker`): its
+        peak resident memory is then what a training process needs (runtime, network, optimizer
+        state, one step), which the planning process, holding earlier trials' freed memory, cannot
+        tell. On CUDA it runs here (PyTorch's peak counters reset per trial).
+        """
+        steps = self.steps if steps is None else steps
+        request = {
+            "config": self._config,
+            "overrides": {**self.overrides, **overrides},
+            "batch_sizes": list(batch_sizes),
+            "steps": steps,
+            "sample_cases": self.sample_cases,
+            "device": str(self.device),
+        }
+        answer = self.cache.trials(request) if self.cache is not None else None
+        if answer is not None and _covers(answer["results"], batch_sizes, memory_budget):
+            logger.info("trial at %s: measured before on the same data (plan_cache.json)", overrides)
+            answer = {**answer, "results": [{**r, "fits": r["peak_bytes"] <= memory_budget} for r in answer["results"]]}
+        elif self.device.type == "cpu" and not self.in_process:
+            answer = self._run_in_worker(overrides, batch_sizes, memory_budget, steps)
+        else:
+            results = self.measure(overrides, batch_sizes, memory_budget, steps)
+            answer = {
+                "results": [dataclasses.asdict(r) for r in results],
+                "preprocess_seconds": self.preprocess_seconds,
+            }
+        if self.cache is not None:
+            self.cache.store_trials(request, answer)
+        self.preprocess_seconds = answer["preprocess_seconds"]
+        results = [TrialResult(**{**r, "spatial_size": tuple(r["spatial_size"])}) for r in answer["results"]]
+        for result in results:
+            _log(result)
+        return results
+
+    def _run_in_worker(
+        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int
+    ) -> dict[str, Any]:
+        request = {
+            "bundle": os.fspath(self.bundle),
+            "overrides": {**self.overrides, **overrides},
+            "batch_sizes": list(batch_sizes),
+            "memory_budget": memory_budget,
+            "steps": steps,
+            "sample_cases": self.sample_cases,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "medmtl.planning.trial_worker"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"trial steps of bundle {self.bundle} failed:\n{tail}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def measure(
+        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int = 3
+    ) -> list[TrialResult]:
+        """Run the steps in this process (what the worker and CUDA trials call).
+
+        Each batch size gets one warm-up step and ``steps`` timed steps. Larger batch sizes are
+        skipped once a measured peak exceeds the budget, or when the growth between the last two
+        would take the next one past it (so the CPU trial never reaches the machine's limit).
+        An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
+        """
+        parser = self.parser(overrides)
+        samples = self._samples(parser)
+        network = parser.get_parsed_content("network")
+        loss_function = parser.get_parsed_content("loss_function")
+        optimizer = parser.get_parsed_content("optimizer")
+        prepare = parser.get_parsed_content("train::prepare_batch")
+        amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
+        size = tuple(int(v) for v in parser.get_parsed_content("settings")["spatial_size"])
+        autocast = torch.autocast("cuda") if amp else contextlib.nullcontext()
+        results: list[TrialResult] = []
+        for batch_size in sorted(batch_sizes):
+            if len(results) >= 1 and not _may_fit(results, batch_size, memory_budget):
+                break
+            batch = list_data_collate([samples[i % len(samples)] for i in range(batch_size)])
+
+            def step(batch: dict = batch) -> None:
+                network.train()
+                optimizer.zero_grad(set_to_none=True)
+                inputs, targets = prepare(batch, self.device)
+                with autocast:
+                    loss = loss_function(network(inputs), targets)
+                loss.mean().backward()
+                optimizer.step()
+
+            try:
+                if self.device.type == "cuda":
+                    _reset_peak(self.device)
+                step()  # warm-up: allocator pools, optimizer state, cuDNN choices
+                times = []
+                for _ in range(steps):
+                    _sync(self.device)
+                    start = time.perf_counter()
+                    step()
+                    _sync(self.device)
+                    times.append(time.perf_counter() - start)
+                peak = _peak(self.device)
+                network.eval()
+                start = time.perf_counter()
+                with torch.no_grad(), autocast:
+                    network(prepare(batch, self.device)[0])
+                _sync(self.device)
+                forward_seconds = time.perf_counter() - start
+            except torch.OutOfMemoryError:
+                logger.info("trial at %s, batch %d: out of memory on %s", size, batch_size, self.device)
+                results.append(TrialResult(size, batch_size, memory_budget + 1, math.inf, math.inf, fits=False))
+                break
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            # the fastest step: other load on the machine only ever adds time (timeit's rule)
+            result = TrialResult(size, batch_size, peak, min(times), forward_seconds, fits=peak <= memory_budget)
+            results.append(result)
+            if not result.fits:
+                break
+        return results
+
+
+def _covers(results: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int], memory_budget: int) -> bool:
+    """Whether stored results answer a request under this budget: every batch size, or up to one over it."""
+    measured = {r["batch_size"]: r for r in results}
+    for batch_size in sorted(batch_sizes):
+        if batch_size not in measured:
+            return False
+        if measured[batch_size]["peak_bytes"] > memory_budget:
+            return True  # the search stops here, as a fresh trial would
+    return True
+
+
+def _may_fit(results: Sequence[TrialResult], batch_size: int, memory_budget: int) -> bool:
+    """Whether ``batch_size`` may still fit: the last peak is within budget and its growth does not pass it."""
+    last = results[-1]
+    if not last.fits:
+        return False
+    if len(results) < 2:
+        return True
+    before = results[-2]
+    per_sample = max(0.0, (last.peak_bytes - before.peak_bytes) / max(1, last.batch_size - before.batch_size))
+    return last.peak_bytes + per_sample * (batch_size - last.batch_size) <= memory_budget
+
+
+def _log(result: TrialResult) -> None:
+    logger.info(
+        "trial at %s, batch %d: peak %.0f MiB, %.3f s/step",
+        result.spatial_size,
+        result.batch_size,
+        result.peak_bytes / 2**20,
+        result.step_seconds,
+    )

@@ -1,0 +1,267 @@
+"""``medmtl plan``: the rules, the plan file, memory and time fitting by trial steps, and ``--plan`` in a bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.utils.class_weight import compute_class_weight
+
+from medmtl.data.demo import generate_demo_data
+from medmtl.data.spec import load_spec
+from medmtl.data.validate.dataset import DatasetInvalidError
+from medmtl.planning import plan as plan_module
+from medmtl.planning.plan import make_plan, parse_duration
+from medmtl.planning.plan_file import Choice, PlanError, check_plan, read_plan, spec_digest, write_plan
+from medmtl.planning.rules import (
+    MIN_SIDE,
+    SIZE_DIVISOR,
+    intensity_choices,
+    preferred_batch_size,
+    size_ladder,
+    task_choices,
+)
+from medmtl.planning.trial import BundleTrial
+from medmtl.transforms import build_transforms
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SPEC = REPO / "data_specs" / "demo.yaml"
+
+
+def _fingerprint(modality: str, dims: int, shape, spacing, tasks: dict | None = None) -> dict:
+    return {
+        "spec": {"name": "x", "modality": modality, "spatial_dims": dims},
+        "inputs": {
+            "image": {
+                "median_shape": list(shape),
+                "median_spacing": list(spacing),
+                "intensity": {"p00_5": -1000.0, "p99_5": 1500.0, "mean": 40.0, "std": 350.0, "region": "foreground"},
+            }
+        },
+        "tasks": tasks or {},
+        "num_cases": 10,
+    }
+
+
+# ---- rules -------------------------------------------------------------------------------------
+
+
+def test_intensity_follows_the_modality() -> None:
+    ct = {c.key: c.value for c in intensity_choices(_fingerprint("CT", 3, (64,) * 3, (1,) * 3))}
+    assert ct["intensity"] == "clip_zscore"
+    assert ct["intensity_stats"] == {"low": -1000.0, "high": 1500.0, "mean": 40.0, "std": 350.0}
+    assert intensity_choices(_fingerprint("MR", 3, (64,) * 3, (1,) * 3))[0].value == "zscore"
+    assert intensity_choices(_fingerprint("US", 2, (256, 200), (1, 1)))[0].value == "percentile"
+
+
+def test_clip_zscore_clips_to_the_dataset_range_then_standardises() -> None:
+    spec = load_spec(DEMO_SPEC, spatial_dims=2, modality="CT")
+    stats = {"low": -100.0, "high": 300.0, "mean": 50.0, "std": 100.0}
+    chain = build_transforms(spec, 8, intensity="clip_zscore", intensity_stats=stats)
+    step = next(t for t in chain.transforms if type(t).__name__ == "ScaleIntensityRanged")
+    values = torch.tensor([[[-500.0, -100.0, 50.0, 300.0, 900.0]]])
+    out = step({"image": values})["image"]
+    expected = (np.clip(values.numpy(), -100, 300) - 50) / 100
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="intensity_stats"):
+        build_transforms(spec, 8, intensity="clip_zscore")
+
+
+def test_2d_ladder_starts_at_the_median_image_and_keeps_network_friendly_sizes() -> None:
+    ladder = size_ladder(_fingerprint("US", 2, (256, 214), (1, 1)))
+    sizes = [tuple(c["spatial_size"]) for c in ladder]
+    assert sizes[0] == (256, 208)  # 214 rounded to a multiple of 16
+    assert all(s % SIZE_DIVISOR == 0 and s >= MIN_SIDE for size in sizes for s in size)
+    assert [math.prod(s) for s in sizes] == sorted((math.prod(s) for s in sizes), reverse=True)
+    assert len(set(sizes)) == len(sizes) and all(c["pixdim"] is None for c in ladder)
+
+
+def test_3d_ladder_coarsens_fine_axes_of_anisotropic_data_first() -> None:
+    ladder = size_ladder(_fingerprint("MR", 3, (320, 320, 40), (0.5, 0.5, 4.0)))
+    spacings = [c["pixdim"] for c in ladder]
+    assert spacings[0] == [0.5, 0.5, 4.0]
+    assert spacings[1][:2] == [0.75, 0.75] and spacings[1][2] == 4.0  # the coarse axis waits
+    for candidate in ladder:  # the ROI covers the median extent at that voxel size (up to the cap)
+        for extent, pix, roi in zip((160, 160, 160), candidate["pixdim"], candidate["spatial_size"], strict=True):
+            assert roi % SIZE_DIVISOR == 0 and (roi >= extent / pix or roi == 128)
+    iso = size_ladder(_fingerprint("MR", 3, (181, 217, 181), (1, 1, 1)))
+    assert [c["pixdim"][0] for c in iso][:4] == [1.0, 1.5, 2.0, 3.0]
+    assert iso[4]["spatial_size"] == [48, 64, 48]  # 4 mm: 181 / 4 = 45.25 -> 48
+
+
+def test_preferred_batch_size() -> None:
+    assert (
+        preferred_batch_size(627, 2) == 16 and preferred_batch_size(40, 2) == 2 and preferred_batch_size(5000, 2) == 32
+    )
+    assert preferred_batch_size(1, 3) == 2
+
+
+def test_task_weights_and_class_weights_from_label_counts() -> None:
+    tasks = {
+        "lesion": {"kind": "segmentation", "labelled": 100, "class_counts": [100, 80]},
+        "grade": {"kind": "multiclass", "labelled": 100, "class_counts": [70, 20, 10]},
+        "ok": {"kind": "binary", "labelled": 100, "class_counts": [50, 50]},
+        "unseen": {"kind": "binary", "labelled": 0, "class_counts": [0, 0]},
+    }
+    choices = {c.key: c for c in task_choices(_fingerprint("US", 2, (64, 64), (1, 1), tasks), {})}
+    assert choices["weighting"].value == "fixed"
+    assert choices["loss::weighting_kwargs"].value == {"weights": {"grade": 0.5, "ok": 0.5, "unseen": 0.5}}
+    labels = np.repeat([0, 1, 2], [70, 20, 10])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(choices["loss::class_weights"].value["grade"], expected, rtol=1e-3)
+    assert "loss::pos_weight" not in choices  # 50/50 needs no weight
+    assert any("unseen" in c.reason for c in choices.values() if not c.key)
+
+
+# ---- the plan file ------------------------------------------------------------------------------
+
+
+def test_plan_file_round_trip_with_reasons_and_refusals(tmp_path: Path) -> None:
+    spec = load_spec(DEMO_SPEC)
+    meta = {"version": 1, "bundle": "demo", "spec_name": spec.name, "spec_digest": spec_digest(spec)}
+    choices = [
+        Choice("spatial_size", [48, 32], "measured"),
+        Choice("loss::weighting_kwargs", {"weights": {"malignant": 0.5}}, "why: weights"),
+        Choice("", None, "a note only"),
+    ]
+    path = write_plan(tmp_path / "plan.yaml", meta, choices, ["header"])
+    text = path.read_text()
+    assert "# measured\nspatial_size: [48, 32]" in text and "# a note only" in text
+    data = read_plan(path)
+    assert data["spatial_size"] == [48, 32] and data["loss::weighting_kwargs"] == {"weights": {"malignant": 0.5}}
+    check_plan(data["plan"], spec, "bundles/demo")  # the right spec and bundle pass
+    other = load_spec(DEMO_SPEC, name="other")
+    with pytest.raises(PlanError) as err:
+        check_plan({**data["plan"], "version": 0}, other, "bundles/ultrasound_mtl")
+    message = str(err.value)
+    assert "version 0" in message and "'other'" in message and "ultrasound_mtl" in message  # all at once
+    with pytest.raises(PlanError, match="--args_file"):
+        check_plan(str(path), spec)
+    (tmp_path / "not_a_plan.yaml").write_text("epochs: 3\n")
+    with pytest.raises(PlanError, match="not a medmtl plan"):
+        read_plan(tmp_path / "not_a_plan.yaml")
+
+
+def test_durations() -> None:
+    assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration(2) == 120
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("ten minutes")
+
+
+# ---- fitting on the device ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("plan_demo") / "data"
+    generate_demo_data(root, seed=0)
+    return root / "demo2d"
+
+
+def test_batch_is_fitted_to_the_measured_memory(demo_data: Path) -> None:
+    trial = BundleTrial("demo", {"data_spec": str(DEMO_SPEC), "dataset_dir": str(demo_data)}, torch.device("cpu"))
+    trial.steps = 1
+    try:
+        fingerprint = _fingerprint("US", 2, (96, 96), (1, 1))
+        counts = {"train": 320, "val": 0}  # preferred batch 8
+        cache = plan_module.cache_bytes(fingerprint, [96, 96], 320)
+        (roomy, _, _), trials = plan_module._fit(trial, fingerprint, counts, 3600.0, 1 << 40, 2)
+        assert roomy.batch_size == 8 and [t.batch_size for t in trials] == [1, 2, 4, 8]  # measured one by one
+        peaks = {t.batch_size: t.peak_bytes for t in trials}
+        assert peaks[8] > peaks[1] + (16 << 20)  # activations grow with the batch
+        budget = (peaks[1] + peaks[8]) // 2 + cache
+        (result, _, _), trials = plan_module._fit(trial, fingerprint, counts, 3600.0, budget, 2)
+        assert result.fits and result.peak_bytes + cache <= budget and 1 <= result.batch_size < 8
+        assert result.batch_size == max(t.batch_size for t in trials if t.fits)  # the largest that fitted
+        tiny = _fingerprint("US", 2, (32, 32), (1, 1))  # one size on the ladder
+        trial.in_process = True  # a failure needs no clean process
+        with pytest.raises(PlanError, match="nothing fits the memory budget.*--memory"):
+            plan_module._fit(trial, tiny, counts, 3600.0, peaks[1] // 4, 2)
+        with pytest.raises(PlanError, match="no time for one epoch.*larger --time-budget"):
+            plan_module._fit(trial, tiny, {"train": 3200, "val": 0}, 20.0, 1 << 40, 2)
+    finally:
+        trial.close()
+
+
+@pytest.fixture(scope="module")
+def demo_plan(demo_data: Path, tmp_path_factory) -> plan_module.PlanResult:
+    out = tmp_path_factory.mktemp("plan_out") / "plan.yaml"
+    return make_plan(
+        DEMO_SPEC, demo_data, out=out, bundle="demo", time_budget="2m", memory="8GiB", workers=1, progress=False
+    )
+
+
+def test_plan_fits_epochs_to_the_time_budget(demo_plan: plan_module.PlanResult, demo_data: Path) -> None:
+    data = read_plan(demo_plan.plan_path)
+    assert data["plan"]["bundle"] == "demo" and data["plan"]["time_budget_s"] == 120
+    assert data["dataset_dir"] == str(demo_data.resolve()) and data["time_limit_minutes"] == 2
+    chosen = next(t for t in reversed(demo_plan.trials) if list(t.spatial_size) == data["spatial_size"])
+    steps = math.ceil(len(load_spec(DEMO_SPEC).datalist("train", root=demo_data)) / data["batch_size"])
+    assert data["epochs"] >= 1 and data["epochs"] * steps * chosen.step_seconds <= 120  # fits the budget
+    text = demo_plan.plan_path.read_text()
+    for key in ("spatial_size", "batch_size", "epochs", "backbone", "intensity", "weighting"):
+        line = text.index(f"\n{key}:")
+        assert text[:line].rsplit("\n", 1)[-1].startswith("# "), f"{key} has no reason above it"
+    assert (demo_plan.plan_path.parent / "fingerprint.json").is_file()
+
+
+def test_plan_on_invalid_data_reports_every_problem(demo_data: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "demo2d"
+    import shutil
+
+    shutil.copytree(demo_data, broken)
+    images = sorted(p for p in broken.rglob("*.png") if "mask" not in p.name)[:2]
+    for image in images:
+        image.write_bytes(b"not a png")
+    with pytest.raises(DatasetInvalidError) as err:
+        make_plan(DEMO_SPEC, broken, out=tmp_path / "plan.yaml", bundle="demo", workers=1, progress=False)
+    assert all(image.name in str(err.value) for image in images)
+    assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_bundle_trains_from_the_plan_and_explicit_overrides_win(
+    demo_plan: plan_module.PlanResult, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "medmtl.cli",
+        "run",
+        "demo",
+        "train",
+        "--plan",
+        str(demo_plan.plan_path),
+        "--epochs",
+        "1",
+        "--output_dir",
+        str(run),
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    planned = read_plan(demo_plan.plan_path)
+    record = json.loads((run / "run_config.json").read_text())
+    model = record["settings"]["model"]
+    assert model["spatial_size"] == planned["spatial_size"] and model["backbone"] == planned["backbone"]
+    assert model["backbone_presets"]["resunet"]["channels"] == planned["backbone_presets::resunet::channels"]
+    assert record["training"]["epochs"] == 1
+    assert record["training"]["batch_size"] == planned["batch_size"]
+    assert record["training"]["plan"].startswith("demo2d / demo / cpu")
+    assert len(json.loads((run / "history.json").read_text())) == 1  # --epochs 1 won over the plan
+    # a plan made for another spec is refused before anything is written
+    other = yaml.safe_load(demo_plan.plan_path.read_text())
+    other["plan"]["spec_name"] = "busi"
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    cmd[cmd.index(str(demo_plan.plan_path))] = str(tmp_path / "other.yaml")
+    cmd[-1] = str(tmp_path / "run2")
+    refused = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "plan refused" in refused.stdout + refused.stderr
+    assert not (tmp_path / "run2" / "models").exists()
