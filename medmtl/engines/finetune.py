@@ -58,6 +58,7 @@ __all__ = [
     "freeze_encoder",
     "load_pretrained",
     "load_pretrained_weights",
+    "read_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,8 +208,9 @@ def load_pretrained(
     return report
 
 
-def _read_weights(path: Path) -> Any:
+def read_weights(path: str | os.PathLike) -> Any:
     """What a weight file holds: ``.safetensors`` through safetensors (when installed), else ``torch.load``."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         if not has_safetensors:
             raise PretrainedWeightsError(
@@ -267,7 +269,7 @@ def load_pretrained_weights(
                 f"pretrained weights file {path} does not exist: fetch it on a connected machine and copy it here "
                 "(bundles/knee_mri_mtl/docs/README.md, 'Pretrained encoders')"
             )
-        state, _ = state_dict_of(_read_weights(path), str(path))
+        state, _ = state_dict_of(read_weights(path), str(path))
         return load_backbone_weights(unwrap(network), state, str(path), strict=strict)
     except (FileNotFoundError, CheckpointError, PretrainedWeightsError) as err:
         if not exit_on_error:

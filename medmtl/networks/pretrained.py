@@ -67,6 +67,7 @@ from medmtl.networks.backbones import (
 
 __all__ = [
     "LAYOUT_BACKBONES",
+    "backbone_for_weights",
     "PretrainedWeightsError",
     "PretrainedWeightsReport",
     "adapt_input_channels",
@@ -254,6 +255,46 @@ def detect_layout(state: Mapping[str, Any], source: str = "the weights") -> str:
         f"loads into: {_fits_text()}. Save the state_dict of one of these networks (model.state_dict()), or "
         "train from scratch"
     )
+
+
+_RESNET_DEPTHS = {(1, False): "resnet10", (2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}
+_DENSENET_DEPTHS = {24: "densenet121", 32: "densenet169", 48: "densenet201"}
+
+
+def backbone_for_weights(state: Mapping[str, Any], source: str = "the weights") -> tuple[str, int]:
+    """The registry name of the backbone a state dict fits (``--backbone``) and its spatial dimensions.
+
+    ResNet and DenseNet depths are read from the blocks the file has (ResNet: blocks in ``layer3``
+    and bottleneck ``conv3``; DenseNet: layers in ``denseblock3``); the UNet-family files fit the
+    backbone of the same name, whose widths must then match the file's.
+
+    Raises:
+        PretrainedWeightsError: as :func:`detect_layout`, or a ResNet / DenseNet depth medmtl lacks.
+    """
+    layout = _LAYOUTS[detect_layout(state, source)]
+    first = next(
+        v
+        for k, v in state.items()
+        if re.search(r"(conv1|conv0|conv_0\.conv|convInit\.conv|model\.0\.)", k)
+        and k.endswith("weight")
+        and getattr(v, "ndim", 0) >= 4
+    )
+    dims = int(first.ndim) - 2
+    if layout.backbone is ResNetBackbone:
+        blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
+        bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+        name = _RESNET_DEPTHS.get((len(blocks), bottleneck))
+    elif layout.backbone is DenseNetBackbone:
+        layers = {k.split(".")[2] for k in state if k.startswith("features.denseblock3.")}
+        name = _DENSENET_DEPTHS.get(len(layers))
+    else:
+        name = {BasicUNetBackbone: "unet", ResUNetBackbone: "resunet", SegResNetBackbone: "segresnet"}[layout.backbone]
+    if name is None:
+        raise PretrainedWeightsError(
+            f"{source}: a {layout.backbone.__name__} of a depth medmtl has no preset for; known: "
+            f"{sorted(_RESNET_DEPTHS.values()) + sorted(_DENSENET_DEPTHS.values())}"
+        )
+    return name, dims
 
 
 def _variant(source: str, what: str) -> PretrainedWeightsError:

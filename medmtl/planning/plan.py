@@ -251,21 +251,22 @@ def make_plan(
         data_choices.append(Choice("spec_overrides", overrides, "spec keys replaced for this plan (--spec-overrides)"))
     trial = BundleTrial(bundle_name, {}, run_device)
     trial.cache = cache
-    presets = trial.parser({}).get("backbone_presets") or {}
+    trial_config = trial.parser({}).get() or {}
+    presets = trial_config.get("backbone_presets") or {}
     spec_weights = {t.name: {"class_weights": t.class_weights, "pos_weight": t.pos_weight} for t in loaded.tasks}
+    network = (
+        network_choices(fingerprint, run_device.type, presets)
+        if pretrained_weights is None
+        else _pretrained_choices(Path(pretrained_weights), fingerprint, presets)
+    )
     fixed = [
         *data_choices,
         Choice("", None, duplicates_note),
         *intensity_choices(fingerprint),
-        *network_choices(fingerprint, run_device.type, presets),
+        *network,
         *task_choices(fingerprint, spec_weights),
         *augmentation_choices(fingerprint),
     ]
-    if pretrained_weights is not None:
-        fixed += [
-            Choice("pretrained_weights", str(Path(pretrained_weights).resolve()), "encoder weights given to the plan"),
-            Choice("encoder_lr_factor", 0.1, "pretrained encoder: a tenth of the heads' learning rate"),
-        ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:
         fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims)
@@ -282,6 +283,16 @@ def make_plan(
             f"in the budget (measured {result.step_seconds:.3f} s per step)",
         ),
     ]
+    if candidate["pixdim"] is not None and "sw_overlap" in trial_config:
+        windows = _window_count(fingerprint, candidate)
+        measured.append(
+            Choice(
+                "sw_overlap",
+                0.25,
+                f"validation and inference slide the {list(result.spatial_size)} ROI over whole volumes with Gaussian "
+                f"blending and 25 % overlap: {windows:.0f} window(s) for the median volume (counted in the epoch time)",
+            )
+        )
     if candidate["pixdim"] is not None:
         _, summary = main_input(fingerprint)
         measured.append(
@@ -367,6 +378,30 @@ def cache_bytes(fingerprint: Mapping[str, Any], spatial_size: Any, cases: int) -
     channels = sum(int(summary.get("channels") or 1) for summary in fingerprint["inputs"].values())
     masks = sum(1 for task in fingerprint["tasks"].values() if task["kind"] == "segmentation")
     return (channels + masks) * _voxels(spatial_size) * 4 * cases
+
+
+def _pretrained_choices(path: Path, fingerprint: Mapping[str, Any], presets: Mapping[str, Any]) -> list[Choice]:
+    """The backbone a weight file fits (its layout and depth), the file, and a lower encoder learning rate."""
+    from medmtl.engines.finetune import read_weights
+    from medmtl.networks.pretrained import backbone_for_weights, state_dict_of
+
+    state, _ = state_dict_of(read_weights(path), str(path))
+    name, dims = backbone_for_weights(state, str(path))
+    wanted = int(fingerprint["spec"]["spatial_dims"])
+    if dims != wanted:
+        raise PlanError(f"{path} holds {dims}D weights and the data is {wanted}D: give a {wanted}D weight file")
+    choices = [Choice("backbone", name, f"the backbone {path.name} fits (its key names and blocks)")]
+    if name not in presets:
+        choices.append(
+            Choice(f"backbone_presets::{name}", {"spatial_dims": wanted, "in_channels": 1}, f"{name}: no preset yet")
+        )
+    elif name in ("unet", "resunet", "segresnet"):
+        choices.append(Choice("", None, f"{name}: the preset's widths must match {path.name}'s (checked at load)"))
+    return [
+        *choices,
+        Choice("pretrained_weights", str(path.resolve()), "encoder weights given to the plan (--pretrained-weights)"),
+        Choice("encoder_lr_factor", 0.1, "pretrained encoder: a tenth of the heads' learning rate keeps its features"),
+    ]
 
 
 def _duplicates(table: Any, spec: Any, root: Path, csv_path: Path) -> str:

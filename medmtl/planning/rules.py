@@ -139,7 +139,7 @@ def task_choices(fingerprint: Mapping[str, Any], spec_weights: Mapping[str, Mapp
     dense = [name for name, kind in kinds.items() if kind == "segmentation"]
     image_level = [name for name, kind in kinds.items() if kind in _IMAGE_LEVEL]
     labelled = {name: int(task.get("labelled", 0)) for name, task in fingerprint["tasks"].items()}
-    trained = [name for name in kinds if labelled[name] > 0]
+    trained = _trained_tasks(fingerprint, labelled)
     choices = [
         Choice(
             "weighting",
@@ -159,10 +159,29 @@ def task_choices(fingerprint: Mapping[str, Any], spec_weights: Mapping[str, Mapp
             )
         )
     untrained = sorted(name for name in kinds if name not in trained)
-    if untrained:
-        choices.append(Choice("", None, f"no case is labelled for {', '.join(untrained)}: its head gets no gradient"))
+    if untrained and trained:
+        choices.append(
+            Choice(
+                "validate::key_metric::mean_primary::tasks",
+                f"$[t for t in @tasks if t.name in {sorted(trained)!r}]",
+                f"no training case is labelled for {', '.join(untrained)}: its head gets no gradient, so its "
+                "validation score is noise and must not choose best.pt (the trained tasks do)",
+            )
+        )
     choices += _imbalance_choices(fingerprint, kinds, labelled, spec_weights)
     return choices
+
+
+def _trained_tasks(fingerprint: Mapping[str, Any], labelled: Mapping[str, int]) -> list[str]:
+    """Tasks with a label in the training split (per case, when the fingerprint lists cases), else in any."""
+    cases = fingerprint.get("cases") or {}
+    if not cases:
+        return [name for name, count in labelled.items() if count > 0]
+    return [
+        name
+        for name in labelled
+        if any(c.get("split") == "train" and c["tasks"].get(name, {}).get("labelled") for c in cases.values())
+    ]
 
 
 def _imbalance_choices(
@@ -248,17 +267,18 @@ def size_ladder(
 ) -> list[dict[str, Any]]:
     """Candidate input sizes (and 3D voxel sizes), finest first.
 
-    2D: the median image shape (nnU-Net's 2D patch) scaled down step by step, each axis a multiple
-    of :data:`SIZE_DIVISOR`. 3D: the median voxel size coarsened step by step (1x to 4x; for
+    2D: a square of the median image's longer side, scaled down step by step, a multiple of
+    :data:`SIZE_DIVISOR`: 2D images are resized (not cropped) to one shape, so a square keeps the
+    detail of both axes for landscape and portrait images alike (40 of BUSI's 780 are portrait). 3D: the median voxel size coarsened step by step (1x to 4x; for
     anisotropic data only the fine axes first, until they reach the coarse one, as nnU-Net does),
     with the ROI covering the median volume at that voxel size (capped at ``max_side`` / 4 per axis).
     """
     _, summary = main_input(fingerprint)
     shape = [float(v) for v in summary["median_shape"]]
     dims = int(fingerprint["spec"]["spatial_dims"])
-    if dims == 2:
-        top = max(shape)
-        start = [s * min(1.0, max_side / top) for s in shape]
+    if dims == 2:  # a square: every image is resized to one shape whatever its aspect (portrait or landscape)
+        top = min(max(shape), max_side)
+        start = [top] * 2
         seen, ladder = set(), []
         for factor in factors:
             size = tuple(max(MIN_SIDE, int(round(s * factor / SIZE_DIVISOR)) * SIZE_DIVISOR) for s in start)

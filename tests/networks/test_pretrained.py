@@ -388,3 +388,23 @@ def test_freeze_encoder_is_a_linear_probe() -> None:
     net(image)
     assert not torch.equal(net.backbone.bn1.running_mean, before["backbone.bn1.running_mean"])
     assert all(p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("layers", "block", "dims", "expected"),
+    [
+        ((2, 2, 2, 2), "basic", 2, "resnet18"),
+        ((3, 4, 6, 3), "basic", 2, "resnet34"),
+        ((3, 4, 6, 3), "bottleneck", 2, "resnet50"),
+        ((1, 1, 1, 1), "basic", 3, "resnet10"),
+    ],
+)
+def test_the_backbone_a_file_fits_is_read_from_its_blocks(layers, block, dims, expected) -> None:
+    from medmtl.networks.pretrained import backbone_for_weights
+
+    state = _torchvision_resnet(spatial_dims=dims, layers=layers, block=block, block_inplanes=(4, 4, 4, 4))
+    assert backbone_for_weights(state, "w.pth") == (expected, dims)
+    dense = DenseNet(
+        spatial_dims=2, in_channels=3, out_channels=10, init_features=4, growth_rate=2, block_config=(1, 1, 24, 1)
+    ).state_dict()
+    assert backbone_for_weights(dense, "d.pth") == ("densenet121", 2)
