@@ -22,8 +22,6 @@ they are, masks by the Dice of their foreground after aligning the matched crop 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from scipy.cluster.hierarchy import DisjointSet
 
 from medmtl.atomic_io import atomic_write
+from medmtl.csv_safety import csv_text
 from medmtl.data.duplicate_pairs import Box, match_pairs
 from medmtl.data.image_signatures import image_signatures
 from medmtl.data.problems import Problem, Severity
@@ -184,27 +183,24 @@ class Duplicates:
         return found
 
     def csv_text(self) -> str:
-        """Every pair as CSV (:data:`CSV_COLUMNS`)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for p in self.pairs:
-            writer.writerow(
-                [
-                    p.group,
-                    p.case_a,
-                    p.file_a,
-                    p.case_b,
-                    p.file_b,
-                    p.kind,
-                    p.hash_distance,
-                    f"{p.similarity:.4f}",
-                    ";".join(p.labels_disagree),
-                    p.split_a,
-                    p.split_b,
-                ]
-            )
-        return buffer.getvalue()
+        """Every pair as CSV (:data:`CSV_COLUMNS`), cells made safe for spreadsheets (file names come from data)."""
+        rows = [
+            [
+                p.group,
+                p.case_a,
+                p.file_a,
+                p.case_b,
+                p.file_b,
+                p.kind,
+                p.hash_distance,
+                f"{p.similarity:.4f}",
+                ";".join(p.labels_disagree),
+                p.split_a,
+                p.split_b,
+            ]
+            for p in self.pairs
+        ]
+        return csv_text(CSV_COLUMNS, rows)
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`csv_text` to ``path`` atomically."""
