@@ -40,7 +40,15 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Path], dict[str, object]]] = {
     "brain_mri_mtl": (write_brain_scenario, {"spatial_size": [32, 32, 32], "pixdim": [2.0, 2.0, 2.0], **TINY_UNET}),
     "knee_mri_mtl": (layouts.write_mrnet, {"spatial_size": [4, 32, 32], "backbone": "resnet18"}),
     "ultrasound_mtl": (layouts.write_busi, {"spatial_size": [32, 32], **TINY_UNET}),
-    "chest_xray_mtl": (lambda base: layouts.write_jsrt(base, size=2048), {"spatial_size": [32, 32], **TINY_UNET}),
+    "chest_xray_mtl": (  # the layout draws one template ten times: split as if they were ten patients
+        lambda base: layouts.write_jsrt(base, size=2048),
+        {
+            "spatial_size": [32, 32],
+            **TINY_UNET,
+            "spec_overrides": "{'splits': {'method': 'fractions', 'fractions': {'train': 0.7, 'val': 0.15, "
+            "'test': 0.15}, 'seed': 0, 'stratify': 'nodule', 'duplicates': 'ignore'}}",
+        },
+    ),
     "radiograph_mtl": (layouts.write_mura, {"spatial_size": [32, 32]}),
 }
 BUNDLES = sorted(SCENARIOS)
