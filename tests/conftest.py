@@ -29,3 +29,17 @@ def specs_dir() -> Path:
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """medmtl's cache (image signatures) in a session folder, never the real home; subprocesses inherit it."""
     os.environ["MEDMTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("medmtl_cache"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny convolutions: the intra-op thread pool costs more than it saves (and the CI box is shared).
+
+    Use per module: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

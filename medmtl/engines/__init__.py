@@ -10,7 +10,6 @@ from medmtl.engines.checkpoint_io import (
     check_state_dict_fits,
     load_checkpoint,
     read_run_config,
-    trained_checkpoint,
 )
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
@@ -111,7 +110,6 @@ __all__ = [
     "RandomStates",
     "ResumableEarlyStop",
     "read_run_config",
-    "trained_checkpoint",
     "log_run_summary",
     "run_summary",
     "FlattenTaskOutputsd",

@@ -39,7 +39,6 @@ __all__ = [
     "load_checkpoint",
     "read_run_config",
     "strip_ddp_prefix",
-    "trained_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -311,17 +310,3 @@ class SafeCheckpointLoader(CheckpointLoader):
             if isinstance(obj, torch.nn.Module) and self.strict and self.strict_shape:
                 module = obj.module if isinstance(getattr(obj, "module", None), torch.nn.Module) else obj
                 check_state_dict_fits(module, strip_ddp_prefix(state), path)
-
-
-def trained_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """``best.pt`` of a training run, or ``last.pt`` when the run never validated (no ``best.pt``).
-
-    Why: a split without validation cases (an 80/20 train/test split, a plan's choice) trains
-    without choosing a best epoch; its final weights are then the model to evaluate.
-    """
-    folder = Path(ckpt_dir)
-    best, last = folder / "best.pt", folder / "last.pt"
-    if best.exists() or not last.exists():
-        return str(best)
-    logger.info("%s has no best.pt (the run never validated): using last.pt", folder)
-    return str(last)

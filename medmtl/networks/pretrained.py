@@ -272,14 +272,10 @@ def backbone_for_weights(state: Mapping[str, Any], source: str = "the weights") 
         PretrainedWeightsError: as :func:`detect_layout`, or a ResNet / DenseNet depth medmtl lacks.
     """
     layout = _LAYOUTS[detect_layout(state, source)]
-    first = next(
-        v
-        for k, v in state.items()
-        if re.search(r"(conv1|conv0|conv_0\.conv|convInit\.conv|model\.0\.)", k)
-        and k.endswith("weight")
-        and getattr(v, "ndim", 0) >= 4
-    )
-    dims = int(first.ndim) - 2
+    kernels = [int(v.ndim) for v in state.values() if getattr(v, "ndim", 0) >= 4]  # (out, in, *kernel)
+    if not kernels:
+        raise PretrainedWeightsError(f"{source}: no convolution weights, so no 2D or 3D backbone fits it")
+    dims = max(kernels) - 2
     if layout.backbone is ResNetBackbone:
         blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
         bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)

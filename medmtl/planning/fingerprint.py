@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medmtl.atomic_io import atomic_write
+from medmtl.data.datalist import CaseTable
 from medmtl.data.problems import DataError
 from medmtl.data.spec import DatasetSpec, load_spec
 from medmtl.data.tasks import TaskKind, present_key
@@ -58,6 +59,7 @@ def compute_fingerprint(
     workers: int = 0,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    table: CaseTable | None = None,
 ) -> dict:
     """Read every case of a dataset once and return its fingerprint (a JSON-ready dict).
 
@@ -69,6 +71,8 @@ def compute_fingerprint(
         cache: an earlier ``fingerprint.json`` (usually the output path): cases whose files are unchanged
             (same SHA-256) keep their statistics without being read. Missing or unusable: ignored.
         progress: show a progress bar on stderr.
+        table: the case table of ``spec`` already built by the caller (``medmtl plan``), so its splits
+            and duplicate search are not done twice; ``None`` builds it.
 
     Returns:
         ``{"version", "spec", "root", "num_cases", "created", "inputs", "tasks", "splits", "cases", ...}``:
@@ -88,8 +92,9 @@ def compute_fingerprint(
         raise ValueError(f"workers must be >= 0 (0: every core, 1: in-process), got {workers}")
     start = time.perf_counter()
     overrides = dict(spec_overrides or {})
-    loaded = load_spec(spec, **overrides)
-    table = loaded.build_cases(root=root)
+    if table is None:
+        table = load_spec(spec, **overrides).build_cases(root=root)
+    loaded = table.spec
     table.raise_for_errors()
     context = f"the fingerprint of dataset '{loaded.name}' under {table.root}"
     reading = _reading_key(loaded)

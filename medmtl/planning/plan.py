@@ -71,13 +71,6 @@ class PlanResult:
     trials: list[TrialResult] = field(default_factory=list)
     seconds: float = 0.0
 
-    def value(self, key: str) -> Any:
-        """The planned value of a config id (``KeyError`` if the plan does not set it)."""
-        for choice in self.choices:
-            if choice.key == key:
-                return choice.value
-        raise KeyError(key)
-
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"`` or a plain number of minutes."""
@@ -134,7 +127,10 @@ def _validate(spec_path: Path, root: Any, spec_overrides: Mapping[str, Any], wor
     from medmtl.data.validate import validate_dataset
     from medmtl.data.validate.dataset import DatasetInvalidError
 
-    report = validate_dataset(spec_path, root=root, workers=workers, spec_overrides=dict(spec_overrides))
+    # duplicates are the plan's own report (_duplicates), from the case table the fingerprint reads too
+    report = validate_dataset(
+        spec_path, root=root, workers=workers, spec_overrides=dict(spec_overrides), duplicates=False
+    )
     if not report.ok:
         raise DatasetInvalidError(report)
 
@@ -221,23 +217,29 @@ def make_plan(
         raise ValueError(f"--memory must be positive, got {memory!r}")
     if not peak_memory_supported(run_device):
         raise PlanError(
-            "peak memory cannot be measured on this system (no /proc/self/clear_refs); plan on Linux or on CUDA"
+            "peak memory cannot be measured on this system (no VmHWM in /proc/self/status); plan on Linux or on CUDA"
         )
     out_path = Path(out)
     fingerprint_path = out_path.with_name("fingerprint.json")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    data_root = load_spec(spec_path, **overrides).resolved_root(root)
+    loaded = load_spec(spec_path, **overrides)
+    data_root = loaded.resolved_root(root)
     cache = PlanCache(out_path.with_name("plan_cache.json"), data_digest(data_root, spec_path, overrides))
     if not cache.validated():  # the same bytes passed before: not opened again
         _validate(spec_path, root, overrides, workers)
         cache.mark_validated()
+    table = loaded.build_cases(root=root)  # one split and duplicate search for the fingerprint and the plan
     fingerprint = compute_fingerprint(
-        spec_path, root, spec_overrides=overrides, workers=workers, cache=fingerprint_path, progress=progress
+        spec_path,
+        root,
+        spec_overrides=overrides,
+        workers=workers,
+        cache=fingerprint_path,
+        progress=progress,
+        table=table,
     )
     write_fingerprint(fingerprint, fingerprint_path)
-    loaded = load_spec(spec_path, **overrides)
-    table = loaded.build_cases(root=root)
     counts = table.split_counts()
     duplicates_note = _duplicates(table, loaded, data_root, out_path.with_name("duplicates.csv"))
     bundle_name = bundle or default_bundle(fingerprint)
@@ -253,6 +255,8 @@ def make_plan(
     trial.cache = cache
     trial_config = trial.parser({}).get() or {}
     presets = trial_config.get("backbone_presets") or {}
+    given_overlap = trial_config.get("sw_overlap")
+    overlap = float(given_overlap) if isinstance(given_overlap, int | float) else 0.25
     spec_weights = {t.name: {"class_weights": t.class_weights, "pos_weight": t.pos_weight} for t in loaded.tasks}
     network = (
         network_choices(fingerprint, run_device.type, presets)
@@ -269,7 +273,7 @@ def make_plan(
     ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:
-        fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims)
+        fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
     finally:
         trial.close()
     result, estimate, candidate = fitted
@@ -283,14 +287,15 @@ def make_plan(
             f"in the budget (measured {result.step_seconds:.3f} s per step)",
         ),
     ]
-    if candidate["pixdim"] is not None and "sw_overlap" in trial_config:
-        windows = _window_count(fingerprint, candidate)
+    if candidate["pixdim"] is not None:  # the bundle's overlap is kept (a note, not an override)
+        windows = _window_count(fingerprint, candidate, overlap)
         measured.append(
             Choice(
-                "sw_overlap",
-                0.25,
-                f"validation and inference slide the {list(result.spatial_size)} ROI over whole volumes with Gaussian "
-                f"blending and 25 % overlap: {windows:.0f} window(s) for the median volume (counted in the epoch time)",
+                "",
+                None,
+                f"validation and inference slide the {list(result.spatial_size)} ROI over whole volumes (the "
+                f"bundle's sw_overlap {overlap:g}): {windows:.0f} window(s) for the median volume, counted in the "
+                "epoch time",
             )
         )
     if candidate["pixdim"] is not None:
@@ -334,7 +339,7 @@ def make_plan(
             Choice(
                 "val_interval",
                 estimate.epochs + 1,
-                "the split has no validation cases: no validation during training; evaluation uses last.pt",
+                "the split has no validation cases: no validation during training; best.pt then holds the final weights",
             )
         )
     meta = {
@@ -437,6 +442,7 @@ def _fit(
     budget_s: float,
     memory_budget: int,
     dims: int,
+    overlap: float = 0.25,
 ) -> tuple[tuple[TrialResult, _Epochs, dict[str, Any]], list[TrialResult]]:
     """Size, batch and epochs: see the module docstring for the search."""
     ladder = size_ladder(fingerprint)
@@ -475,7 +481,7 @@ def _fit(
         guess = TrialResult(
             tuple(candidate["spatial_size"]), preferred, 0, per_voxel * voxels, forward_per_voxel * voxels, True
         )
-        return _epochs_for(guess, counts, budget_s, preprocess, _window_count(fingerprint, candidate))
+        return _epochs_for(guess, counts, budget_s, preprocess, _window_count(fingerprint, candidate, overlap))
 
     start = next((i for i, c in enumerate(ladder) if _meets_target(predicted(c))), len(ladder) - 1)
     last_error: str | None = None
@@ -490,7 +496,7 @@ def _fit(
             )
             continue
         result = fitting[-1]
-        estimate = _epochs_for(result, counts, budget_s, preprocess, _window_count(fingerprint, candidate))
+        estimate = _epochs_for(result, counts, budget_s, preprocess, _window_count(fingerprint, candidate, overlap))
         if _meets_target(estimate) or index == len(ladder) - 1:
             if not _meets_target(estimate):
                 logger.warning(

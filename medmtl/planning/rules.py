@@ -263,6 +263,7 @@ def augmentation_choices(fingerprint: Mapping[str, Any]) -> list[Choice]:
 def size_ladder(
     fingerprint: Mapping[str, Any],
     max_side: int = 512,
+    max_roi: int = 128,
     factors: Sequence[float] = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25),
 ) -> list[dict[str, Any]]:
     """Candidate input sizes (and 3D voxel sizes), finest first.
@@ -271,7 +272,7 @@ def size_ladder(
     :data:`SIZE_DIVISOR`: 2D images are resized (not cropped) to one shape, so a square keeps the
     detail of both axes for landscape and portrait images alike (40 of BUSI's 780 are portrait). 3D: the median voxel size coarsened step by step (1x to 4x; for
     anisotropic data only the fine axes first, until they reach the coarse one, as nnU-Net does),
-    with the ROI covering the median volume at that voxel size (capped at ``max_side`` / 4 per axis).
+    with the ROI covering the median volume at that voxel size (capped at ``max_roi`` per axis).
     """
     _, summary = main_input(fingerprint)
     shape = [float(v) for v in summary["median_shape"]]
@@ -297,7 +298,7 @@ def size_ladder(
             target = [s * multiple for s in spacing]
         target = [round(t, 3) for t in target]
         roi = tuple(
-            min(max_side // 4, max(MIN_SIDE, math.ceil(e / t / SIZE_DIVISOR) * SIZE_DIVISOR))
+            min(max_roi, max(MIN_SIDE, math.ceil(e / t / SIZE_DIVISOR) * SIZE_DIVISOR))
             for e, t in zip(extent, target, strict=True)
         )
         key = (tuple(target), roi)

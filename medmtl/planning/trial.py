@@ -6,7 +6,7 @@ than its encoder on this project's CPUs). So the plan builds exactly what the bu
 (its config layers with the plan's overrides: network, loss, optimizer, ``train::prepare_batch``
 with its batch augmentation, ``train::preprocessing`` on real training cases) and runs real
 forward/backward/optimizer steps. Peak memory: on CUDA PyTorch's peak reserved bytes; on the CPU
-the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``).
+the peak resident memory (``VmHWM``) of a fresh process that runs only the trial.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
 logger = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @dataclass(frozen=True)
@@ -65,22 +64,14 @@ class TrialResult:
 
 def peak_memory_supported(device: torch.device) -> bool:
     """Whether peak memory can be measured here (CUDA, or Linux's per-process high-water mark)."""
-    if device.type == "cuda":
-        return True
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return _STATUS.is_file()
+    return device.type == "cuda" or (_STATUS.is_file() and "VmHWM:" in _STATUS.read_text())
 
 
 def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
+    """CUDA only: a CPU trial runs in a fresh process, whose high-water mark is the trial's."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak(device: torch.device) -> int:

@@ -30,10 +30,22 @@ from PIL import Image
 from scenario_data import BRAIN_AFFINE, BRAIN_SCENARIO_SHAPE, write_brain_scenario
 
 from medmtl.bundle_layers import config_layers, export_bundle, merged_config
+from medmtl.data.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
 TINY_UNET = {"backbone_presets#unet#features": [4, 4, 8, 8, 16, 4]}
+
+
+def _splits_ignoring_duplicates(spec: str, **changes: object) -> str:
+    """``spec_overrides`` keeping the spec's own splits (with ``changes``) but not grouping duplicate images.
+
+    The tiny layouts draw one template again and again: the duplicate search rightly groups them,
+    which would leave a split of a ten-case dataset empty.
+    """
+    splits = {**load_spec(REPO / "data_specs" / spec).splits.model_dump(), **changes, "duplicates": "ignore"}
+    return repr({"splits": splits})
+
 
 # name: (data writer -> dataset root, overrides for a tiny fast run)
 SCENARIOS: dict[str, tuple[Callable[[Path], Path], dict[str, object]]] = {
@@ -42,14 +54,8 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Path], dict[str, object]]] = {
     "ultrasound_mtl": (layouts.write_busi, {"spatial_size": [32, 32], **TINY_UNET}),
     "chest_xray_mtl": (  # the layout draws one template ten times: split as if they were ten patients
         lambda base: layouts.write_jsrt(base, size=2048),
-        {
-            "spatial_size": [32, 32],
-            **TINY_UNET,
-            "spec_overrides": "{'splits': {'method': 'fractions', 'fractions': {'train': 0.7, 'val': 0.15, "
-            "'test': 0.15}, 'seed': 0, 'stratify': 'nodule', 'duplicates': 'ignore'}}",
-        },
+        {"spatial_size": [32, 32], **TINY_UNET, "spec_overrides": _splits_ignoring_duplicates("jsrt.yaml")},
     ),
-    "radiograph_mtl": (layouts.write_mura, {"spatial_size": [32, 32]}),
 }
 BUNDLES = sorted(SCENARIOS)
 # Each bundle trains with options users pick instead of the defaults (the demo tests cover unet +
@@ -289,14 +295,10 @@ def test_weak_label_pretraining_then_fine_tuning_from_its_checkpoint(tmp_path) -
     assert record["training"]["pretrained_ckpt"] == str(pretrained)
 
 
-# the tiny JSRT and BUSI layouts leave one validation case: too few for two processes; their images are
-# one template drawn again (near-duplicates to the duplicate search), so grouping them would empty a split
+# the tiny JSRT and BUSI layouts leave one validation case: too few for two processes
 DDP_SPLITS = {
-    name: {
-        "spec_overrides": "{'splits': {'method': 'fractions', 'fractions': {'train': 0.6, 'val': 0.4}, 'seed': 0, "
-        "'duplicates': 'ignore'}}"
-    }
-    for name in ("chest_xray_mtl", "ultrasound_mtl")
+    name: {"spec_overrides": _splits_ignoring_duplicates(spec, fractions={"train": 0.6, "val": 0.4}, stratify=None)}
+    for name, spec in (("chest_xray_mtl", "jsrt.yaml"), ("ultrasound_mtl", "breast_ultrasound.yaml"))
 }
 
 

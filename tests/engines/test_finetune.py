@@ -27,13 +27,7 @@ FINETUNE_TASKS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: the intra-op thread pool costs more than it saves (and the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(tasks, seed: int) -> MultiTaskNet:

@@ -43,13 +43,7 @@ MULTILABEL = Task(name="findings", kind="multilabel", classes=["a", "b"])
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: the intra-op thread pool costs more than it saves (and the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _next_up(x: torch.Tensor) -> torch.Tensor:

@@ -34,13 +34,7 @@ RESNET = {"block": "basic", "layers": (1, 1, 1, 1), "block_inplanes": (8, 16, 16
 DENSENET = {"init_features": 8, "growth_rate": 4, "block_config": (2, 2)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: the intra-op thread pool costs more than it saves (and the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
