@@ -37,14 +37,14 @@ SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
 TINY_UNET = {"backbone_presets#unet#features": [4, 4, 8, 8, 16, 4]}
 
 
-def _splits_ignoring_duplicates(spec: str, **changes: object) -> str:
+def _splits_ignoring_duplicates(spec: str, **changes: object) -> dict[str, object]:
     """``spec_overrides`` keeping the spec's own splits (with ``changes``) but not grouping duplicate images.
 
     The tiny layouts draw one template again and again: the duplicate search rightly groups them,
     which would leave a split of a ten-case dataset empty.
     """
     splits = {**load_spec(REPO / "data_specs" / spec).splits.model_dump(), **changes, "duplicates": "ignore"}
-    return repr({"splits": splits})
+    return {"splits": splits}
 
 
 # name: (data writer -> dataset root, overrides for a tiny fast run)
