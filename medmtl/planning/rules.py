@@ -312,9 +312,10 @@ def preferred_batch_size(num_train: int, dims: int) -> int:
     """Samples per step before memory has its say: 2 in 3D (nnU-Net); in 2D about 40 steps per epoch, 2..32.
 
     Why not the largest that fits: at a fixed number of epochs, larger batches mean fewer optimizer
-    steps; the BUSI recipe (627 training images) used 16.
+    steps; the BUSI recipe (627 training images) used 16. Never more than the training cases: a
+    batch of 2 from one case is a step of 1, and timing 2 would halve the epochs the budget allows.
     """
     if dims == 3:
-        return 2
+        return max(1, min(2, num_train))
     target = max(2, min(32, num_train // 40))
-    return 2 ** int(round(math.log2(target)))
+    return min(2 ** int(round(math.log2(target))), max(1, num_train))

@@ -4,8 +4,10 @@ Why measured: activation memory and step time depend on the network, the input s
 and the allocator in ways no formula follows (MONAI's UNet decoder runs about 2x slower per FLOP
 than its encoder on this project's CPUs). So the plan builds exactly what the bundle would build
 (its config layers with the plan's overrides: network, loss, optimizer, ``train::prepare_batch``
-with its batch augmentation, ``train::preprocessing`` on real training cases) and runs real
-forward/backward/optimizer steps. Peak memory: on CUDA PyTorch's peak reserved bytes; on the CPU
+with its batch augmentation, ``train::preprocessing`` on real training cases in the training
+dataset class) and times real steps: items fetched from the cache (the random transforms each
+item gets per step, on the CPU as the bundles' loaders run them), collated, forward, backward,
+optimizer; plus the checkpoint each epoch ends with. Peak memory: on CUDA PyTorch's peak reserved bytes; on the CPU
 the peak resident memory (``VmHWM``) of a fresh process that runs only the trial.
 """
 
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from monai.bundle import ConfigParser
 from monai.data import list_data_collate
 
 from medmtl.bundle_layers import merged_config
+from medmtl.data.datasets import TrainingCacheDataset
 from medmtl.planning.plan_cache import PlanCache
 
 __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
@@ -39,6 +43,7 @@ __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
 logger = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
+_MIN_TIMED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,11 @@ class TrialResult:
         spatial_size: the input size of the trial.
         batch_size: samples per step.
         peak_bytes: peak memory during the steps (see the module docstring for what is counted).
-        step_seconds: wall time of the fastest training step (forward, loss, backward, optimizer).
+        step_seconds: median wall time of a training step (item fetch, collate, forward, loss, backward,
+            optimizer): the items' random transforms vary per step, so a run costs the typical step.
         forward_seconds: wall time of one no-grad forward pass of the same batch.
+        checkpoint_seconds: wall time of saving the network and optimizer state (``last.pt`` after
+            every epoch: it matters when an epoch is a few steps).
         fits: ``peak_bytes`` is within the budget (and no out-of-memory error was raised).
     """
 
@@ -60,6 +68,7 @@ class TrialResult:
     step_seconds: float
     forward_seconds: float
     fits: bool
+    checkpoint_seconds: float = 0.0
 
 
 def peak_memory_supported(device: torch.device) -> bool:
@@ -121,8 +130,8 @@ class BundleTrial:
         """Median seconds to read and preprocess one case (the dataset cache's cost per case)."""
         self.in_process = False
         """Run CPU trials in this process (the worker itself; tests of the step code)."""
-        self.steps = 3
-        """Timed steps per batch size (after one warm-up)."""
+        self.steps = 5
+        """Timed steps per batch size at least (after two warm-ups; more until one second is measured)."""
         self.cache: PlanCache | None = None
         """Where earlier results on the same data are kept (``medmtl plan`` sets it)."""
 
@@ -144,18 +153,17 @@ class BundleTrial:
         )
         return parser
 
-    def _samples(self, parser: ConfigParser) -> list[dict]:
+    def _dataset(self, parser: ConfigParser) -> TrainingCacheDataset:
+        """The sample cases in the bundles' training dataset: deterministic part cached, random per item."""
         cases = parser.get_parsed_content("train_cases")[0]
         if not cases:
             raise ValueError("the training split has no labelled case: nothing to run trial steps on")
         transform = parser.get_parsed_content("train::preprocessing")
-        samples, seconds = [], []
-        for case in cases[: self.sample_cases]:
-            start = time.perf_counter()
-            samples.append(transform(dict(case)))
-            seconds.append(time.perf_counter() - start)
-        self.preprocess_seconds = sorted(seconds)[len(seconds) // 2]
-        return samples
+        sample = [dict(case) for case in cases[: self.sample_cases]]
+        start = time.perf_counter()
+        dataset = TrainingCacheDataset(sample, transform, cache_rate=1.0, num_workers=0, progress=False)
+        self.preprocess_seconds = (time.perf_counter() - start) / len(sample)
+        return dataset
 
     def run(
         self, overrides: Mapping[str, Any], batch_size: int, memory_budget: int, steps: int | None = None
@@ -226,17 +234,18 @@ class BundleTrial:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     def measure(
-        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int = 3
+        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int = 5
     ) -> list[TrialResult]:
         """Run the steps in this process (what the worker and CUDA trials call).
 
-        Each batch size gets one warm-up step and ``steps`` timed steps. Larger batch sizes are
+        Each batch size gets two warm-up steps and at least ``steps`` timed steps (more, up to
+        ``4 * steps``, until one second is measured: short steps on the CPU vary by +-30 %). Larger batch sizes are
         skipped once a measured peak exceeds the budget, or when the growth between the last two
         would take the next one past it (so the CPU trial never reaches the machine's limit).
         An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
         """
         parser = self.parser(overrides)
-        samples = self._samples(parser)
+        dataset = self._dataset(parser)
         network = parser.get_parsed_content("network")
         loss_function = parser.get_parsed_content("loss_function")
         optimizer = parser.get_parsed_content("optimizer")
@@ -248,9 +257,9 @@ class BundleTrial:
         for batch_size in sorted(batch_sizes):
             if len(results) >= 1 and not _may_fit(results, batch_size, memory_budget):
                 break
-            batch = list_data_collate([samples[i % len(samples)] for i in range(batch_size)])
 
-            def step(batch: dict = batch) -> None:
+            def step(batch_size: int = batch_size) -> dict:
+                batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
                 network.train()
                 optimizer.zero_grad(set_to_none=True)
                 inputs, targets = prepare(batch, self.device)
@@ -258,13 +267,15 @@ class BundleTrial:
                     loss = loss_function(network(inputs), targets)
                 loss.mean().backward()
                 optimizer.step()
+                return batch
 
             try:
                 if self.device.type == "cuda":
                     _reset_peak(self.device)
                 step()  # warm-up: allocator pools, optimizer state, cuDNN choices
-                times = []
-                for _ in range(steps):
+                batch = step()
+                times: list[float] = []
+                while len(times) < steps or (sum(times) < _MIN_TIMED_SECONDS and len(times) < 4 * steps):
                     _sync(self.device)
                     start = time.perf_counter()
                     step()
@@ -277,6 +288,7 @@ class BundleTrial:
                     network(prepare(batch, self.device)[0])
                 _sync(self.device)
                 forward_seconds = time.perf_counter() - start
+                checkpoint_seconds = _checkpoint_seconds_of(network, optimizer, self._workdir.name)
             except torch.OutOfMemoryError:
                 logger.info("trial at %s, batch %d: out of memory on %s", size, batch_size, self.device)
                 results.append(TrialResult(size, batch_size, memory_budget + 1, math.inf, math.inf, fits=False))
@@ -284,12 +296,25 @@ class BundleTrial:
             finally:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-            # the fastest step: other load on the machine only ever adds time (timeit's rule)
-            result = TrialResult(size, batch_size, peak, min(times), forward_seconds, fits=peak <= memory_budget)
+            result = TrialResult(
+                size,
+                batch_size,
+                peak,
+                statistics.median(times),
+                forward_seconds,
+                peak <= memory_budget,
+                checkpoint_seconds,
+            )
             results.append(result)
             if not result.fits:
                 break
         return results
+
+
+def _checkpoint_seconds_of(network: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: str) -> float:
+    start = time.perf_counter()
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict()}, Path(folder) / "last.pt")
+    return time.perf_counter() - start
 
 
 def _covers(results: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int], memory_budget: int) -> bool:
