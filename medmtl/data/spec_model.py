@@ -229,6 +229,10 @@ class SplitSpec(BaseModel):
     keeps each group of duplicate images (:mod:`medmtl.data.duplicates`) in one split when
     ``fractions`` or ``kfold`` splits are computed afresh (a recorded ``splits.json`` still wins);
     ``ignore`` splits without looking at the images.
+
+    ``cv_folds`` cross-validates inside the development cases (``train`` and ``val`` of the rule
+    above; ``test`` is never touched): each patient unit is hashed again into ``cv_folds`` folds,
+    fold ``cv_fold`` becomes ``val`` and the others ``train`` (what ``medmtl cv`` sets per fold).
     """
 
     model_config = _STRICT
@@ -244,9 +248,20 @@ class SplitSpec(BaseModel):
     seed: int = 0
     stratify: str | None = None
     duplicates: Literal["together", "ignore"] = "together"
+    cv_folds: int | None = Field(default=None, ge=2)
+    cv_fold: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SplitSpec:
+        if self.cv_folds is not None and self.method == "kfold":
+            raise ValueError(
+                "cv_folds folds the development cases of a train/test split; method 'kfold' already folds every "
+                "case (use one or the other)"
+            )
+        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
+            raise ValueError(
+                f"cv_fold {self.cv_fold} does not exist with {self.cv_folds} folds (use 0..{self.cv_folds - 1})"
+            )
         if self.method == "fractions":
             total = sum(self.fractions.values())
             if abs(total - 1.0) > 1e-6 or any(v < 0 for v in self.fractions.values()):

@@ -81,7 +81,7 @@ _FIELD_ALIASES = {
 }
 
 
-def unit_position(unit: str, seed: int) -> float:
+def unit_position(unit: str, seed: int | str) -> float:
     """``u`` in [0, 1) of a unit (patient or case id): the first 64 bits of ``sha256(f"{seed}:{unit}")``."""
     digest = hashlib.sha256(f"{seed}:{unit}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -126,6 +126,8 @@ def assign_splits(
         case["_unit"] = unit
     try:
         _apply_rule(labelled, spec, problems, fill=not frozen)
+        if spec.splits.cv_folds is not None:
+            _split_cv_fold(labelled, spec, fill=not frozen)
     finally:
         for case in labelled:
             case.pop("_unit", None)
@@ -213,10 +215,17 @@ def _merged_units(cases: list[dict], duplicate_groups: Mapping[str, int]) -> lis
     return merged
 
 
-def _bins(cases: list[dict], spec: DatasetSpecModel, bounds: Sequence[tuple[object, float, float]], fill: bool) -> None:
+def _bins(
+    cases: list[dict],
+    spec: DatasetSpecModel,
+    bounds: Sequence[tuple[object, float, float]],
+    fill: bool,
+    seed: int | str | None = None,
+) -> None:
     """Set ``case["_bin"]`` to the bin whose ``[low, high)`` holds the unit's ``u``; fill empty bins if asked."""
     units = _units(cases)
-    position = {key: unit_position(key, spec.splits.seed) for key in units}
+    seed = spec.splits.seed if seed is None else seed
+    position = {key: unit_position(key, seed) for key in units}
     chosen: dict[str, object] = {}
     for key, u in position.items():
         chosen[key] = next((name for name, _, high in bounds if u < high), bounds[-1][0])
@@ -275,6 +284,22 @@ def _split_kfold(cases: list[dict], spec: DatasetSpecModel, fill: bool) -> None:
     for case in cases:
         case["fold"] = case.pop("_bin")
         case["split"] = "val" if case["fold"] == settings.fold else "train"
+
+
+def _split_cv_fold(cases: list[dict], spec: DatasetSpecModel, fill: bool) -> None:
+    """Fold the development cases (``train`` + ``val``); fold ``cv_fold`` is ``val``. ``test`` stays as it is.
+
+    The fold hash uses its own seed (``"<seed>:cv"``), independent of the train/test position, so the
+    folds of a fractions split are as even as those of any other rule.
+    """
+    settings = spec.splits
+    development = [case for case in cases if case["split"] in ("train", "val")]
+    folds = settings.cv_folds or 0
+    bounds = [(fold, fold / folds, (fold + 1) / folds) for fold in range(folds)]
+    _bins(development, spec, bounds, fill, seed=f"{settings.seed}:cv")
+    for case in development:
+        case["fold"] = case.pop("_bin")
+        case["split"] = "val" if case["fold"] == settings.cv_fold else "train"
 
 
 def _split_by_field(cases: list[dict], spec: DatasetSpecModel, problems: list[Problem], fill: bool) -> None:

@@ -140,6 +140,40 @@ def test_kfold_folds_are_balanced_within_binomial_noise_and_disjoint(tmp_path):
     assert len(val_of) == 500 and all(len(folds) == 1 for folds in val_of.values())
 
 
+def test_cv_folds_split_the_development_cases_and_never_touch_test(tmp_path):
+    """``cv_folds``: every development case is validation in exactly one fold, patients stay whole, test is fixed."""
+    rows = _rows(0, 600, per_patient=2)
+    root = _write(tmp_path / "data", rows)
+    base = {"method": "fractions", "fractions": {"train": 0.7, "val": 0.1, "test": 0.2}}
+    plain = _assignment(_spec(tmp_path, root, **base).build_cases())
+    test = {case for case, split in plain.items() if split == "test"}
+    development = set(plain) - test
+    val_of: dict[str, list[int]] = defaultdict(list)
+    for fold in range(4):
+        table = _spec(tmp_path, root, **base, cv_folds=4, cv_fold=fold).build_cases()
+        assignment = _assignment(table)
+        assert {case for case, split in assignment.items() if split == "test"} == test
+        assert {split for case, split in assignment.items() if case in development} == {"train", "val"}
+        val = [c for c in table.cases if c["split"] == "val"]
+        assert all(c["fold"] == fold for c in val)
+        assert abs(len(val) - len(development) / 4) <= 3.5 * math.sqrt(len(development) * 0.25 * 0.75)
+        patients: dict[str, set[str]] = defaultdict(set)
+        for c in table.cases:
+            patients[c["group"]].add(c["split"])
+        assert all(len(splits) == 1 for splits in patients.values())
+        for c in val:
+            val_of[c["case_id"]].append(fold)
+    assert set(val_of) == development and all(len(folds) == 1 for folds in val_of.values())
+
+
+def test_cv_folds_are_refused_with_kfold_and_out_of_range(tmp_path):
+    root = _write(tmp_path / "data", _rows(0, 20))
+    with pytest.raises(ValueError, match="method 'kfold' already folds"):
+        _spec(tmp_path, root, method="kfold", cv_folds=3)
+    with pytest.raises(ValueError, match="cv_fold 3 does not exist with 3 folds"):
+        _spec(tmp_path, root, method="fractions", cv_folds=3, cv_fold=3)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_tiny_dataset_still_gets_every_split(tmp_path, seed):
     """3 to 5 patients: the deterministic fallback fills a split the hash left empty, never emptying another."""
