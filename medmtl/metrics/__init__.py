@@ -9,7 +9,16 @@ skips cases that lack the task's label. :class:`MultiTaskMetricHandler` puts
 
 from __future__ import annotations
 
+from medmtl.metrics.calibration import (
+    CALIBRATION_FILE,
+    CalibrationRecord,
+    apply_temperature,
+    fit_temperatures,
+    read_calibration,
+    write_calibration,
+)
 from medmtl.metrics.cumulative import TaskMetric, as_samples, collect_results, update_from_samples
+from medmtl.metrics.decisions import DECISIONS_FILE, Decisions, apply_decisions, choose_decisions
 from medmtl.metrics.functional import (
     LABEL_METRICS,
     MULTICLASS_METRICS,
@@ -31,6 +40,7 @@ from medmtl.metrics.report import (
 )
 from medmtl.metrics.report_handler import EvaluationReportHandler
 from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, TaskResult, mean_primary
+from medmtl.metrics.uncertainty import predictive_entropy, risk_coverage
 
 __all__ = [
     "EvaluationReportHandler",
@@ -58,4 +68,16 @@ __all__ = [
     "REPORT_FILE",
     "PREDICTIONS_FILE",
     "OVERLAYS_FILE",
+    "CALIBRATION_FILE",
+    "CalibrationRecord",
+    "fit_temperatures",
+    "apply_temperature",
+    "read_calibration",
+    "write_calibration",
+    "Decisions",
+    "DECISIONS_FILE",
+    "choose_decisions",
+    "apply_decisions",
+    "predictive_entropy",
+    "risk_coverage",
 ]

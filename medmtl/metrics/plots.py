@@ -14,10 +14,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from medmtl.metrics.calibration import ReliabilityBins
 from medmtl.metrics.functional import safe_key
 from medmtl.metrics.results import TaskResult
+from medmtl.metrics.uncertainty import RiskCoverage
 
-__all__ = ["plot_roc", "plot_confusion", "plot_dice_box", "plot_overlay", "plot_history", "middle_slice"]
+__all__ = [
+    "plot_roc",
+    "plot_confusion",
+    "plot_dice_box",
+    "plot_overlay",
+    "plot_history",
+    "plot_risk_coverage",
+    "plot_reliability",
+    "middle_slice",
+]
 
 _DPI = 96
 
@@ -139,4 +150,67 @@ def plot_history(history: Mapping[str, Sequence[float]], path: Path) -> Path:
         ax.set(title=name, xlabel="epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_risk_coverage(curve: RiskCoverage, title: str, path: Path) -> Path | None:
+    """Error rate of the most certain cases against coverage, with the random and best rankings; ``None`` without cases."""
+    if not len(curve.risk):
+        return None
+    fig = Figure(figsize=(4.5, 3.8))
+    ax = fig.add_subplot()
+    ax.plot(curve.coverage, curve.risk, label=f"predictive entropy (AURC {curve.aurc:.3f})")
+    ax.axhline(
+        curve.random_aurc, linestyle="--", color="grey", linewidth=0.8, label=f"random (AURC {curve.random_aurc:.3f})"
+    )
+    ax.set(xlabel="coverage (most certain cases kept)", ylabel="error rate", title=f"{title}: risk-coverage")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="center left", fontsize=8)  # the curve rises along the diagonal; the random line is on top
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    curves: Mapping[str, ReliabilityBins],
+    path: Path,
+    title: str,
+    recalibrated: Mapping[str, ReliabilityBins] | None = None,
+    xlabel: str = "mean predicted probability",
+    ylabel: str = "observed frequency",
+) -> Path | None:
+    """Reliability diagram: observed frequency against mean confidence per bin (non-empty bins), with
+    the cases per bin below; ``recalibrated`` curves (same names) dashed. ``None`` when no bin has a case.
+    """
+    if not any(b.count.sum() for b in curves.values()):
+        return None
+    fig = Figure(figsize=(4.5, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    for i, (name, bins) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        filled = bins.count > 0
+        ece, _ = bins.errors()
+        top.plot(
+            bins.confidence[filled], bins.frequency[filled], marker="o", color=color, label=f"{name} (ECE {ece:.3f})"
+        )
+        bottom.stairs(bins.count, bins.edges, color=color)
+        after = (recalibrated or {}).get(name)
+        if after is not None and after.count.sum():
+            kept = after.count > 0
+            ece_after, _ = after.errors()
+            top.plot(
+                after.confidence[kept],
+                after.frequency[kept],
+                marker="s",
+                markersize=4,
+                linestyle=":",
+                color=color,
+                label=f"{name} recalibrated (ECE {ece_after:.3f})",
+            )
+            bottom.stairs(after.count, after.edges, color=color, linestyle=":")
+    top.set(ylabel=ylabel, title=title, xlim=(0, 1), ylim=(-0.02, 1.02))
+    top.legend(loc="upper left", fontsize=7)
+    bottom.set(xlabel=xlabel, ylabel="cases")
+    fig.subplots_adjust(hspace=0.08)
     return _save(fig, path)

@@ -3,12 +3,15 @@
 A run ends with files a person and a program can both read, from one place:
 
 - ``summary.json``: the tasks, labelled-case counts, every score (``mean``), a bootstrap
-  confidence interval of each task's primary metric (``ci``), confusion matrices and
-  ``metric_per_case``, as nnU-Net's ``summary.json`` (NaN written as ``null``);
+  confidence interval of each task's primary metric (``ci``), confusion matrices,
+  ``metric_per_case``, as nnU-Net's ``summary.json`` (NaN written as ``null``), and per image-level
+  task its ``calibration`` (ECE, MCE, Brier, reliability bins; before / after temperature scaling
+  when ``calibration.json`` gives temperatures);
 - ``predictions.npz``: the per-case arrays everything is computed from
   (:meth:`EvaluationResults.save`), plus ``overlays.npz`` with the overlay slices when given;
 - ``report.html`` with PNGs in ``figures/``: tables, ROC curves, confusion matrices, Dice box
-  plots, mask overlays and training curves.
+  plots, mask overlays, reliability diagrams, risk-coverage curves with the most uncertain cases,
+  and training curves.
 
 :func:`report_from_dir` rebuilds all of it from the first two files, so the CLI (``medmtl
 report RUN_DIR``) and a re-styled report never need the model again.
@@ -29,13 +32,23 @@ import numpy as np
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
 from medmtl.metrics import plots
+from medmtl.metrics.calibration import (
+    CALIBRATION_FILE,
+    CalibrationRecord,
+    calibration_summary,
+    read_calibration,
+    task_reliability,
+    write_calibration,
+)
 from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, ResultsFileError, _read_npz, mean_primary
+from medmtl.metrics.uncertainty import most_uncertain, predictive_entropy, uncertainty_summary
 
 __all__ = [
     "Overlay",
     "write_report",
     "report_from_dir",
     "build_summary",
+    "load_evaluation",
     "SUMMARY_FILE",
     "REPORT_FILE",
     "OVERLAYS_FILE",
@@ -105,7 +118,9 @@ def build_summary(
     Keys: ``tasks`` (their definitions), ``settings``, ``counts`` (labelled cases per task, and
     positives / per-class counts), ``mean`` (``{task: {metric: value}}``), ``ci`` (primary
     metric with bootstrap interval), ``mean_primary``, ``confusion_matrix``,
-    ``metric_per_case`` (``[{case_id, metrics: {task: {...}}}]``) and ``history`` when given.
+    ``metric_per_case`` (``[{case_id, metrics: {task: {...}}}]``; image-level tasks with the
+    case's ``entropy``), ``uncertainty`` (per image-level task: AURC of predictive entropy against
+    errors, random and best AURC, error rate at 50 / 80 / 100 % coverage) and ``history`` when given.
     """
     tasks = list(tasks) if tasks is not None else results.tasks
     means, cis, counts, matrices = {}, {}, {}, {}
@@ -150,6 +165,9 @@ def build_summary(
         "confusion_matrix": matrices,
         "metric_per_case": [{"case_id": c, "metrics": m} for c, m in per_case.items()],
     }
+    uncertainty = {t.name: uncertainty_summary(results[t.name])[0] for t in tasks if not t.is_dense}
+    if uncertainty:  # image-level tasks only (medmtl.metrics.uncertainty); a segmentation-only summary stays as it was
+        summary["uncertainty"] = uncertainty
     if history is not None:
         summary["history"] = {k: [float("nan") if v is None else float(v) for v in vals] for k, vals in history.items()}
     return summary
@@ -205,6 +223,7 @@ def write_report(
     seed: int = 0,
     primary: Mapping[str, str] | None = None,
     title: str = "medmtl evaluation",
+    calibration: CalibrationRecord | None = None,
 ) -> Path:
     """Write ``summary.json``, ``predictions.npz``, ``figures/*.png`` and ``report.html``.
 
@@ -221,6 +240,10 @@ def write_report(
         seed: bootstrap seed.
         primary: optional ``{task: metric}`` override of the primary metrics in ``mean_primary``.
         title: report title.
+        calibration: temperatures fitted on validation / out-of-fold predictions
+            (:func:`~medmtl.metrics.calibration.fit_temperatures`): the report shows calibration
+            before and after them and writes them to ``calibration.json``; default: that file in
+            ``out_dir`` when present.
 
     Returns:
         Path of ``report.html``.
@@ -228,6 +251,7 @@ def write_report(
     Raises:
         KeyError: when a task has no results.
         ValueError: for an overlay naming an unknown task or with mismatched shapes.
+        CalibrationFileError: when the temperatures are for other tasks.
 
     Example::
 
@@ -243,6 +267,10 @@ def write_report(
     overlay_items = [Overlay(*o) for o in (overlays or [])]
     summary = build_summary(results, tasks, n_resamples, confidence, seed, primary, history)
     summary["settings"]["title"] = title
+    record = _calibration_record(calibration, out, tasks)
+    calib = calibration_summary(results, tasks, record)
+    if calib:  # image-level tasks only; a segmentation-only summary stays as it was
+        summary["calibration"] = calib
 
     sections = []
     overview = []
@@ -306,7 +334,9 @@ def write_report(
             names = task.class_names
             if task.kind == TaskKind.BINARY:  # one 2 x 2 matrix, ticks named [negative, positive]
                 cm = cm[0]
-            cm_title = task.name if task.kind == TaskKind.MULTICLASS else f"{task.name} at {r.threshold:g}"
+            cm_title = (
+                task.name if task.kind == TaskKind.MULTICLASS else f"{task.name} at {_threshold_text(r.threshold)}"
+            )
             figs.append(
                 _img(
                     plots.plot_confusion(cm, names, cm_title, fig_dir / f"confusion_{task.name}.png"), out, "confusion"
@@ -319,6 +349,11 @@ def write_report(
     if grouped.get(None):
         imgs = "".join(_overlay_img(ov, i, "samples", None, fig_dir, out) for i, ov in enumerate(grouped[None]))
         sections.append(f'<section class="task"><h2>Sample overlays</h2><div>{imgs}</div></section>')
+    if calib:
+        sections.append(_calibration_section(results, tasks, calib, record, fig_dir, out))
+    for task in tasks:
+        if not task.is_dense:
+            sections.append(_uncertainty_section(results[task.name], summary["uncertainty"][task.name], fig_dir, out))
     if history:
         sections.append("<h2>Training curves</h2>")
         sections.append(_img(plots.plot_history(history, fig_dir / "history.png"), out, "training curves"))
@@ -327,6 +362,8 @@ def write_report(
         json.dump(_json_safe(summary), fh, indent=2)
     results.save(out / PREDICTIONS_FILE)
     _save_overlays(overlay_items, out / OVERLAYS_FILE)
+    if calibration is not None:  # the folder then rebuilds the same before/after report
+        write_calibration(calibration, out / CALIBRATION_FILE)
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
@@ -337,6 +374,125 @@ def write_report(
     path.write_text(page, encoding="utf-8")
     logger.info("evaluation report written to %s", path)
     return path
+
+
+def _calibration_record(given: CalibrationRecord | None, out: Path, tasks: Sequence[Task]) -> CalibrationRecord | None:
+    """The temperatures to report: ``given`` (checked against ``tasks``), else ``out/calibration.json`` if present."""
+    if given is not None:
+        given.check_tasks(tasks, "the calibration passed to write_report")
+        return given
+    path = out / CALIBRATION_FILE
+    return read_calibration(path, tasks) if path.is_file() else None
+
+
+def _calibration_section(
+    results: EvaluationResults,
+    tasks: Sequence[Task],
+    calib: Mapping[str, Any],
+    record: CalibrationRecord | None,
+    fig_dir: Path,
+    out: Path,
+) -> str:
+    """The "Calibration" section: ECE / MCE / Brier table (before / after temperature) and reliability diagrams."""
+    header = ["task", "label", "cases", "ECE", "MCE", "Brier"]
+    if record is not None:
+        header += ["T", "ECE after", "MCE after", "Brier after", "T fitted on"]
+    rows, figs = [], []
+    for task in tasks:
+        entry = calib.get(task.name)
+        if entry is None:
+            continue
+        after = entry.get("temperature")
+        parts = [(("mean of labels" if "labels" in entry else entry["confidence"]), entry, after)]
+        for label, scores in entry.get("labels", {}).items():
+            parts.append((label, scores, after["labels"][label] if after else None))
+        for label, scores, cal in parts:
+            row = [task.name, label, entry["num_cases"], scores["ece"], scores["mce"], scores["brier"]]
+            if record is not None:
+                row += [after["value"], cal["ece"], cal["mce"], cal["brier"], after["fitted_on"]]
+            rows.append(row)
+        temperature = record.tasks.get(task.name) if record else None
+        before, recal = task_reliability(results[task.name], entry["n_bins"], temperature)
+        multiclass = task.kind == TaskKind.MULTICLASS
+        path = plots.plot_reliability(
+            before,
+            fig_dir / f"reliability_{task.name}.png",
+            f"{task.name}: reliability" + (f" (T = {after['value']:.3g})" if after else ""),
+            recalibrated=recal,
+            xlabel="top-label confidence" if multiclass else "mean predicted probability",
+            ylabel="accuracy" if multiclass else "observed frequency",
+        )
+        figs.append(_img(path, out, f"{task.name} reliability diagram"))
+    n_bins = next(iter(calib.values()))["n_bins"]
+    intro = (
+        f"<p>Expected calibration error (ECE: the gap between observed frequency and mean predicted probability "
+        f"in {n_bins} equal-width bins, weighted by cases, empty bins skipped), maximum calibration error (MCE: "
+        "the largest bin gap) and Brier score. Multiclass tasks: top-label confidence against accuracy, and the "
+        "multi-class Brier score (sum over classes, 0–2). Lower is better for all three.</p>"
+    )
+    if record is not None:
+        intro += (
+            "<p>After: temperature scaling, <code>sigmoid(logit(p) / T)</code> or <code>softmax(log p / T)</code>, "
+            "with T fitted on the predictions named in the last column: validation or out-of-fold predictions; "
+            "fitted on these test cases, the after-numbers are optimistic.</p>"
+        )
+    table = _table(header, rows)
+    return f'<section class="task"><h2>Calibration</h2>{intro}{table}<div>{"".join(figs)}</div></section>'
+
+
+def _threshold_text(threshold: Any) -> str:
+    """``0.5`` as before; per-label thresholds (multilabel) as ``0.31/0.5/0.62``."""
+    values = np.atleast_1d(np.asarray(threshold, dtype=np.float64))
+    return "/".join(f"{v:g}" for v in values)
+
+
+def _case_cells(result: Any, i: int, preds: np.ndarray) -> list[str]:
+    """Label, prediction and probability of case ``i`` as table text."""
+    task = result.task
+    names = list(task.class_names)
+    p = result.probabilities[i]
+    if task.kind == TaskKind.BINARY:
+        return [str(int(result.labels[i, 0])), str(int(preds[i, 0])), f"{p[0]:.4f}"]
+    probs = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, p, strict=True))
+    if task.kind == TaskKind.MULTICLASS:
+        return [names[int(result.labels[i])], names[int(preds[i])], probs]
+    positive = [n for n, y in zip(names, result.labels[i], strict=True) if y == 1]
+    called = [n for n, y in zip(names, preds[i], strict=True) if y == 1]
+    return [", ".join(positive) or "none", ", ".join(called) or "none", probs]
+
+
+def _uncertainty_section(result: Any, entry: Mapping[str, Any], fig_dir: Path, out: Path, n_cases: int = 10) -> str:
+    """The "Uncertainty" section of one image-level task: risk-coverage plot and the most uncertain cases."""
+    task = result.task
+    _, curve = uncertainty_summary(result)
+    fig = _img(
+        plots.plot_risk_coverage(curve, task.name, fig_dir / f"risk_coverage_{task.name}.png"),
+        out,
+        f"{task.name} risk-coverage",
+    )
+    intro = (
+        "<p>Predictive entropy per case, normalised to 0–1 (binary / multilabel: Bernoulli entropy in bits, mean "
+        "over labels; multiclass: entropy / log K). Risk-coverage: cases kept from most to least certain, the "
+        "error rate of the kept cases at each coverage (errors at the decisions of this report); AURC is the area "
+        "under it, lower is better, against a random ranking (AURC = overall error rate) and the best ranking "
+        "(errors last). An AURC below the random one means that the error rate rises with the entropy.</p>"
+    )
+    coverage = entry["error_rate_at_coverage"]
+    summary_table = _table(
+        ["cases", "AURC", "random AURC", "best AURC", *(f"error rate at {c} coverage" for c in coverage)],
+        [[entry["num_cases"], entry["aurc"], entry["random_aurc"], entry["oracle_aurc"], *coverage.values()]],
+    )
+    entropy = predictive_entropy(result.probabilities, task.kind)
+    preds = result.predictions()
+    rows = [
+        [result.case_ids[i], *_case_cells(result, i, preds), float(entropy[i])]
+        for i in most_uncertain(entropy, n_cases)
+    ]
+    cases = _table(["case", "label", "prediction", "probability", "entropy"], rows)
+    return (
+        f'<section class="task"><h2>Uncertainty: {html.escape(task.name)}</h2>{intro}{summary_table}'
+        f"<div>{fig}</div><h3>The {len(rows)} most uncertain cases</h3>{cases}</section>"
+    )
 
 
 def _overlay_img(ov: Overlay, i: int, group: str, result: Any, fig_dir: Path, out: Path) -> str:
@@ -423,6 +579,23 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], list[Task]]:
     return summary, tasks
 
 
+def load_evaluation(eval_dir: str | Path) -> EvaluationResults:
+    """The per-case results of an evaluation folder: tasks from ``summary.json``, arrays from ``predictions.npz``.
+
+    For code that needs the numbers without rebuilding the report (``medmtl compare``).
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ResultsFileError: when either file is truncated, malformed or holds pickled objects.
+    """
+    run = Path(eval_dir)
+    summary_path = run / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found; expected a folder written by medmtl.metrics.write_report")
+    _, tasks = _read_summary(summary_path)
+    return EvaluationResults.load(run / PREDICTIONS_FILE, tasks)
+
+
 _MAX_RESAMPLES = 100_000
 """Most bootstrap resamples :func:`report_from_dir` takes from a ``summary.json`` (written: 1000 by default)."""
 
@@ -432,7 +605,7 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
 
     Tasks, bootstrap settings, primary overrides and training history come from
     ``summary.json``; the per-case arrays from ``predictions.npz``; overlays from
-    ``overlays.npz`` when present.
+    ``overlays.npz`` and temperatures from ``calibration.json`` when present.
 
     Args:
         run_dir: folder written by :func:`write_report`.
@@ -447,6 +620,7 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
         ValueError: when ``summary.json`` lacks the task definitions.
         ResultsFileError: when ``summary.json``, ``predictions.npz`` or ``overlays.npz`` is truncated,
             malformed or holds pickled objects (refused, never loaded).
+        CalibrationFileError: when ``calibration.json`` is malformed or for other tasks.
     """
     run = Path(run_dir)
     summary_path = run / SUMMARY_FILE
@@ -468,10 +642,14 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
             f"{_MAX_RESAMPLES} a report reads from a file (the rebuild would run for days); evaluate again"
         )
     results = EvaluationResults.load(run / PREDICTIONS_FILE, tasks)
+    out = Path(out_dir) if out_dir is not None else run
+    calibration_path = run / CALIBRATION_FILE
+    elsewhere = out.resolve() != run.resolve()  # in place, write_report reads the file itself
     return write_report(
         results,
-        out_dir if out_dir is not None else run,
+        out,
         tasks,
+        calibration=read_calibration(calibration_path, tasks) if elsewhere and calibration_path.is_file() else None,
         history=summary.get("history"),
         overlays=_load_overlays(run / OVERLAYS_FILE),
         n_resamples=n_resamples,

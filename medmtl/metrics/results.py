@@ -25,6 +25,7 @@ import numpy as np
 from medmtl.atomic_io import atomic_write_with
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
+from medmtl.metrics.uncertainty import predictive_entropy
 
 __all__ = ["TaskResult", "EvaluationResults", "ResultsFileError", "mean_primary", "PREDICTIONS_FILE"]
 
@@ -46,7 +47,9 @@ class TaskResult:
             indices for multiclass.
         case_metrics: segmentation only, ``{metric: (N, C - 1)}`` per-case, per-foreground-class
             scores (NaN where undefined); must hold ``dice``.
-        threshold: probability at or above which a binary / multilabel case is positive.
+        threshold: probability at or above which a binary / multilabel case is positive: one
+            float, or (multilabel) one per label, ``(K,)`` (e.g. chosen on validation by
+            :func:`medmtl.metrics.decisions.choose_decisions`).
 
     Raises:
         ValueError: when the arrays do not match the task or each other.
@@ -57,7 +60,7 @@ class TaskResult:
     probabilities: np.ndarray | None = None
     labels: np.ndarray | None = None
     case_metrics: dict[str, np.ndarray] = field(default_factory=dict)
-    threshold: float = 0.5
+    threshold: float | np.ndarray = 0.5
 
     def __post_init__(self) -> None:
         t = self.task
@@ -81,6 +84,7 @@ class TaskResult:
             self.case_metrics = cm
             return
         k = t.num_outputs
+        self.threshold = _as_threshold(self.threshold, t, k)
         if self.probabilities is None or self.labels is None:
             raise ValueError(f"{t.kind.value} task '{t.name}' needs probabilities and labels")
         self.probabilities = np.asarray(self.probabilities, dtype=np.float64).reshape(n, k)
@@ -206,6 +210,7 @@ class TaskResult:
             return records
         preds = self.predictions()
         names = list(t.class_names)
+        entropy = predictive_entropy(self.probabilities, t.kind)  # normalised to [0, 1] (medmtl.metrics.uncertainty)
         for i, case in enumerate(self.case_ids):
             if t.kind == TaskKind.MULTICLASS:
                 rec = {
@@ -225,8 +230,30 @@ class TaskResult:
                     "label": {n: int(v) for n, v in zip(names, self.labels[i], strict=True)},
                     "prediction": {n: int(v) for n, v in zip(names, preds[i], strict=True)},
                 }
+            rec["entropy"] = float(entropy[i])
             records[case] = rec
         return records
+
+
+def _as_threshold(value: float | np.ndarray | Sequence[float], task: Task, k: int) -> float | np.ndarray:
+    """A float, or ``(K,)`` floats for a multilabel task; ``ValueError`` for any other shape or a non-finite value."""
+    t = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"task '{task.name}': threshold must be finite, got {t.tolist()}")
+    if t.size == 1:
+        return float(t.reshape(()))
+    if task.kind == TaskKind.MULTILABEL and t.shape == (k,):
+        return t
+    raise ValueError(
+        f"task '{task.name}' ({task.kind.value}): threshold must be one number"
+        + (f" or {k} (one per label)" if task.kind == TaskKind.MULTILABEL else "")
+        + f", got shape {t.shape}"
+    )
+
+
+def _stored_threshold(array: np.ndarray) -> float | np.ndarray:
+    """The threshold as saved: a 0-d array (every file so far) or one value per label."""
+    return float(array.reshape(())) if array.size == 1 else array.astype(np.float64)
 
 
 def mean_primary(
@@ -387,7 +414,7 @@ class EvaluationResults:
                         case_metrics={
                             k[len(metric_prefix) :]: v for k, v in arrays.items() if k.startswith(metric_prefix)
                         },
-                        threshold=float(arrays[f"{prefix}threshold"]),
+                        threshold=_stored_threshold(arrays[f"{prefix}threshold"]),
                     )
                 )
             except (KeyError, ValueError, TypeError, IndexError) as err:

@@ -1,0 +1,30 @@
+"""Reading the JSON records medmtl writes (``cv.json``, ``decisions.json``, ``calibration.json``, ``summary.json``).
+
+Why one function: every record must fail the same way on a damaged or foreign file, with one message
+naming the file, what is wrong and the fix, and never execute anything from it (plain ``json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["read_json"]
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], fix: str) -> Any:
+    """The parsed content of ``path``; ``error`` naming the file and ``fix`` when it is not readable JSON.
+
+    A missing file raises ``FileNotFoundError`` (with ``fix``); the caller checks the structure.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from None
+    except OSError as err:
+        raise error(f"{path} cannot be read ({err.strerror or err}); {fix}") from None
