@@ -175,6 +175,27 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from medmtl.metrics.compare import compare_runs, default_out_dir, write_comparison
+
+    out = Path(args.out) if args.out else default_out_dir(args.run_a, args.run_b)
+    comparison = compare_runs(args.run_a, args.run_b, n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
+    json_path, csv_path = write_comparison(comparison, out, overwrite=args.overwrite)
+    print(comparison.format_table())
+    print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a significance level in (0, 1), e.g. 0.05, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -306,6 +327,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if os.name == "posix":  # MONAI's own process: its signals, exit status and command line (read by the start checks)
         os.execv(cmd[0], cmd)
     return subprocess.call(cmd)
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from medmtl.experiments.cross_validation import run_cv
+    from medmtl.experiments.cv_report import write_cv_report
+
+    overrides = list(args.overrides)
+    plan = _pop_option(overrides, "--plan", args.plan)
+    result = run_cv(args.bundle, args.folds, args.output_dir, overrides, plan=plan, test=not args.no_test)
+    report = write_cv_report(result.output_dir, result.fold_eval_dirs, result.fold_test_dirs, result.ensemble_dir)
+    for name, entry in report.summary["pooled"].items():
+        print(
+            f"{name} {entry['metric']} (pooled out-of-fold, {entry['cases']} cases): {entry['value']:.4f} "
+            f"[{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+        )
+    test = report.summary.get("test")
+    if test and test["ensemble"]:
+        for name, entry in test["ensemble"].items():
+            print(
+                f"{name} {entry['metric']} on the test split: fold ensemble {entry['value']:.4f}, mean single fold "
+                f"{test['mean_single_fold'][name]:.4f}"
+            )
+    print(f"wrote {report.report_dir / 'cv.html'} and {report.report_dir / 'report.html'}")
+    return 0
 
 
 def _cmd_export_bundle(args: argparse.Namespace) -> int:
@@ -466,6 +511,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
+        "cv",
+        help="K-fold cross-validation of a bundle inside the training split: per-fold and pooled out-of-fold metrics",
+        description="Train the K folds of the development cases (train + val of the spec's split; the test split is "
+        "never touched) one after another into OUTPUT_DIR/fold_<k>, evaluate each on its held-out fold (final "
+        "weights), then pool the out-of-fold predictions: OUTPUT_DIR/cv_report (cv.html, report.html, "
+        "cv_summary.json with bootstrap CIs), decisions.json (thresholds) and calibration.json (temperatures) "
+        "chosen on them. Run it again to resume; other settings are refused. With --tracking mlflow the folds' "
+        "runs are nested under one parent run.",
+        epilog="examples:\n  medmtl cv --bundle ultrasound_mtl --folds 5 --output_dir runs/busi_cv --plan plan.yaml\n"
+        "  medmtl cv --bundle demo --folds 3 --output_dir runs/demo_cv --epochs 2 --tracking mlflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bundle", required=True, help="bundle name (demo, ultrasound_mtl, ...) or bundle folder")
+    p.add_argument("--folds", type=_int_at_least(2), default=5, help="number of folds (default 5)")
+    p.add_argument("--output_dir", required=True, help="folder of the cross-validation (fold_<k> inside)")
+    p.add_argument("--plan", default=None, help="plan.yaml from `medmtl plan` that every fold trains with")
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="skip the test-split evaluation of each fold and of the fold ensemble (a spec without a test split)",
+    )
+    # every other --key value is a bundle override for every fold (collected by main)
+    p.set_defaults(func=_cmd_cv, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
         "plan",
         help="fingerprint a dataset and write plan.yaml: every training setting, batch fitted to memory, epochs to time",
         description="Validate the dataset, read every case once (fingerprint.json, cached by file content), choose "
@@ -506,12 +576,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")
     p.add_argument("run_dir", help="the bundle's output_dir (e.g. runs/demo)")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two evaluated runs case by case: B - A per task with paired bootstrap CIs and tests",
+        description="Compare run B with run A on the same labelled test cases: per task the primary metric of "
+        "each, B - A with a paired bootstrap CI, and DeLong's test (AUROC), Wilcoxon signed-rank (per-case Dice) "
+        "or McNemar + paired bootstrap (multiclass). Prints the table, writes compare.json and compare.csv. Runs "
+        "evaluated on different test cases are refused, naming the cases.",
+        epilog="example:\n  medmtl compare runs/busi/seed0 runs/busi/seed1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_a", help="run A (the reference): a run folder holding eval/, or an evaluation folder")
+    p.add_argument("run_b", help="run B: differences are B - A")
+    p.add_argument("-o", "--out", default=None, metavar="OUT_DIR", help="output folder (default: ./compare_<A>_vs_<B>)")
+    p.add_argument("--n-resamples", type=_int_at_least(1), default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level; CIs cover 1 - alpha (default: 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a compare.json already in the output folder")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -21,6 +21,7 @@ from medmtl.networks.backbones import (
     SegResNetBackbone,
 )
 from medmtl.networks.cross_stitch import CrossStitchNet, CrossStitchUnit
+from medmtl.networks.ensemble import FoldEnsemble, ensemble_state_dict
 from medmtl.networks.factory import SHARING, build_multitask_network
 from medmtl.networks.heads import ClassificationHead, SegmentationHead, build_head
 from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
@@ -65,6 +66,8 @@ __all__ = [
     "CrossStitchNet",
     "MultiPlaneNet",
     "ExpertRouter",
+    "FoldEnsemble",
+    "ensemble_state_dict",
     "MemoryBudgetError",
     "estimate_activation_bytes",
     "register_backbone",

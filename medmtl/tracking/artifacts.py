@@ -30,6 +30,8 @@ class RunArtifactsHandler:
         artifacts: files or folders logged when the engine completes (missing ones are skipped); a
             glob pattern logs every match (e.g. MONAI's ``config_*.json`` of the executed config).
         artifact_path: folder inside the run's artifacts.
+        tags: run tags, e.g. ``{"mlflow.parentRunId": ID}`` (``medmtl cv`` nests its folds' runs
+            under one parent run this way: MONAI's handler takes no tags).
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class RunArtifactsHandler:
         params: Mapping[str, Any] | None = None,
         artifacts: Sequence[str | os.PathLike] | str | None = None,
         artifact_path: str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.params = dict(params or {})
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.artifacts = [artifacts] if isinstance(artifacts, str | os.PathLike) else list(artifacts or [])
         self.artifact_path = artifact_path
         self.mlflow_handlers: list[Any] = []
@@ -62,7 +66,11 @@ class RunArtifactsHandler:
 
     def log_params(self, engine: Engine) -> None:
         handler = self.mlflow_handler
-        if handler is None or not self.params:
+        if handler is None:
+            return
+        for key, value in self.tags.items():
+            handler.client.set_tag(handler.cur_run.info.run_id, key, value)
+        if not self.params:
             return
         flat = {k: _param_text(v) for k, v in _flatten(self.params).items()}
         existing = handler.client.get_run(handler.cur_run.info.run_id).data.params

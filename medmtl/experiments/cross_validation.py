@@ -1,0 +1,369 @@
+"""``medmtl cv``: K-fold cross-validation of a bundle inside the training split, one fold after another.
+
+Why: a single split of a few hundred images moves the figures by several points between seeds;
+the folds give every development case an out-of-fold prediction (nnU-Net's ``validation`` of each
+fold), from which the CV metrics, the decision thresholds and the temperatures are chosen without
+touching the test split. Each fold is an ordinary bundle run in ``RUN/fold_<k>`` (its own
+``run_config.json``, ``splits.json``, checkpoints, resume) with ``splits.cv_folds`` / ``cv_fold``
+set (:mod:`medmtl.data.splits`); its out-of-fold evaluation goes to ``RUN/fold_<k>/oof``.
+
+``RUN/cv.json`` records what the folds were trained with; running ``medmtl cv`` again on the same
+folder resumes (finished folds are skipped, an interrupted one resumes from its ``last.pt``) and
+refuses other settings, naming the difference. With ``--tracking mlflow`` the folds' training and
+evaluation runs are nested under one parent run (tag ``mlflow.parentRunId``).
+
+Out-of-fold predictions and every fold score the final weights (``last.pt``, as nnU-Net): a fold's
+``best.pt`` is chosen on its own validation fold, which would make its out-of-fold figures optimistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from medmtl.atomic_io import atomic_write, atomic_write_with
+from medmtl.bundle_layers import bundle_dir, merged_config
+from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
+from medmtl.json_file import read_json
+from medmtl.networks.ensemble import ensemble_state_dict
+
+__all__ = ["CV_FILE", "CVError", "CVResult", "cv_spec_overrides", "run_cv", "fold_dir", "write_ensemble_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+CV_FILE = "cv.json"
+CV_VERSION = 1
+OOF_DIR = "oof"
+"""Folder of a fold's out-of-fold evaluation (inside ``fold_<k>``)."""
+TEST_DIR = "test"
+"""Folder of a fold's evaluation on the test split (inside ``fold_<k>``)."""
+ENSEMBLE_DIR = "ensemble_test"
+"""Folder of the fold ensemble's evaluation on the test split (inside the cross-validation's folder)."""
+ENSEMBLE_CHECKPOINT = "ensemble.pt"
+_RECORDED = ("bundle", "folds", "overrides", "plan_sha256", "spec_overrides")
+"""What a resumed ``medmtl cv`` must repeat exactly."""
+
+
+class CVError(ValueError):
+    """A cross-validation cannot start or resume: the message names the folder, the problem and the fix."""
+
+
+@dataclass
+class CVResult:
+    """What :func:`run_cv` did: the run folder, the folds' out-of-fold evaluation folders, the parent run."""
+
+    output_dir: Path
+    fold_eval_dirs: list[Path]
+    parent_run_id: str | None = None
+    skipped: list[int] = field(default_factory=list)
+    fold_test_dirs: list[Path] = field(default_factory=list)
+    ensemble_dir: Path | None = None
+
+
+def fold_dir(output_dir: str | os.PathLike, fold: int) -> Path:
+    """``RUN/fold_<k>``: the bundle run of one fold."""
+    return Path(output_dir) / f"fold_{fold}"
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    """The last value of ``--name VALUE`` / ``--name=VALUE`` in ``argv``, else ``None``."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == name and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(name + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _without(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` without ``--name VALUE`` / ``--name=VALUE`` of ``names``."""
+    out, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        if token in names and index + 1 < len(argv):
+            index += 2
+            continue
+        if not any(token.startswith(name + "=") for name in names):
+            out.append(token)
+        index += 1
+    return out
+
+
+def _literal(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CVError(f"{what} is not a YAML/Python literal ({err}): {text!r}") from None
+
+
+def _plan_values(plan: Path | None) -> dict[str, Any]:
+    if plan is None:
+        return {}
+    from medmtl.planning.plan_file import read_plan
+
+    return dict(read_plan(plan))
+
+
+def cv_spec_overrides(
+    bundle: str | os.PathLike, overrides: Sequence[str], plan: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """The ``spec_overrides`` the folds start from: the command line's, else the plan's, else the bundle's.
+
+    ``spec_overrides`` replaces whole top-level spec keys, so the folds' ``splits`` is the spec's own
+    ``splits`` (or the override's) with ``cv_folds`` / ``cv_fold`` added by :func:`_fold_overrides`.
+    """
+    given = _option(overrides, "--spec_overrides")
+    if given is not None:
+        value = _literal(given, "--spec_overrides")
+    else:
+        value = _plan_values(Path(plan) if plan else None).get("spec_overrides")
+        if value is None:
+            value = merged_config(bundle, "train").get("spec_overrides") or {}
+    if not isinstance(value, Mapping):
+        raise CVError(f"spec_overrides must be a mapping of spec keys, got {value!r}")
+    return dict(value)
+
+
+def _data_spec(bundle: str | os.PathLike, overrides: Sequence[str], plan: Path | None) -> Path:
+    text = _option(overrides, "--data_spec") or _plan_values(plan).get("data_spec")
+    if text is None:
+        text = merged_config(bundle, "train").get("data_spec")
+    if not isinstance(text, str) or text.startswith(("$", "@")):
+        raise CVError(f"cannot tell the data spec of bundle {bundle}: give --data_spec")
+    return Path(text)
+
+
+def _fold_overrides(base: Mapping[str, Any], spec_splits: Mapping[str, Any], folds: int, fold: int) -> dict:
+    splits = {**spec_splits, **dict(base.get("splits") or {}), "cv_folds": folds, "cv_fold": fold}
+    return {**base, "splits": splits}
+
+
+def _sha256(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+
+
+def _check_record(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded ``cv.json`` when it matches ``record``; else :class:`CVError` naming every difference."""
+    recorded = read_json(path, CVError, "use a new --output_dir or delete the file")
+    if not isinstance(recorded, dict) or recorded.get("version") != CV_VERSION:
+        raise CVError(f"{path} is not a cv.json of this medmtl (version {CV_VERSION}); use a new --output_dir")
+    differences = [
+        f"{key}: recorded {json.dumps(recorded.get(key))}, now {json.dumps(record[key])}"
+        for key in _RECORDED
+        if recorded.get(key) != record[key]
+    ]
+    if differences:
+        raise CVError(
+            f"{path.parent} holds a cross-validation trained with other settings; resuming it would mix folds "
+            "trained differently:\n  " + "\n  ".join(differences) + "\nrepeat the recorded settings to resume, or "
+            "use a new --output_dir"
+        )
+    return recorded
+
+
+def _tracking(overrides: Sequence[str]) -> bool:
+    return _option(overrides, "--tracking") == "mlflow"
+
+
+def _parent_run(bundle: str | os.PathLike, overrides: Sequence[str], output_dir: Path, folds: int) -> tuple[str, str]:
+    """Open (create) the parent MLflow run of the folds; returns ``(tracking_uri, run_id)``."""
+    from mlflow.tracking import MlflowClient
+
+    from medmtl.tracking.store import usable_tracking_uri
+
+    uri = usable_tracking_uri(fallback_dir=output_dir)
+    name = _option(overrides, "--experiment_name") or merged_config(bundle, "train").get("experiment_name")
+    if not isinstance(name, str) or name.startswith(("$", "@")):
+        name = "medmtl"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    run = client.create_run(experiment_id, run_name=f"cv_{output_dir.name}", tags={"medmtl.cv_folds": str(folds)})
+    return uri, run.info.run_id
+
+
+def _fold_done(run: Path) -> bool:
+    return (run / OOF_DIR / "summary.json").is_file()
+
+
+def run_cv(
+    bundle: str | os.PathLike,
+    folds: int,
+    output_dir: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    plan: str | os.PathLike | None = None,
+    runner: Callable[[list[str], Mapping[str, str]], int] | None = None,
+    test: bool = True,
+) -> CVResult:
+    """Train and evaluate the ``folds`` folds of ``bundle`` into ``output_dir``, resuming what is there.
+
+    Args:
+        bundle: bundle name or folder.
+        folds: number of folds (>= 2) of the development cases.
+        output_dir: the cross-validation's folder (``fold_<k>`` inside).
+        overrides: bundle overrides for every fold (``--key value`` as ``medmtl run`` takes them).
+        plan: a ``plan.yaml`` the folds train with.
+        runner: runs one ``medmtl`` argv with an environment, returns its exit status (default: a
+            subprocess; tests may run it in-process).
+        test: also evaluate every fold and the fold ensemble (:class:`~medmtl.networks.ensemble.FoldEnsemble`)
+            on the test split (``fold_<k>/test``, ``ensemble_test``).
+
+    Raises:
+        CVError: bad settings, another cross-validation in ``output_dir``, a fold that failed.
+    """
+    if folds < 2:
+        raise CVError(f"--folds must be at least 2, got {folds}")
+    bundle_dir(bundle)  # a clear error for an unknown bundle before anything is written
+    output_dir = Path(output_dir)
+    plan_path = Path(plan) if plan is not None else None
+    overrides = list(overrides)
+    for reserved in ("--output_dir", "--eval_dir", "--ckpt_path", "--mlflow_tags"):
+        if _option(overrides, reserved) is not None:
+            raise CVError(f"{reserved} is set by medmtl cv per fold; leave it out of the overrides")
+    base = cv_spec_overrides(bundle, overrides, plan_path)
+    from medmtl.data.spec import load_spec
+
+    spec_splits = load_spec(_data_spec(bundle, overrides, plan_path)).splits.model_dump()
+    if (base.get("splits") or spec_splits).get("method") == "kfold":
+        raise CVError(
+            "the spec splits with method 'kfold' (every case in a fold, no test split): medmtl cv folds the "
+            "development cases of a train/test split; give --spec_overrides with a 'fractions' or 'field' split"
+        )
+    passed = _without(overrides, ["--spec_overrides"])
+    record = {
+        "version": CV_VERSION,
+        "bundle": str(bundle),
+        "folds": folds,
+        "overrides": passed,
+        "plan": str(plan_path) if plan_path else None,
+        "plan_sha256": _sha256(plan_path),
+        "spec_overrides": base,
+    }
+    record_path = output_dir / CV_FILE
+    if record_path.exists():
+        record = {
+            **record,
+            **{k: v for k, v in _check_record(record_path, record).items() if k in ("parent_run_id", "tracking_uri")},
+        }
+    env = dict(os.environ)
+    if _tracking(passed):
+        if record.get("parent_run_id") is None:
+            uri, record["parent_run_id"] = _parent_run(bundle, passed, output_dir, folds)
+            record["tracking_uri"] = uri
+        env["MLFLOW_TRACKING_URI"] = record.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI", "")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    run = runner or _subprocess_runner
+    tags = {"mlflow.parentRunId": record["parent_run_id"]} if record.get("parent_run_id") else None
+    result = CVResult(output_dir, [], record.get("parent_run_id"))
+    for fold in range(folds):
+        folder = fold_dir(output_dir, fold)
+        result.fold_eval_dirs.append(folder / OOF_DIR)
+        if _fold_done(folder):
+            logger.info("fold %d/%d: done before (%s), skipped", fold + 1, folds, folder / OOF_DIR)
+            result.skipped.append(fold)
+            continue
+        common = [*passed, "--spec_overrides", repr(_fold_overrides(base, spec_splits, folds, fold))]
+        if tags:
+            common += ["--mlflow_tags", repr({**tags, "medmtl.cv_fold": str(fold)})]
+        plan_args = ["--plan", str(plan_path)] if plan_path else []
+        logger.info("fold %d/%d: training into %s", fold + 1, folds, folder)
+        train = ["run", str(bundle), "train", *plan_args, "--output_dir", str(folder), *common]
+        if run(train, env) != 0:
+            raise CVError(f"fold {fold} training failed (see its log above); run medmtl cv again to resume it")
+        evaluate = [
+            "run",
+            str(bundle),
+            "evaluate",
+            "--output_dir",
+            str(folder),
+            "--validate::split",
+            "val",
+            "--eval_dir",
+            str(folder / OOF_DIR),
+            "--ckpt_path",
+            str(folder / "models" / "last.pt"),
+            *common,
+        ]
+        logger.info("fold %d/%d: out-of-fold evaluation into %s", fold + 1, folds, folder / OOF_DIR)
+        if run(evaluate, env) != 0:
+            raise CVError(f"fold {fold} out-of-fold evaluation failed (see its log above); run medmtl cv again")
+    if test:
+        _evaluate_test(
+            str(bundle),
+            output_dir,
+            folds,
+            [*passed, "--spec_overrides", repr(_fold_overrides(base, spec_splits, folds, 0))],
+            tags,
+            run,
+            env,
+            result,
+        )
+    if result.parent_run_id:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(env["MLFLOW_TRACKING_URI"]).set_terminated(result.parent_run_id)
+    return result
+
+
+def _evaluate_test(
+    bundle: str,
+    output_dir: Path,
+    folds: int,
+    common: list[str],
+    tags: Mapping[str, str] | None,
+    run: Callable[[list[str], Mapping[str, str]], int],
+    env: Mapping[str, str],
+    result: CVResult,
+) -> None:
+    """Each fold's final weights and their ensemble on the test split (the same cases for every fold)."""
+
+    def evaluate(run_dir: Path, eval_dir: Path, ckpt: Path, what: str, extra: Sequence[str] = ()) -> None:
+        if (eval_dir / "summary.json").is_file():
+            return
+        tagged = ["--mlflow_tags", repr({**tags, "medmtl.cv_stage": what})] if tags else []
+        argv = ["run", bundle, "evaluate", "--output_dir", str(run_dir), "--eval_dir", str(eval_dir)]
+        argv += ["--ckpt_path", str(ckpt), *extra, *common, *tagged]
+        logger.info("%s: evaluation on the test split into %s", what, eval_dir)
+        if run(argv, env) != 0:
+            raise CVError(f"{what}: evaluation on the test split failed (see its log above); run medmtl cv again")
+
+    checkpoints = [fold_dir(output_dir, k) / "models" / "last.pt" for k in range(folds)]
+    for fold, ckpt in enumerate(checkpoints):
+        result.fold_test_dirs.append(fold_dir(output_dir, fold) / TEST_DIR)
+        evaluate(fold_dir(output_dir, fold), result.fold_test_dirs[-1], ckpt, f"fold {fold}")
+    ensemble = output_dir / ENSEMBLE_CHECKPOINT
+    if not ensemble.is_file():
+        write_ensemble_checkpoint(checkpoints, ensemble)
+    network = f"$medmtl.networks.FoldEnsemble.replicate(@network_def, @tasks, {folds}).to(@device)"
+    result.ensemble_dir = output_dir / ENSEMBLE_DIR
+    evaluate(fold_dir(output_dir, 0), result.ensemble_dir, ensemble, "fold ensemble", ["--network", network])
+
+
+def _subprocess_runner(argv: list[str], env: Mapping[str, str]) -> int:
+    return subprocess.call([sys.executable, "-m", "medmtl.cli", *argv], env=dict(env))
+
+
+def write_ensemble_checkpoint(checkpoints: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+    """Save the members' weights as one checkpoint a bundle evaluation loads into :meth:`FoldEnsemble.replicate`.
+
+    The first member's recorded run configuration goes with it: the members share it (one cross-validation),
+    and evaluation reads the tasks, network and preprocessing from it.
+    """
+    first = torch.load(Path(checkpoints[0]), map_location="cpu", weights_only=True)
+    content: dict = {"network": ensemble_state_dict(checkpoints)}
+    if isinstance(first, dict) and RUN_CONFIG_KEY in first:
+        content[RUN_CONFIG_KEY] = first[RUN_CONFIG_KEY]
+    return atomic_write_with(Path(path), lambda handle: torch.save(content, handle))
