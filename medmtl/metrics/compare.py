@@ -151,7 +151,7 @@ class Comparison:
             }
         )
 
-    def to_csv(self) -> str:
+    def csv_text(self) -> str:
         """``compare.csv``: one row per metric (spreadsheet-safe cells)."""
         rows = [{c: _csv_value(getattr(r, c)) for c in _CSV_COLUMNS} for r in self.rows]
         return csv_text(_CSV_COLUMNS, rows)
@@ -633,7 +633,7 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, overwri
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(json_path, json.dumps(comparison.to_dict(), indent=2) + "\n")
-    atomic_write(csv_path, comparison.to_csv())
+    atomic_write(csv_path, comparison.csv_text())
     return json_path, csv_path
 
 

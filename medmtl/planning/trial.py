@@ -132,6 +132,8 @@ class BundleTrial:
         """Run CPU trials in this process (the worker itself; tests of the step code)."""
         self.steps = 5
         """Timed steps per batch size at least (after two warm-ups; more until one second is measured)."""
+        self.min_timed_seconds = _MIN_TIMED_SECONDS
+        """Time measured per batch size at least (up to ``4 * steps`` steps); 0: exactly ``steps``."""
         self.cache: PlanCache | None = None
         """Where earlier results on the same data are kept (``medmtl plan`` sets it)."""
 
@@ -187,6 +189,7 @@ class BundleTrial:
             "overrides": {**self.overrides, **overrides},
             "batch_sizes": list(batch_sizes),
             "steps": steps,
+            "min_seconds": self.min_timed_seconds,
             "sample_cases": self.sample_cases,
             "device": str(self.device),
         }
@@ -197,7 +200,7 @@ class BundleTrial:
         elif self.device.type == "cpu" and not self.in_process:
             answer = self._run_in_worker(overrides, batch_sizes, memory_budget, steps)
         else:
-            results = self.measure(overrides, batch_sizes, memory_budget, steps)
+            results = self.measure(overrides, batch_sizes, memory_budget, steps, self.min_timed_seconds)
             answer = {
                 "results": [dataclasses.asdict(r) for r in results],
                 "preprocess_seconds": self.preprocess_seconds,
@@ -219,6 +222,7 @@ class BundleTrial:
             "batch_sizes": list(batch_sizes),
             "memory_budget": memory_budget,
             "steps": steps,
+            "min_seconds": self.min_timed_seconds,
             "sample_cases": self.sample_cases,
         }
         done = subprocess.run(
@@ -234,7 +238,12 @@ class BundleTrial:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     def measure(
-        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int = 5
+        self,
+        overrides: Mapping[str, Any],
+        batch_sizes: Sequence[int],
+        memory_budget: int,
+        steps: int = 5,
+        min_seconds: float | None = None,
     ) -> list[TrialResult]:
         """Run the steps in this process (what the worker and CUDA trials call).
 
@@ -244,6 +253,7 @@ class BundleTrial:
         would take the next one past it (so the CPU trial never reaches the machine's limit).
         An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
         """
+        min_seconds = self.min_timed_seconds if min_seconds is None else min_seconds
         parser = self.parser(overrides)
         dataset = self._dataset(parser)
         network = parser.get_parsed_content("network")
@@ -275,7 +285,7 @@ class BundleTrial:
                 step()  # warm-up: allocator pools, optimizer state, cuDNN choices
                 batch = step()
                 times: list[float] = []
-                while len(times) < steps or (sum(times) < _MIN_TIMED_SECONDS and len(times) < 4 * steps):
+                while len(times) < steps or (sum(times) < min_seconds and len(times) < 4 * steps):
                     _sync(self.device)
                     start = time.perf_counter()
                     step()

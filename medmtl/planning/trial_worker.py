@@ -28,7 +28,9 @@ def main() -> int:
     trial = BundleTrial(request["bundle"], request["overrides"], device, sample_cases=request["sample_cases"])
     trial.in_process = True
     try:
-        results = trial.measure({}, request["batch_sizes"], request["memory_budget"], request["steps"])
+        results = trial.measure(
+            {}, request["batch_sizes"], request["memory_budget"], request["steps"], request.get("min_seconds")
+        )
     finally:
         trial.close()
     answer = {"results": [dataclasses.asdict(r) for r in results], "preprocess_seconds": trial.preprocess_seconds}

@@ -174,7 +174,7 @@ def demo_data(tmp_path_factory) -> Path:
 
 def test_batch_is_fitted_to_the_measured_memory(demo_data: Path) -> None:
     trial = BundleTrial("demo", {"data_spec": str(DEMO_SPEC), "dataset_dir": str(demo_data)}, torch.device("cpu"))
-    trial.steps = 1
+    trial.steps, trial.min_timed_seconds = 1, 0.0
     try:
         fingerprint = _fingerprint("US", 2, (96, 96), (1, 1))
         counts = {"train": 320, "val": 0}  # preferred batch 8; a day's time budget: memory alone decides here
