@@ -139,6 +139,16 @@ def test_fold_ensemble_averages_the_folds_probabilities_on_the_test_split(cv_run
     assert test["mean_single_fold"]["lesion"] == pytest.approx(sum(lesion) / 2)
     ensemble_dice = load_evaluation(out / "ensemble_test")["lesion"].primary()[1]
     assert test["ensemble"]["lesion"]["value"] == pytest.approx(ensemble_dice) and 0.0 <= ensemble_dice <= 1.0
+    # the ensemble at the out-of-fold threshold, with calibration before / after the out-of-fold temperature
+    decided = json.loads((out / "cv_report" / "test_ensemble" / "summary.json").read_text())
+    threshold = float(Decisions.load(out / DECISIONS_FILE, load_spec(SPEC).tasks)["malignant"].threshold_value())
+    decided_malignant = load_evaluation(out / "cv_report" / "test_ensemble")["malignant"]
+    assert decided_malignant.threshold == pytest.approx(threshold)
+    np.testing.assert_allclose(decided_malignant.probabilities, ensemble.probabilities)  # nothing refitted on test
+    record = read_calibration(out / "calibration.json")
+    assert decided["calibration"]["malignant"]["temperature"]["value"] == pytest.approx(
+        record.tasks["malignant"].temperature
+    )
 
 
 def test_resume_skips_finished_folds_and_other_settings_are_refused(cv_run) -> None:

@@ -13,7 +13,7 @@ import html
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 CV_REPORT_DIR = "cv_report"
 CV_SUMMARY_FILE = "cv_summary.json"
+TEST_DECIDED_DIR = "test_ensemble"
+"""Folder (in ``cv_report``) of the fold ensemble's test report at the out-of-fold thresholds and temperatures."""
 
 
 @dataclass
@@ -132,7 +134,13 @@ def _html(summary: dict[str, Any]) -> str:
         "used.</p>"
         f"<table border='1'><tr><th></th>{head}</tr>{''.join(rows)}</table><ul>{items}</ul>{test_html}"
         "<p>Figures, calibration and uncertainty of the pooled predictions: <a href='report.html'>report.html</a>"
-        "</p></body></html>\n"
+        + (
+            f"; the fold ensemble on the test split at these thresholds, calibration before / after these "
+            f"temperatures: <a href='{TEST_DECIDED_DIR}/report.html'>{TEST_DECIDED_DIR}/report.html</a>"
+            if summary.get("test_decided")
+            else ""
+        )
+        + "</p></body></html>\n"
     )
 
 
@@ -200,6 +208,41 @@ def write_cv_report(
         "calibration": calibration.to_dict() if calibration is not None else None,
         "test": _test_summary(fold_test_dirs, ensemble_dir, n_resamples),
     }
+    if ensemble_dir is not None and (Path(ensemble_dir) / "summary.json").is_file():
+        summary["test_decided"] = str(
+            _decided_ensemble_report(
+                Path(ensemble_dir), report_dir / TEST_DECIDED_DIR, decisions, calibration, n_resamples
+            )
+        )
     atomic_write(report_dir / CV_SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     atomic_write(report_dir / "cv.html", _html(summary))
     return CVReport(report_dir, summary, decisions, calibration)
+
+
+def _decided_ensemble_report(
+    ensemble_dir: Path,
+    out: Path,
+    decisions: Decisions | None,
+    calibration: CalibrationRecord | None,
+    n_resamples: int,
+) -> Path:
+    """The fold ensemble on the test split at the out-of-fold thresholds, calibration before / after the temperatures.
+
+    Nothing here is chosen on the test cases: thresholds and temperatures come from the out-of-fold predictions.
+    """
+    results = load_evaluation(ensemble_dir)
+    thresholds = decisions.thresholds() if decisions is not None else {}
+    decided = EvaluationResults(
+        {
+            name: replace(r, threshold=thresholds[name]) if name in thresholds else r
+            for name, r in results.results.items()
+        }
+    )
+    return write_report(
+        decided,
+        out,
+        n_resamples=n_resamples,
+        calibration=calibration,
+        title="medmtl cross-validation: fold ensemble on the test split, thresholds and temperatures from the "
+        "out-of-fold predictions",
+    )
