@@ -38,7 +38,7 @@ from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
 from medmtl.json_file import read_json
 from medmtl.networks.ensemble import ensemble_state_dict
 
-__all__ = ["CV_FILE", "CVError", "CVResult", "cv_spec_overrides", "run_cv", "fold_dir", "write_ensemble_checkpoint"]
+__all__ = ["CV_FILE", "CVError", "CVResult", "run_cv", "fold_dir", "write_ensemble_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,41 +108,43 @@ def _literal(text: str, what: str) -> Any:
         raise CVError(f"{what} is not a YAML/Python literal ({err}): {text!r}") from None
 
 
-def _plan_values(plan: Path | None) -> dict[str, Any]:
-    if plan is None:
-        return {}
-    from medmtl.planning.plan_file import read_plan
+@dataclass
+class _Settings:
+    """A bundle setting as the folds get it: the command line's, else the plan's, else the bundle's config."""
 
-    return dict(read_plan(plan))
+    overrides: Sequence[str]
+    plan: Mapping[str, Any]
+    bundle: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, bundle: str | os.PathLike, overrides: Sequence[str], plan: Path | None) -> _Settings:
+        from medmtl.planning.plan_file import read_plan
+
+        return cls(overrides, dict(read_plan(plan)) if plan else {}, merged_config(bundle, "train"))
+
+    def get(self, key: str) -> Any:
+        given = _option(self.overrides, f"--{key}")
+        if given is not None:
+            return _literal(given, f"--{key}")
+        value = self.plan.get(key)
+        return self.bundle.get(key) if value is None else value
+
+    def text(self, key: str) -> str | None:
+        """A plain string setting; ``None`` when unset or a config expression/reference."""
+        value = self.get(key)
+        return value if isinstance(value, str) and not value.startswith(("$", "@")) else None
 
 
-def cv_spec_overrides(
-    bundle: str | os.PathLike, overrides: Sequence[str], plan: str | os.PathLike | None = None
-) -> dict[str, Any]:
-    """The ``spec_overrides`` the folds start from: the command line's, else the plan's, else the bundle's.
+def _spec_overrides(settings: _Settings) -> dict[str, Any]:
+    """The ``spec_overrides`` the folds start from.
 
     ``spec_overrides`` replaces whole top-level spec keys, so the folds' ``splits`` is the spec's own
     ``splits`` (or the override's) with ``cv_folds`` / ``cv_fold`` added by :func:`_fold_overrides`.
     """
-    given = _option(overrides, "--spec_overrides")
-    if given is not None:
-        value = _literal(given, "--spec_overrides")
-    else:
-        value = _plan_values(Path(plan) if plan else None).get("spec_overrides")
-        if value is None:
-            value = merged_config(bundle, "train").get("spec_overrides") or {}
+    value = settings.get("spec_overrides") or {}
     if not isinstance(value, Mapping):
         raise CVError(f"spec_overrides must be a mapping of spec keys, got {value!r}")
     return dict(value)
-
-
-def _data_spec(bundle: str | os.PathLike, overrides: Sequence[str], plan: Path | None) -> Path:
-    text = _option(overrides, "--data_spec") or _plan_values(plan).get("data_spec")
-    if text is None:
-        text = merged_config(bundle, "train").get("data_spec")
-    if not isinstance(text, str) or text.startswith(("$", "@")):
-        raise CVError(f"cannot tell the data spec of bundle {bundle}: give --data_spec")
-    return Path(text)
 
 
 def _fold_overrides(base: Mapping[str, Any], spec_splits: Mapping[str, Any], folds: int, fold: int) -> dict:
@@ -177,16 +179,14 @@ def _tracking(overrides: Sequence[str]) -> bool:
     return _option(overrides, "--tracking") == "mlflow"
 
 
-def _parent_run(bundle: str | os.PathLike, overrides: Sequence[str], output_dir: Path, folds: int) -> tuple[str, str]:
+def _parent_run(experiment: str | None, output_dir: Path, folds: int) -> tuple[str, str]:
     """Open (create) the parent MLflow run of the folds; returns ``(tracking_uri, run_id)``."""
     from mlflow.tracking import MlflowClient
 
     from medmtl.tracking.store import usable_tracking_uri
 
     uri = usable_tracking_uri(fallback_dir=output_dir)
-    name = _option(overrides, "--experiment_name") or merged_config(bundle, "train").get("experiment_name")
-    if not isinstance(name, str) or name.startswith(("$", "@")):
-        name = "medmtl"
+    name = experiment or "medmtl"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
@@ -232,10 +232,14 @@ def run_cv(
     for reserved in ("--output_dir", "--eval_dir", "--ckpt_path", "--mlflow_tags"):
         if _option(overrides, reserved) is not None:
             raise CVError(f"{reserved} is set by medmtl cv per fold; leave it out of the overrides")
-    base = cv_spec_overrides(bundle, overrides, plan_path)
+    settings = _Settings.read(bundle, overrides, plan_path)
+    base = _spec_overrides(settings)
+    data_spec = settings.text("data_spec")
+    if data_spec is None:
+        raise CVError(f"cannot tell the data spec of bundle {bundle}: give --data_spec")
     from medmtl.data.spec import load_spec
 
-    spec_splits = load_spec(_data_spec(bundle, overrides, plan_path)).splits.model_dump()
+    spec_splits = load_spec(data_spec).splits.model_dump()
     if (base.get("splits") or spec_splits).get("method") == "kfold":
         raise CVError(
             "the spec splits with method 'kfold' (every case in a fold, no test split): medmtl cv folds the "
@@ -260,7 +264,7 @@ def run_cv(
     env = dict(os.environ)
     if _tracking(passed):
         if record.get("parent_run_id") is None:
-            uri, record["parent_run_id"] = _parent_run(bundle, passed, output_dir, folds)
+            uri, record["parent_run_id"] = _parent_run(settings.text("experiment_name"), output_dir, folds)
             record["tracking_uri"] = uri
         env["MLFLOW_TRACKING_URI"] = record.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI", "")
     output_dir.mkdir(parents=True, exist_ok=True)
