@@ -26,7 +26,7 @@ import monai.bundle
 from medmtl.bundle_layers import WORKFLOWS, bundle_command, export_bundle
 from medmtl.data.problems import DataError
 from medmtl.data.splits import NEW_CASES_OPTIONS
-from medmtl.engines.start_checks import cli_overrides, unknown_override_problems
+from medmtl.engines.start_checks import cli_overrides, none_override_problems, unknown_override_problems
 from medmtl.experiments.learning_curve import MODES as LEARNING_CURVE_MODES
 
 __all__ = ["main", "build_parser"]
@@ -315,9 +315,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         read_plan(args.plan)  # a clear error now rather than MONAI's on a file that is not a plan
         overrides = ["--args_file", str(args.plan), *overrides]
+    run_dir = _pop_option(list(overrides), "--output_dir", None)
+    if run_dir is not None and set(workflows) <= {"evaluate", "inference"}:
+        from medmtl.experiments.cross_validation import ensemble_overrides, is_cv_run
+
+        if is_cv_run(run_dir):  # a cross-validation evaluates / infers as its fold ensemble
+            _pop_option(overrides, "--output_dir", None)
+            overrides = [*overrides, *ensemble_overrides(run_dir, workflows, overrides)]
     cmd = bundle_command(args.bundle, workflows, overrides)
     monai_argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
-    if problems := unknown_override_problems(cli_overrides(monai_argv) or {}):  # MONAI would stop with a KeyError
+    problems = none_override_problems(overrides)  # MONAI would drop them without a word
+    problems += unknown_override_problems(cli_overrides(monai_argv) or {})  # MONAI would stop with a KeyError
+    if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
     if args.print_only:  # double quotes around MONAI's list syntax, as the docs write it
@@ -335,6 +344,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     plan = _pop_option(overrides, "--plan", args.plan)
+    if problems := none_override_problems(overrides):
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     result = run_cv(args.bundle, args.folds, args.output_dir, overrides, plan=plan, test=not args.no_test)
     report = write_cv_report(result.output_dir, result.fold_eval_dirs, result.fold_test_dirs, result.ensemble_dir)
     for name, entry in report.summary["pooled"].items():

@@ -144,3 +144,16 @@ def test_the_installed_command_exits_1_without_a_traceback(eval_dir) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert "truncated or corrupt" in result.stderr
+
+
+def test_a_none_override_is_refused_instead_of_silently_dropped(tmp_path, capsys) -> None:
+    """MONAI's runner drops ``None`` values: the key would keep the plan's value without a word."""
+    code = cli.main(["run", "--print", "demo", "train", "--output_dir", str(tmp_path), "--time_limit_minutes", "None"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--time_limit_minutes None" in err and "give a value" in err
+    assert cli.main(["cv", "--bundle", "demo", "--output_dir", str(tmp_path / "cv"), "--val_interval=None"]) == 2
+    assert "--val_interval None" in capsys.readouterr().err and not (tmp_path / "cv").exists()
+    assert (
+        cli.main(["run", "--print", "demo", "train", "--output_dir", str(tmp_path), "--time_limit_minutes", "600"]) == 0
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,9 @@ from medmtl.data.spec import load_spec
 from medmtl.data.splits import read_splits
 from medmtl.experiments.cross_validation import CV_FILE, CVError, run_cv
 from medmtl.experiments.cv_report import pool_results
-from medmtl.metrics.calibration import read_calibration
+from medmtl.metrics.calibration import apply_temperature, read_calibration
 from medmtl.metrics.decisions import DECISIONS_FILE, Decisions
+from medmtl.metrics.postprocessing import CANDIDATE_PREFIX, POSTPROCESSING_FILE, Postprocessing
 from medmtl.metrics.report import load_evaluation
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
@@ -110,6 +114,27 @@ def test_decisions_and_temperature_are_chosen_on_out_of_fold_predictions(cv_run)
     assert record.tasks["malignant"].nll_after <= record.tasks["malignant"].nll_before + 1e-9
 
 
+def test_postprocessing_is_chosen_on_the_out_of_fold_dice_of_its_candidates(cv_run) -> None:
+    out = cv_run["out"]
+    tasks = load_spec(SPEC).tasks
+    pooled = load_evaluation(out / "cv_report")["lesion"]
+    chosen = Postprocessing.load(out / POSTPROCESSING_FILE, tasks)["lesion"]
+    # every candidate was scored per case during the folds' out-of-fold evaluations
+    names = [m[len(CANDIDATE_PREFIX) :] for m in pooled.case_metrics if m.startswith(CANDIDATE_PREFIX)]
+    assert sorted(names) == sorted(["keep_largest", "remove_small_0.1", "remove_small_0.25"])
+    assert chosen.dice["none"] == pytest.approx(pooled.primary()[1], nan_ok=True)
+    for name in names:
+        assert chosen.dice[name] == pytest.approx(pooled.metrics()[f"{CANDIDATE_PREFIX}{name}"], nan_ok=True)
+    best = max(chosen.dice.values())
+    if chosen.op.name == "none":
+        assert chosen.dice["none"] >= best - 1e-9  # kept only when it beats the plain prediction
+    else:
+        assert chosen.dice[chosen.op.name] == best > chosen.dice["none"]
+    summary = json.loads((out / "cv_report" / "cv_summary.json").read_text())
+    assert summary["postprocessing"]["tasks"] == {"lesion": chosen.op.name}
+    assert POSTPROCESSING_FILE in (out / "cv_report" / "cv.html").read_text()
+
+
 def test_fold_runs_are_nested_under_one_parent_mlflow_run(cv_run) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -140,15 +165,38 @@ def test_fold_ensemble_averages_the_folds_probabilities_on_the_test_split(cv_run
     ensemble_dice = load_evaluation(out / "ensemble_test")["lesion"].primary()[1]
     assert test["ensemble"]["lesion"]["value"] == pytest.approx(ensemble_dice) and 0.0 <= ensemble_dice <= 1.0
     # the ensemble at the out-of-fold threshold, with calibration before / after the out-of-fold temperature
-    decided = json.loads((out / "cv_report" / "test_ensemble" / "summary.json").read_text())
+    decided = json.loads((out / "ensemble_test" / "summary.json").read_text())
     threshold = float(Decisions.load(out / DECISIONS_FILE, load_spec(SPEC).tasks)["malignant"].threshold_value())
-    decided_malignant = load_evaluation(out / "cv_report" / "test_ensemble")["malignant"]
-    assert decided_malignant.threshold == pytest.approx(threshold)
-    np.testing.assert_allclose(decided_malignant.probabilities, ensemble.probabilities)  # nothing refitted on test
+    assert ensemble.threshold == pytest.approx(threshold)  # nothing refitted on the test cases
+    assert test["ensemble"] and "href='../ensemble_test/report.html'" in (out / "cv_report" / "cv.html").read_text()
     record = read_calibration(out / "calibration.json")
     assert decided["calibration"]["malignant"]["temperature"]["value"] == pytest.approx(
         record.tasks["malignant"].temperature
     )
+
+
+def test_a_cross_validation_folder_infers_as_its_fold_ensemble_with_the_out_of_fold_choices(cv_run) -> None:
+    out = cv_run["out"]
+    ensemble = load_evaluation(out / "ensemble_test")["malignant"]
+    threshold = float(Decisions.load(out / DECISIONS_FILE, load_spec(SPEC).tasks)["malignant"].threshold_value())
+    assert ensemble.threshold == pytest.approx(threshold)  # the test evaluation already decides at it
+    cmd = [sys.executable, "-m", "medmtl.cli", "run", "demo", "inference", "--output_dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (out / "predictions" / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    probability = dict(zip(ensemble.case_ids, ensemble.probabilities.reshape(-1), strict=True))
+    # the test split, by the ensemble (evaluation scores the cases labelled for the task, inference every case)
+    assert set(probability) <= {r["case_id"] for r in rows} and len(probability) > 0
+    temperature = read_calibration(out / "calibration.json").tasks["malignant"].temperature
+    for row in (r for r in rows if r["case_id"] in probability):
+        p = probability[row["case_id"]]
+        calibrated = apply_temperature(np.array([p]), temperature, "binary")[0]
+        assert float(row["malignant_probability"]) == pytest.approx(calibrated, abs=2e-6)
+        assert int(row["malignant"]) == int(p >= threshold)
+        assert 0.0 <= float(row["malignant_entropy"]) <= 1.0
+    spread = [float(r["malignant_fold_std"]) for r in rows]
+    assert min(spread) >= 0 and max(spread) > 0  # two different folds disagree somewhere
 
 
 def test_resume_skips_finished_folds_and_other_settings_are_refused(cv_run) -> None:

@@ -39,6 +39,7 @@ from medmtl.data.duplicates import Duplicates, find_duplicates
 from medmtl.data.problems import DataError, Problem, Severity
 from medmtl.data.readers import diagnose_unreadable, load_array
 from medmtl.data.spec_model import (
+    STUDY_KEY,
     CsvCases,
     CsvLookup,
     DatasetSpecModel,
@@ -68,7 +69,7 @@ class CaseTable:
     """Every case of a dataset with inputs, labels and split; problems found while building it.
 
     ``cases`` holds one dict per case in datalist form plus ``split`` (and ``group`` when the spec
-    groups cases by patient). ``duplicates`` holds the duplicate images found when the splits were
+    groups cases by patient, ``study`` when it has ``aggregate_by``). ``duplicates`` holds the duplicate images found when the splits were
     computed afresh with ``splits.duplicates: together`` (``None`` when they were not looked for).
     """
 
@@ -87,7 +88,11 @@ class CaseTable:
             raise DataError(self.problems, f"dataset '{self.spec.name}' under {self.root}")
 
     def datalist(self, split: str = "all") -> list[dict]:
-        """The cases of one split as MONAI dicts (without the ``split`` key; ``group`` stays); raises on errors."""
+        """The cases of one split as MONAI dicts (without ``split`` and ``fold``; ``group`` stays); raises on errors.
+
+        ``fold`` is the case table's record of the hash fold; a case moved by a run's ``splits.json`` has
+        none, and a batch mixing cases with and without a key cannot be collated.
+        """
         self.raise_for_errors()
         if split not in (*SPLIT_NAMES, "all", "labelled"):
             raise ValueError(f"unknown split '{split}': use one of {[*SPLIT_NAMES, 'labelled', 'all']}")
@@ -96,7 +101,16 @@ class CaseTable:
             for c in self.cases
             if split == "all" or c["split"] == split or (split == "labelled" and c["split"] != "unlabelled")
         ]
-        return [{k: v for k, v in c.items() if k not in ("split",)} for c in keep]
+        return [{k: v for k, v in c.items() if k not in ("split", "fold")} for c in keep]
+
+    def study_of(self, split: str = "all") -> dict[str, str] | None:
+        """``{case_id: study id}`` of one split's cases, or ``None`` when the spec has no ``aggregate_by``.
+
+        What the evaluation groups images by (:mod:`medmtl.metrics.studies`); raises on errors, as :meth:`datalist`.
+        """
+        if self.spec.aggregate_by is None:
+            return None
+        return {c["case_id"]: c[STUDY_KEY] for c in self.datalist(split)}
 
     def label_counts(self, split: str = "all") -> dict[str, dict[str, int]]:
         """Per task: labelled cases and cases per class (segmentation: labelled cases only)."""
@@ -974,6 +988,11 @@ def _build_case(
         if group is None:
             return None
         case["group"] = group
+    if spec.aggregate_by is not None:  # the study (exam) the case's image belongs to: evaluation scores per study
+        study = resolver.format(spec.aggregate_by, fields, case_id)
+        if study is None:
+            return None
+        case[STUDY_KEY] = study
     for key, template in spec.inputs.items():
         paths = resolver.paths(template, fields, case_id)
         if paths is None:

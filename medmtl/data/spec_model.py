@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,9 +43,16 @@ __all__ = [
     "SpecError",
     "expand_env",
     "clash_message",
+    "STUDY_KEY",
+    "template_fields",
 ]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+STUDY_KEY = "study"
+"""Case-dict key of a case's study (exam) id, set when the spec has ``aggregate_by``."""
+_PATH_FIELDS = ("path", "name", "stem", "parent", "case_id")
+"""Fields every case of a file source has besides its regex groups (see :mod:`medmtl.data.spec`)."""
 
 
 class SpecError(DataError):
@@ -306,11 +315,48 @@ class DatasetSpecModel(BaseModel):
     """Patient of a case: a template (``"{patient}"``) or a CSV lookup by case (a case without a row is its own group)."""
     inputs: dict[InputName, str] = Field(default_factory=lambda: {"image": "{path}"})
     tasks: tuple[TaskSpec, ...]
+    aggregate_by: str | None = None
+    """Study (exam) of a case: a template over the case's fields (MURA: ``"{part}_{patient}_{study}"``); with
+    it the evaluation also scores per study (:mod:`medmtl.metrics.studies`) and validation warns about studies
+    whose images carry different labels."""
+    aggregate: Literal["mean", "max"] = "mean"
+    """How a study's probability comes from its images' (``mean``: the MURA protocol; or ``max``)."""
     splits: SplitSpec = Field(default_factory=SplitSpec)
     spatial_dims: Literal[2, 3] = 2
     modality: str = ""
     spec_path: str | None = Field(default=None, exclude=True)
     """Where the spec was read from (relative roots resolve against its folder)."""
+
+    @field_validator("aggregate_by")
+    @classmethod
+    def _study_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Fields the template names must exist (where the sources say which fields cases have)."""
+        if value is None:
+            return value
+        try:
+            wanted = template_fields(value)
+        except ValueError as err:
+            raise ValueError(f"{value!r} is not a template like '{{patient}}_{{study}}': {err}") from None
+        if not wanted:
+            raise ValueError(
+                f"{value!r} names no field: all images would be one study; use e.g. '{{patient}}_{{study}}'"
+            )
+        names = [t.name for t in info.data.get("tasks", ())] + list(info.data.get("inputs", {}))
+        if STUDY_KEY in names:
+            raise ValueError(
+                f"a task or input is named {STUDY_KEY!r}, the key aggregate_by gives each case's study: rename it"
+            )
+        cases = info.data.get("cases")
+        sources = () if cases is None else cases if isinstance(cases, tuple) else (cases,)
+        for source in sources:
+            known = _known_fields(source)
+            unknown = sorted(wanted - known) if known is not None else []
+            if unknown:
+                raise ValueError(
+                    f"{value!r} uses field(s) {unknown} that the cases do not have; they have {sorted(known)} "
+                    "(the named groups of the cases regex, the source's fields and path/name/stem/parent/case_id)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpecModel:
@@ -358,6 +404,20 @@ class DatasetSpecModel(BaseModel):
         if not path.is_absolute() and root is None and self.spec_path is not None:
             path = Path(self.spec_path).parent / path
         return path.resolve()
+
+
+def template_fields(template: str) -> set[str]:
+    """Field names a ``str.format`` template uses (``"{part}_{study}"`` -> ``{"part", "study"}``)."""
+    return {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def _known_fields(source: BaseModel) -> set[str] | None:
+    """Fields every case of ``source`` has, or ``None`` where only the data say (CSV columns, Decathlon keys)."""
+    if isinstance(source, GlobCases) and source.regex is not None:
+        return set(re.compile(source.regex).groupindex) | set(_PATH_FIELDS) | set(source.fields)
+    if isinstance(source, GlobCases):
+        return set(_PATH_FIELDS) | set(source.fields)
+    return None
 
 
 def expand_env(text: str) -> str:

@@ -23,6 +23,10 @@ __all__ = [
     "PSEUDO_LABEL_LOSS_KEY",
     "CONSISTENCY_LOSS_KEY",
     "ENGINE_LOSS_KEYS",
+    "FOLD_MEMBERS_KEY",
+    "MC_DROPOUT_KEY",
+    "TTA_PASSES_KEY",
+    "SPREAD_KEYS",
     "RESERVED_NAMES",
     "RESERVED_PREFIXES",
     "RESERVED_SUFFIXES",
@@ -55,6 +59,15 @@ CONSISTENCY_LOSS_KEY = "loss_consistency"
 ENGINE_LOSS_KEYS = (SUPERVISED_LOSS_KEY, PSEUDO_LABEL_LOSS_KEY, CONSISTENCY_LOSS_KEY)
 """Keys of the semi-supervised iteration's output that a task's ``loss_<task>`` would overwrite."""
 
+FOLD_MEMBERS_KEY = "fold_members"
+"""Network output (:class:`~medmtl.networks.FoldEnsemble`): ``{task: (B, folds, C) logits}`` of every fold."""
+MC_DROPOUT_KEY = "mc_dropout_samples"
+"""Inferer output (Monte Carlo dropout): ``{task: (B, samples, C) logits}`` of every dropout sample."""
+TTA_PASSES_KEY = "tta_passes"
+"""Inferer output (mirroring TTA): ``{task: (B, mirror images, C) logits}`` of every mirror image."""
+SPREAD_KEYS = {FOLD_MEMBERS_KEY: "fold", MC_DROPOUT_KEY: "mc_dropout", TTA_PASSES_KEY: "tta"}
+"""Outputs holding several predictions of one case per image-level task, and the column stem of their spread."""
+
 RESERVED_NAMES = (
     "case_id",  # every case dict (datalist), batch and engine output
     "split",  # case table (datalist, splits)
@@ -64,6 +77,7 @@ RESERVED_NAMES = (
     "label",  # MONAI's CommonKeys: engine output (targets)
     "pred",  # MONAI's CommonKeys: engine output (logits)
     "loss",  # MONAI's CommonKeys: engine output (total loss)
+    *SPREAD_KEYS,  # network / inferer outputs next to the tasks' logits
 )
 """Keys medmtl itself writes into case dicts, batches and engine outputs: no task or input may take them."""
 RESERVED_PREFIXES = (PRED_PREFIX, LABEL_PREFIX, PROB_PREFIX, LOSS_PREFIX)

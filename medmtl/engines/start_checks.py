@@ -130,6 +130,25 @@ def _index_in(node: Any, part: str) -> bool:
     return isinstance(node, list) and part.isdigit() and int(part) < len(node)
 
 
+def none_override_problems(tokens: Sequence[str]) -> list[str]:
+    """One line per ``--key None`` override: MONAI's ``run`` drops ``None`` values, so the key would
+    silently keep its value from the config or the ``--args_file`` (a plan) instead."""
+    problems = []
+    for i, token in enumerate(tokens):
+        if not _is_flag(token):
+            continue
+        key, eq, value = token.lstrip("-").partition("=")
+        if not eq:
+            value = tokens[i + 1] if i + 1 < len(tokens) and not _is_flag(tokens[i + 1]) else ""
+        if value.strip() == "None":
+            problems.append(
+                f"--{key} None: MONAI's bundle runner ignores None on the command line, so --{key} would keep "
+                "the value of the config or plan; give a value instead (e.g. a large --time_limit_minutes), or "
+                "set it to null in a config file of your own"
+            )
+    return problems
+
+
 def unknown_override_problems(overrides: dict[str, Any]) -> list[str]:
     """One line per override whose top-level id the bundle's config files do not define, or whose nested id
     (``--a#b#c``) has no table to go into.

@@ -38,7 +38,17 @@ from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
 from medmtl.json_file import read_json
 from medmtl.networks.ensemble import ensemble_state_dict
 
-__all__ = ["CV_FILE", "CVError", "CVResult", "run_cv", "fold_dir", "write_ensemble_checkpoint"]
+__all__ = [
+    "CV_FILE",
+    "CVError",
+    "CVResult",
+    "ensemble_checkpoint",
+    "ensemble_overrides",
+    "fold_dir",
+    "is_cv_run",
+    "run_cv",
+    "write_ensemble_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -299,17 +309,24 @@ def run_cv(
             str(folder / OOF_DIR),
             "--ckpt_path",
             str(folder / "models" / "last.pt"),
+            # per-case Dice of the postprocessing candidates, chosen on in cv_report (postprocessing.json)
+            "--validate::key_metric::mean_primary::postprocessing_candidates",
+            "True",
             *common,
         ]
         logger.info("fold %d/%d: out-of-fold evaluation into %s", fold + 1, folds, folder / OOF_DIR)
         if run(evaluate, env) != 0:
             raise CVError(f"fold {fold} out-of-fold evaluation failed (see its log above); run medmtl cv again")
     if test:
+        from medmtl.experiments.cv_report import fit_out_of_fold_choices
+
+        # chosen on the out-of-fold predictions before any test case is seen, then applied to every test evaluation
+        chosen = fit_out_of_fold_choices(output_dir, result.fold_eval_dirs).bundle_overrides(output_dir)
         _evaluate_test(
             str(bundle),
             output_dir,
             folds,
-            [*passed, "--spec_overrides", repr(_fold_overrides(base, spec_splits, folds, 0))],
+            [*passed, "--spec_overrides", repr(_fold_overrides(base, spec_splits, folds, 0)), *chosen],
             tags,
             run,
             env,
@@ -344,16 +361,72 @@ def _evaluate_test(
         if run(argv, env) != 0:
             raise CVError(f"{what}: evaluation on the test split failed (see its log above); run medmtl cv again")
 
-    checkpoints = [fold_dir(output_dir, k) / "models" / "last.pt" for k in range(folds)]
-    for fold, ckpt in enumerate(checkpoints):
+    for fold in range(folds):
         result.fold_test_dirs.append(fold_dir(output_dir, fold) / TEST_DIR)
-        evaluate(fold_dir(output_dir, fold), result.fold_test_dirs[-1], ckpt, f"fold {fold}")
-    ensemble = output_dir / ENSEMBLE_CHECKPOINT
-    if not ensemble.is_file():
-        write_ensemble_checkpoint(checkpoints, ensemble)
-    network = f"$medmtl.networks.FoldEnsemble.replicate(@network_def, @tasks, {folds}).to(@device)"
+        evaluate(fold_dir(output_dir, fold), result.fold_test_dirs[-1], _last(output_dir, fold), f"fold {fold}")
+    ensemble = ensemble_checkpoint(output_dir, folds)
     result.ensemble_dir = output_dir / ENSEMBLE_DIR
-    evaluate(fold_dir(output_dir, 0), result.ensemble_dir, ensemble, "fold ensemble", ["--network", network])
+    evaluate(
+        fold_dir(output_dir, 0), result.ensemble_dir, ensemble, "fold ensemble", ["--network", _ensemble_network(folds)]
+    )
+
+
+def _last(output_dir: Path, fold: int) -> Path:
+    return fold_dir(output_dir, fold) / "models" / "last.pt"
+
+
+def _ensemble_network(folds: int) -> str:
+    """The bundle's network as a :class:`FoldEnsemble` of ``folds`` members (each fold's answer kept for its spread)."""
+    return f"$medmtl.networks.FoldEnsemble.replicate(@network_def, @tasks, {folds}, return_members=True).to(@device)"
+
+
+def ensemble_checkpoint(output_dir: str | os.PathLike, folds: int) -> Path:
+    """``RUN/ensemble.pt``: the folds' final weights in one checkpoint (written the first time it is needed)."""
+    path = Path(output_dir) / ENSEMBLE_CHECKPOINT
+    if not path.is_file():
+        write_ensemble_checkpoint([_last(Path(output_dir), k) for k in range(folds)], path)
+    return path
+
+
+def is_cv_run(output_dir: str | os.PathLike) -> bool:
+    """Whether ``output_dir`` is the folder of a ``medmtl cv`` (holds ``cv.json``)."""
+    return (Path(output_dir) / CV_FILE).is_file()
+
+
+def ensemble_overrides(output_dir: str | os.PathLike, workflows: Sequence[str], given: Sequence[str] = ()) -> list[str]:
+    """Bundle overrides that evaluate / infer with a finished cross-validation as one model.
+
+    The folds' ensemble (``ensemble.pt``, :class:`FoldEnsemble`) on fold 0's run record (every fold
+    has the same configuration and test split), with the decisions, temperatures and postprocessing
+    chosen on the out-of-fold predictions, writing into the cross-validation's own folder
+    (``eval`` / ``predictions``). A key in ``given`` (the user's overrides) is left to the user.
+
+    Raises:
+        CVError: not a cross-validation folder, or a fold not trained yet.
+    """
+    output_dir = Path(output_dir)
+    record = read_json(output_dir / CV_FILE, CVError, "run medmtl cv into that folder first")
+    folds = record.get("folds") if isinstance(record, dict) else None
+    if not isinstance(folds, int) or folds < 2:
+        raise CVError(f"{output_dir / CV_FILE} names no fold count; it was not written by medmtl cv")
+    missing = [k for k in range(folds) if not _last(output_dir, k).is_file()]
+    if missing:
+        raise CVError(f"{output_dir}: folds {missing} have no models/last.pt yet; run medmtl cv again to finish them")
+    wanted = {
+        "--output_dir": str(fold_dir(output_dir, 0)),
+        "--ckpt_path": str(ensemble_checkpoint(output_dir, folds)),
+        "--network": _ensemble_network(folds),
+    }
+    if "evaluate" in workflows:
+        wanted["--eval_dir"] = str(output_dir / "eval")
+    if "inference" in workflows:
+        wanted["--infer_dir"] = str(output_dir / "predictions")
+    from medmtl.experiments.cv_report import CHOICE_FILES
+
+    for key, name in CHOICE_FILES.items():
+        if (output_dir / name).is_file():
+            wanted[key] = str(output_dir / name)
+    return [x for key, value in wanted.items() if _option(given, key) is None for x in (key, value)]
 
 
 def _subprocess_runner(argv: list[str], env: Mapping[str, str]) -> int:

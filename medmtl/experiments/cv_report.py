@@ -2,9 +2,10 @@
 
 Pooled out-of-fold predictions are one prediction per development case from a model that never
 trained on it: the CV metrics (with bootstrap CIs over all development cases), and the inputs the
-decisions (thresholds, :mod:`medmtl.metrics.decisions`) and temperatures
-(:mod:`medmtl.metrics.calibration`) are fitted on, written beside the folds as ``decisions.json``
-and ``calibration.json`` for evaluation and inference to apply.
+decisions (thresholds, :mod:`medmtl.metrics.decisions`), temperatures
+(:mod:`medmtl.metrics.calibration`) and segmentation postprocessing
+(:mod:`medmtl.metrics.postprocessing`) are fitted on, written beside the folds as ``decisions.json``,
+``calibration.json`` and ``postprocessing.json`` for evaluation and inference to apply.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,31 @@ import numpy as np
 from medmtl.atomic_io import atomic_write
 from medmtl.metrics.calibration import CALIBRATION_FILE, CalibrationRecord, fit_temperatures, write_calibration
 from medmtl.metrics.decisions import DECISIONS_FILE, Decisions, choose_decisions
+from medmtl.metrics.postprocessing import POSTPROCESSING_FILE, Postprocessing, choose_postprocessing
 from medmtl.metrics.report import load_evaluation, write_report
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
-__all__ = ["CVReport", "pool_results", "write_cv_report", "CV_REPORT_DIR", "CV_SUMMARY_FILE"]
+__all__ = [
+    "CHOICE_FILES",
+    "CVReport",
+    "OutOfFoldChoices",
+    "fit_out_of_fold_choices",
+    "pool_results",
+    "write_cv_report",
+    "CV_REPORT_DIR",
+    "CV_SUMMARY_FILE",
+]
 
 logger = logging.getLogger(__name__)
 
 CV_REPORT_DIR = "cv_report"
 CV_SUMMARY_FILE = "cv_summary.json"
-TEST_DECIDED_DIR = "test_ensemble"
-"""Folder (in ``cv_report``) of the fold ensemble's test report at the out-of-fold thresholds and temperatures."""
+CHOICE_FILES = {
+    "--decisions_path": DECISIONS_FILE,
+    "--calibration_path": CALIBRATION_FILE,
+    "--postprocessing_path": POSTPROCESSING_FILE,
+}
+"""The files chosen on the out-of-fold predictions, by the bundle key that applies each."""
 
 
 @dataclass
@@ -43,6 +59,7 @@ class CVReport:
     summary: dict[str, Any]
     decisions: Decisions | None
     calibration: CalibrationRecord | None
+    postprocessing: Postprocessing | None = None
 
 
 def pool_results(fold_results: Sequence[EvaluationResults]) -> EvaluationResults:
@@ -110,6 +127,11 @@ def _html(summary: dict[str, Any]) -> str:
     if summary.get("calibration"):
         temps = ", ".join(f"{t} T={v['temperature']:.3f}" for t, v in summary["calibration"]["tasks"].items())
         fitted.append(f"temperatures fitted on them ({temps}): {CALIBRATION_FILE}")
+    if summary.get("postprocessing"):
+        ops = ", ".join(f"{t} {op}" for t, op in summary["postprocessing"]["tasks"].items())
+        fitted.append(
+            f"segmentation postprocessing kept where it raised the out-of-fold Dice ({ops}): {POSTPROCESSING_FILE}"
+        )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in fitted)
     test = summary.get("test")
     test_html = ""
@@ -136,7 +158,7 @@ def _html(summary: dict[str, Any]) -> str:
         "<p>Figures, calibration and uncertainty of the pooled predictions: <a href='report.html'>report.html</a>"
         + (
             f"; the fold ensemble on the test split at these thresholds, calibration before / after these "
-            f"temperatures: <a href='{TEST_DECIDED_DIR}/report.html'>{TEST_DECIDED_DIR}/report.html</a>"
+            f"temperatures: <a href='{html.escape(summary['test_decided'])}'>{html.escape(summary['test_decided'])}</a>"
             if summary.get("test_decided")
             else ""
         )
@@ -167,6 +189,51 @@ def _test_summary(
     return {"folds": rows, "mean_single_fold": mean, "ensemble": ensemble}
 
 
+@dataclass
+class OutOfFoldChoices:
+    """What is chosen on the pooled out-of-fold predictions (``None``: the cases did not allow it)."""
+
+    folds: list[EvaluationResults]
+    pooled: EvaluationResults
+    decisions: Decisions | None
+    calibration: CalibrationRecord | None
+    postprocessing: Postprocessing | None
+
+    def bundle_overrides(self, output_dir: str | Path) -> list[str]:
+        """The bundle overrides applying what was chosen (``--decisions_path FILE`` ...)."""
+        chosen = {
+            DECISIONS_FILE: self.decisions,
+            CALIBRATION_FILE: self.calibration,
+            POSTPROCESSING_FILE: self.postprocessing,
+        }
+        return [
+            x
+            for key, name in CHOICE_FILES.items()
+            if chosen[name] is not None
+            for x in (key, str(Path(output_dir) / name))
+        ]
+
+
+def fit_out_of_fold_choices(output_dir: str | Path, fold_eval_dirs: Sequence[str | Path]) -> OutOfFoldChoices:
+    """Pool the folds' out-of-fold evaluations; choose and write ``decisions.json``, ``calibration.json``,
+    ``postprocessing.json`` into ``output_dir`` where the cases allow (the same choice every time)."""
+    output_dir = Path(output_dir)
+    folds = [load_evaluation(d) for d in fold_eval_dirs]
+    pooled = pool_results(folds)
+    decisions = _fit("decisions", lambda: choose_decisions(pooled))
+    calibration = _fit("temperatures", lambda: fit_temperatures(pooled, fitted_on="out-of-fold"))
+    if decisions is not None:
+        decisions.save(output_dir / DECISIONS_FILE)
+    if calibration is not None:
+        write_calibration(calibration, output_dir / CALIBRATION_FILE)
+    postprocessing = None
+    if any(t.is_dense for t in pooled.tasks):
+        postprocessing = _fit("postprocessing", lambda: choose_postprocessing(pooled))
+    if postprocessing is not None:
+        postprocessing.save(output_dir / POSTPROCESSING_FILE)
+    return OutOfFoldChoices(folds, pooled, decisions, calibration, postprocessing)
+
+
 def write_cv_report(
     output_dir: str | Path,
     fold_eval_dirs: Sequence[str | Path],
@@ -178,13 +245,15 @@ def write_cv_report(
 
     Writes ``cv_report/report.html`` + ``summary.json`` (pooled, :func:`write_report`),
     ``cv_report/cv.html`` + ``cv_summary.json`` (per fold and pooled, with CIs), and, where the
-    out-of-fold cases allow, ``decisions.json`` and ``calibration.json`` in ``output_dir``. With
+    out-of-fold cases allow, ``decisions.json``, ``calibration.json`` and (segmentation tasks scored
+    with postprocessing candidates) ``postprocessing.json`` in ``output_dir``. With
     ``fold_test_dirs`` (and ``ensemble_dir``), the test split: each fold, the mean single fold and the
     fold ensemble.
     """
     output_dir = Path(output_dir)
-    folds = [load_evaluation(d) for d in fold_eval_dirs]
-    pooled = pool_results(folds)
+    choices = fit_out_of_fold_choices(output_dir, fold_eval_dirs)
+    folds, pooled = choices.folds, choices.pooled
+    decisions, calibration, postprocessing = choices.decisions, choices.calibration, choices.postprocessing
     report_dir = output_dir / CV_REPORT_DIR
     write_report(
         pooled,
@@ -192,12 +261,6 @@ def write_cv_report(
         n_resamples=n_resamples,
         title=f"medmtl cross-validation: pooled out-of-fold predictions of {len(folds)} folds",
     )
-    decisions = _fit("decisions", lambda: choose_decisions(pooled))
-    calibration = _fit("temperatures", lambda: fit_temperatures(pooled, fitted_on="out-of-fold"))
-    if decisions is not None:
-        decisions.save(output_dir / DECISIONS_FILE)
-    if calibration is not None:
-        write_calibration(calibration, output_dir / CALIBRATION_FILE)
     summary = {
         "folds": [
             {"eval_dir": str(d), "tasks": {n: _ci_row(r, n_resamples) for n, r in f.results.items()}}
@@ -206,43 +269,14 @@ def write_cv_report(
         "pooled": {n: _ci_row(r, n_resamples) for n, r in pooled.results.items()},
         "decisions": str(output_dir / DECISIONS_FILE) if decisions is not None else None,
         "calibration": calibration.to_dict() if calibration is not None else None,
+        "postprocessing": None
+        if postprocessing is None
+        else {"file": str(output_dir / POSTPROCESSING_FILE), "tasks": postprocessing.ops()},
         "test": _test_summary(fold_test_dirs, ensemble_dir, n_resamples),
     }
-    if ensemble_dir is not None and (Path(ensemble_dir) / "summary.json").is_file():
-        summary["test_decided"] = str(
-            _decided_ensemble_report(
-                Path(ensemble_dir), report_dir / TEST_DECIDED_DIR, decisions, calibration, n_resamples
-            )
-        )
+    if ensemble_dir is not None and (Path(ensemble_dir) / "report.html").is_file():
+        # evaluated at the out-of-fold thresholds and postprocessing, calibration before / after their temperatures
+        summary["test_decided"] = os.path.relpath(Path(ensemble_dir) / "report.html", report_dir)
     atomic_write(report_dir / CV_SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     atomic_write(report_dir / "cv.html", _html(summary))
-    return CVReport(report_dir, summary, decisions, calibration)
-
-
-def _decided_ensemble_report(
-    ensemble_dir: Path,
-    out: Path,
-    decisions: Decisions | None,
-    calibration: CalibrationRecord | None,
-    n_resamples: int,
-) -> Path:
-    """The fold ensemble on the test split at the out-of-fold thresholds, calibration before / after the temperatures.
-
-    Nothing here is chosen on the test cases: thresholds and temperatures come from the out-of-fold predictions.
-    """
-    results = load_evaluation(ensemble_dir)
-    thresholds = decisions.thresholds() if decisions is not None else {}
-    decided = EvaluationResults(
-        {
-            name: replace(r, threshold=thresholds[name]) if name in thresholds else r
-            for name, r in results.results.items()
-        }
-    )
-    return write_report(
-        decided,
-        out,
-        n_resamples=n_resamples,
-        calibration=calibration,
-        title="medmtl cross-validation: fold ensemble on the test split, thresholds and temperatures from the "
-        "out-of-fold predictions",
-    )
+    return CVReport(report_dir, summary, decisions, calibration, postprocessing)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
+from medmtl.data.task_keys import TTA_PASSES_KEY
+
 __all__ = ["MirrorTTAInferer", "mirror_combinations"]
 
 
@@ -44,17 +46,23 @@ class MirrorTTAInferer(Inferer):
         inferer: the inferer to wrap (default ``SimpleInferer``).
         mirror_axes: spatial axes to mirror (0 = first spatial axis); use the axes flipped in
             training. Empty: a plain pass through ``inferer`` (TTA off).
+        keep_passes: also return ``{"tta_passes": {name: (B, mirror images, C) logits}}`` for the
+            image-level outputs (``(B, C)`` tensors of the output dict), from which the prediction
+            writer reports each case's spread over the mirror images; off with TTA off.
 
     Raises:
         ValueError: a negative axis, or an axis the input does not have (at call time).
     """
 
-    def __init__(self, inferer: Inferer | None = None, mirror_axes: Sequence[int] = ()) -> None:
+    def __init__(
+        self, inferer: Inferer | None = None, mirror_axes: Sequence[int] = (), keep_passes: bool = False
+    ) -> None:
         super().__init__()
         if any(int(a) < 0 for a in mirror_axes):
             raise ValueError(f"mirror_axes are spatial axes counted from 0, got {list(mirror_axes)}")
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.combinations = mirror_combinations(mirror_axes)
+        self.keep_passes = keep_passes
 
     def __call__(self, inputs: Any, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         first = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))
@@ -66,12 +74,20 @@ class MirrorTTAInferer(Inferer):
                     f"use spatial axes 0..{spatial_dims - 1}"
                 )
         total: Any = None
+        passes: dict[str, list[torch.Tensor]] = {}
         for combo in self.combinations:
             dims = [a + 2 for a in combo]
             outputs = self.inferer(_flip(inputs, dims), network, *args, **kwargs)
             outputs = _unflip(outputs, dims, first)
+            if self.keep_passes and isinstance(outputs, Mapping):
+                for name, value in outputs.items():
+                    if isinstance(value, torch.Tensor) and value.ndim == 2:  # (B, C): an image-level output
+                        passes.setdefault(name, []).append(value.float())
             total = outputs if total is None else _add(total, outputs)
-        return _scale(total, 1.0 / len(self.combinations))
+        mean = _scale(total, 1.0 / len(self.combinations))
+        if passes and len(self.combinations) > 1:
+            mean = {**mean, TTA_PASSES_KEY: {name: torch.stack(v, dim=1) for name, v in passes.items()}}
+        return mean
 
 
 def _flip(inputs: Any, dims: list[int]) -> Any:

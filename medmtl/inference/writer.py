@@ -17,11 +17,13 @@ columns the file's path relative to the CSV's folder. Every cell is spreadsheet-
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
@@ -31,10 +33,14 @@ from monai.transforms import Invertd, InvertibleTransform, SaveImage
 from medmtl.atomic_io import atomic_write
 from medmtl.csv_safety import csv_text
 from medmtl.data.dicom import is_dicom_file
-from medmtl.data.task_keys import pred_key
+from medmtl.data.task_keys import SPREAD_KEYS, pred_key
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.inference.case_files import CaseFileNames
 from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
+from medmtl.metrics.calibration import CalibrationRecord, apply_temperature, read_calibration
+from medmtl.metrics.decisions import Decisions
+from medmtl.metrics.postprocessing import Postprocessing, as_postprocessing
+from medmtl.metrics.uncertainty import predictive_entropy
 
 __all__ = ["MultiTaskPredictionWriter"]
 
@@ -73,6 +79,10 @@ class MultiTaskPredictionWriter:
             :class:`~medmtl.networks.SaliencyBridgeNet` with ``return_saliency=True`` (where the
             classifier looked), mapped to the input grid like the masks: ``<output_dir>/<map>/<case>``
             as float32 NIfTI, or an 8-bit PNG (0-1 scaled to 0-255) in 2D.
+        postprocessing: a ``postprocessing.json`` path (or record, :mod:`medmtl.metrics.postprocessing`)
+            whose operation per segmentation task (chosen on out-of-fold Dice) is applied to each mask
+            on the input grid before it is written; the table gets a ``<task>_postprocessing`` column.
+            ``None`` (default): the argmax as is.
     """
 
     def __init__(
@@ -86,6 +96,10 @@ class MultiTaskPredictionWriter:
         invert_transform: InvertibleTransform | None = None,
         dicom_seg: bool = False,
         maps: Sequence[str] = (),
+        postprocessing: Postprocessing | str | os.PathLike | None = None,
+        decisions: Decisions | str | os.PathLike | None = None,
+        calibration: CalibrationRecord | str | os.PathLike | None = None,
+        uncertainty_maps: bool = False,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -104,11 +118,22 @@ class MultiTaskPredictionWriter:
             raise ImportError(
                 "MultiTaskPredictionWriter(dicom_seg=True) needs highdicom: pip install 'medmtl[dicom-seg]'"
             )
+        self.postprocessing = as_postprocessing(postprocessing, self.tasks)
         self.maps = tuple(maps)
         clash = [m for m in self.maps if m in {t.name for t in self.tasks}]
         if clash:
             raise ValueError(f"maps {clash} are task names; maps are extra network outputs such as 'saliency'")
-        folders = [t.name for t in self.tasks if t.kind == TaskKind.SEGMENTATION] + list(self.maps)
+        self.decisions = (
+            Decisions.load(decisions, self.tasks) if isinstance(decisions, str | os.PathLike) else decisions
+        )
+        self.calibration = (
+            read_calibration(calibration, self.tasks) if isinstance(calibration, str | os.PathLike) else calibration
+        )
+        self.uncertainty_maps = uncertainty_maps
+        segmentation = [t.name for t in self.tasks if t.kind == TaskKind.SEGMENTATION]
+        folders = (
+            segmentation + list(self.maps) + ([_entropy_folder(n) for n in segmentation] if uncertainty_maps else [])
+        )
         self.names = CaseFileNames(self.output_dir, folders)
         self.rows: list[dict[str, Any]] = []
 
@@ -140,6 +165,7 @@ class MultiTaskPredictionWriter:
         dicom_source = _dicom_source(image) if self.dicom_seg else None
         if self.dicom_seg and dicom_source is None:
             logger.warning("dicom_seg: case %s was not read from DICOM, no DICOM-SEG written for it", case_id)
+        preds = sample.get("pred")
         for task in self.tasks:
             logits = sample.get(pred_key(task.name))
             if logits is None:
@@ -147,31 +173,81 @@ class MultiTaskPredictionWriter:
             logits = torch.as_tensor(logits).detach().float().cpu()
             if task.kind == TaskKind.SEGMENTATION:
                 logits = self._to_input_grid(logits, image)
-                row[f"{task.name}_file"] = self._relative(self._save_mask(task, logits, image, case_id))
-                row[f"{task.name}_voxels"] = int((logits.argmax(0) > 0).sum())
+                mask = self._mask(task, logits)
+                row[f"{task.name}_file"] = self._relative(self._save_mask(task, logits, image, case_id, mask))
+                found = mask[0] > 0
+                row[f"{task.name}_voxels"] = int(found.sum())
+                if self.postprocessing is not None:
+                    row[f"{task.name}_postprocessing"] = self.postprocessing[task.name].op.name
+                entropy = _voxel_entropy(logits)
+                row[f"{task.name}_mean_entropy"] = round(float(entropy[found].mean()), 6) if found.any() else None
+                if self.uncertainty_maps:
+                    name = _entropy_folder(task.name)
+                    entropy_map = (
+                        MetaTensor(entropy[None], meta=dict(logits.meta))
+                        if isinstance(logits, MetaTensor)
+                        else entropy[None]
+                    )
+                    row[f"{name}_file"] = self._relative(self._save_map(name, entropy_map, image, case_id))
                 if dicom_source is not None:
                     row[f"{task.name}_dicom_seg"] = self._relative(
-                        self._save_dicom_seg(task, logits, image, dicom_source, case_id)
+                        self._save_dicom_seg(task, logits, image, dicom_source, case_id, mask)
                     )
-            elif task.kind == TaskKind.MULTICLASS:
-                probs = torch.softmax(logits, 0)
-                row[task.name] = task.class_names[int(probs.argmax())]
-                for name, p in zip(task.class_names, probs.tolist(), strict=True):
-                    row[f"{task.name}_p_{name}"] = round(p, 6)
             else:
-                probs = torch.sigmoid(logits).reshape(-1)
-                names = task.class_names[1:] if task.kind == TaskKind.BINARY else task.class_names
-                for name, p in zip(names, probs.tolist(), strict=True):
-                    key = task.name if task.kind == TaskKind.BINARY else f"{task.name}_{name}"
-                    row[f"{key}_probability"] = round(p, 6)
-                    row[key] = int(p >= self.threshold)
-        preds = sample.get("pred")
+                row.update(self._image_level_columns(task, logits, preds))
         for name in self.maps:
             value = preds.get(name) if isinstance(preds, Mapping) else None
             if value is None:
                 continue
             grid = self._to_input_grid(torch.as_tensor(value).detach().float().cpu(), image)
             row[f"{name}_file"] = self._relative(self._save_map(name, grid, image, case_id))
+        return row
+
+    def _image_level_columns(self, task: Task, logits: torch.Tensor, preds: Any) -> dict[str, Any]:
+        """Probabilities, decision, entropy and spread columns of one image-level task of one case."""
+        kind = task.kind
+        multiclass = kind == TaskKind.MULTICLASS
+        raw = (torch.softmax(logits, 0) if multiclass else torch.sigmoid(logits).reshape(-1)).double().numpy()
+        temperature = self.calibration.tasks.get(task.name) if self.calibration is not None else None
+        shown = apply_temperature(raw[None], temperature.temperature, kind)[0] if temperature else raw
+        decision = self.decisions.tasks.get(task.name) if self.decisions is not None else None
+        row: dict[str, Any] = {}
+        if multiclass:
+            index = int(decision.decide(raw[None])[0]) if decision is not None else int(raw.argmax())
+            row[task.name] = task.class_names[index]
+            for name, p in zip(task.class_names, shown.tolist(), strict=True):
+                row[f"{task.name}_p_{name}"] = round(p, 6)
+            spread_of = [index]
+        else:
+            names = task.class_names[1:] if kind == TaskKind.BINARY else task.class_names
+            if decision is not None and decision.thresholds is not None:
+                thresholds = np.asarray(decision.thresholds, dtype=np.float64)
+            else:
+                thresholds = np.full(len(names), float(self.threshold))
+            shown_thresholds = (
+                apply_temperature(thresholds[None], temperature.temperature, kind)[0] if temperature else thresholds
+            )
+            for i, name in enumerate(names):
+                key = task.name if kind == TaskKind.BINARY else f"{task.name}_{name}"
+                row[f"{key}_probability"] = round(float(shown[i]), 6)
+                row[key] = int(raw[i] >= thresholds[i])
+                row[f"{key}_threshold"] = round(float(shown_thresholds[i]), 6)
+            spread_of = list(range(len(names)))
+        row[f"{task.name}_entropy"] = round(float(predictive_entropy(shown[None], kind)[0]), 6)
+        for key, stem in SPREAD_KEYS.items():
+            members = preds.get(key) if isinstance(preds, Mapping) else None
+            member_logits = members.get(task.name) if isinstance(members, Mapping) else None
+            if member_logits is None:
+                continue
+            member_logits = torch.as_tensor(member_logits).detach().float().cpu()  # (members, C)
+            p = torch.softmax(member_logits, -1) if multiclass else torch.sigmoid(member_logits)
+            std = p.std(dim=0, unbiased=False).double().numpy()
+            if multiclass:
+                row[f"{task.name}_{stem}_std"] = round(float(std[spread_of[0]]), 6)
+            else:
+                for i, name in enumerate(names):
+                    key = task.name if kind == TaskKind.BINARY else f"{task.name}_{name}"
+                    row[f"{key}_{stem}_std"] = round(float(std[i]), 6)
         return row
 
     def _relative(self, path: Path) -> str:
@@ -190,8 +266,13 @@ class MultiTaskPredictionWriter:
         inverted = self.invert({self.image_key: image, _PRED: MetaTensor(logits, meta=dict(image.meta))})[_PRED]
         return inverted
 
-    def _save_mask(self, task: Task, logits: torch.Tensor, image: Any, case_id: str) -> Path:
+    def _mask(self, task: Task, logits: torch.Tensor) -> torch.Tensor:
+        """The ``(1, *spatial)`` uint8 label map: argmax, then the task's postprocessing when one is given."""
         mask = logits.argmax(0, keepdim=True).to(torch.uint8)
+        mask = mask.as_tensor() if isinstance(mask, MetaTensor) else mask
+        return self.postprocessing[task.name].apply(mask) if self.postprocessing is not None else mask
+
+    def _save_mask(self, task: Task, logits: torch.Tensor, image: Any, case_id: str, mask: torch.Tensor) -> Path:
         spatial_dims = mask.ndim - 1
         ext = self.mask_ext or (".png" if spatial_dims == 2 else ".nii.gz")
         meta = dict(logits.meta) if isinstance(logits, MetaTensor) else {}
@@ -225,13 +306,15 @@ class MultiTaskPredictionWriter:
             saver, MetaTensor(data.clamp(0, 1) if png else data, meta=meta), self.names.path(name, case_id, ext)
         )
 
-    def _save_dicom_seg(self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str) -> Path:
+    def _save_dicom_seg(
+        self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str, mask: torch.Tensor
+    ) -> Path:
         """The mask as a DICOM-SEG of its source series; the affine check catches masks off the source grid."""
         # the mask's grid: the inverted logits' (input file's) grid, else the preprocessed image's
         grid = logits if self.invert is not None else image
         affine = grid.affine if isinstance(grid, MetaTensor) else None
         return write_dicom_seg(
-            logits.argmax(0),
+            mask[0],
             source,
             self.names.path(task.name, case_id, "_seg.dcm"),
             task,
@@ -247,6 +330,17 @@ class MultiTaskPredictionWriter:
         atomic_write(self.table_path, csv_text(columns, self.rows).encode("utf-8", errors="backslashreplace"))
         logger.info("wrote %d predictions to %s", len(self.rows), self.table_path)
         return self.table_path
+
+
+def _entropy_folder(task_name: str) -> str:
+    return f"{task_name}_entropy"
+
+
+def _voxel_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise entropy of the softmax over the classes, divided by its maximum (``log C``): ``[0, 1]``."""
+    p = torch.softmax(logits.as_tensor() if isinstance(logits, MetaTensor) else logits, 0)
+    h = torch.special.entr(p).sum(0)
+    return h / math.log(p.shape[0]) if p.shape[0] > 1 else h
 
 
 def _save(saver: SaveImage, data: MetaTensor, path: Path) -> Path:

@@ -29,6 +29,12 @@ from medmtl.metrics.functional import (
     primary_metric,
 )
 from medmtl.metrics.handler import KEY_METRIC, MultiTaskMetricHandler
+from medmtl.metrics.postprocessing import (
+    POSTPROCESSING_FILE,
+    Postprocessing,
+    apply_postprocessing,
+    choose_postprocessing,
+)
 from medmtl.metrics.report import (
     OVERLAYS_FILE,
     REPORT_FILE,
@@ -40,6 +46,7 @@ from medmtl.metrics.report import (
 )
 from medmtl.metrics.report_handler import EvaluationReportHandler
 from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, TaskResult, mean_primary
+from medmtl.metrics.studies import STUDIES_FILE, StudyResults, study_results
 from medmtl.metrics.uncertainty import predictive_entropy, risk_coverage
 
 __all__ = [
@@ -78,6 +85,13 @@ __all__ = [
     "DECISIONS_FILE",
     "choose_decisions",
     "apply_decisions",
+    "POSTPROCESSING_FILE",
+    "Postprocessing",
+    "choose_postprocessing",
+    "apply_postprocessing",
     "predictive_entropy",
     "risk_coverage",
+    "STUDIES_FILE",
+    "StudyResults",
+    "study_results",
 ]

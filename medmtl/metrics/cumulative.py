@@ -32,6 +32,7 @@ from medmtl.data.task_keys import pred_key as _pred_key
 from medmtl.data.task_keys import present_key
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.metrics import functional as F
+from medmtl.metrics.postprocessing import PostprocessingOp, as_label_map, candidate_dice, candidate_metric
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
 __all__ = ["TaskMetric", "as_samples", "update_from_samples", "collect_results"]
@@ -65,6 +66,11 @@ class TaskMetric(Cumulative):
         hd_percentile: percentile of the Hausdorff distance.
         spacing: voxel spacing for HD95. ``None`` reads the label's ``MetaTensor.pixdim`` when
             there is one, else 1 voxel.
+        candidates: segmentation only: postprocessing candidates whose per-case Dice (of the
+            prediction before ``postprocessing``) is kept as ``dice_pp_<candidate>``
+            (:mod:`medmtl.metrics.postprocessing`); empty (default) adds nothing.
+        postprocessing: segmentation only: an operation applied to the predicted label map
+            before every score (the one chosen on out-of-fold Dice); ``None``: the argmax as is.
 
     Raises:
         ValueError: for an unknown segmentation metric, a list without ``dice`` or a threshold
@@ -90,8 +96,13 @@ class TaskMetric(Cumulative):
         seg_metrics: Sequence[str] = F.SEGMENTATION_METRICS,
         hd_percentile: float = 95.0,
         spacing: float | Sequence[float] | None = None,
+        candidates: Sequence[PostprocessingOp] = (),
+        postprocessing: PostprocessingOp | None = None,
     ) -> None:
         self.task = task
+        dense = task.kind == TaskKind.SEGMENTATION
+        self.candidates = tuple(candidates) if dense else ()
+        self.postprocessing = postprocessing if dense else None
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"task '{task.name}': threshold must be a probability in (0, 1), got {threshold}")
         self.threshold = float(threshold)
@@ -104,6 +115,8 @@ class TaskMetric(Cumulative):
             )
         self.hd_percentile = float(hd_percentile)
         self.spacing = spacing
+        # the per-case buffers of a segmentation task: its scores, then the candidates' Dice
+        self.seg_fields = self.seg_metrics + tuple(candidate_metric(op) for op in self.candidates)
         self._case_ids: list[str] = []
         super().__init__()
 
@@ -161,7 +174,7 @@ class TaskMetric(Cumulative):
     def _segmentation_rows(self, pred: Any, label: Any, device: torch.device) -> list[torch.Tensor]:
         fg = self.task.num_outputs - 1
         if label is None:
-            return [torch.full((fg,), math.nan, device=device) for _ in self.seg_metrics]
+            return [torch.full((fg,), math.nan, device=device) for _ in self.seg_fields]
         spacing = self.spacing
         if spacing is None and isinstance(label, MetaTensor):
             spatial_dims = label.ndim - 1
@@ -169,6 +182,10 @@ class TaskMetric(Cumulative):
             spacing = pixdim[:spatial_dims] if len(pixdim) >= spatial_dims else None
         p = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)
         y = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
+        raw = p
+        if self.postprocessing is not None:
+            labels = as_label_map(p, self.task.num_outputs, self.task.name)
+            p = self.postprocessing(labels, self.task.num_outputs).to(device=p.device, dtype=torch.float32)
         values = F.segmentation_case_metrics(
             p[None].detach(),
             y[None].to(p.device),
@@ -178,7 +195,11 @@ class TaskMetric(Cumulative):
             spacing=spacing,
             task=self.task.name,
         )
-        return [values[m][0] for m in self.seg_metrics]
+        rows = [values[m][0] for m in self.seg_metrics]
+        if self.candidates:
+            dice = candidate_dice(raw, y, self.task.num_outputs, self.candidates, self.task.name)
+            rows += [dice[candidate_metric(op)].to(device) for op in self.candidates]
+        return rows
 
     def _classification_rows(self, pred: Any, label: Any, device: torch.device) -> list[torch.Tensor]:
         t = self.task
@@ -223,7 +244,7 @@ class TaskMetric(Cumulative):
         buffers = self.get_buffer()
         if buffers is None:
             return {}
-        names = ["present", *(self.seg_metrics if self.task.is_dense else ("probability", "label"))]
+        names = ["present", *(self.seg_fields if self.task.is_dense else ("probability", "label"))]
         return dict(zip(names, buffers, strict=True))
 
     def case_ids(self) -> list[str]:
@@ -238,7 +259,7 @@ class TaskMetric(Cumulative):
         keep = arrays[0].reshape(-1) > 0.5
         kept_ids = [c for c, k in zip(ids, keep, strict=True) if k]
         if self.task.is_dense:
-            metrics = {m: a[keep] for m, a in zip(self.seg_metrics, arrays[1:], strict=True)}
+            metrics = {m: a[keep] for m, a in zip(self.seg_fields, arrays[1:], strict=True)}
             return TaskResult(self.task, kept_ids, case_metrics=metrics, threshold=self.threshold)
         probs, labels = arrays[1][keep], arrays[2][keep]
         if self.task.kind == TaskKind.MULTICLASS:
@@ -248,7 +269,7 @@ class TaskMetric(Cumulative):
     def _empty_result(self) -> TaskResult:
         fg = self.task.num_outputs - 1
         if self.task.is_dense:
-            return TaskResult(self.task, [], case_metrics={m: np.zeros((0, fg)) for m in self.seg_metrics})
+            return TaskResult(self.task, [], case_metrics={m: np.zeros((0, fg)) for m in self.seg_fields})
         k = self.task.num_outputs
         labels = np.zeros(0, dtype=np.int64) if self.task.kind == TaskKind.MULTICLASS else np.zeros((0, k))
         return TaskResult(self.task, [], probabilities=np.zeros((0, k)), labels=labels, threshold=self.threshold)

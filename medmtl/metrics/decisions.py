@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from sklearn.metrics import roc_curve
 
 from medmtl.atomic_io import atomic_write
 from medmtl.data.tasks import Task, TaskKind
-from medmtl.json_file import read_json
+from medmtl.json_file import read_json, read_task_entries
 from medmtl.metrics.functional import multiclass_metrics
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
@@ -50,6 +50,7 @@ __all__ = [
     "choose_threshold",
     "correct_priors",
     "prior_weights",
+    "with_thresholds",
 ]
 
 #: file name of the record beside the model / evaluation.
@@ -415,15 +416,7 @@ class Decisions:
                 f"{path} has decisions format version {data.get('version')!r}; this medmtl reads version "
                 f"{DECISIONS_VERSION}: {fix}"
             )
-        names, entries = data.get("tasks"), data.get("decisions")
-        if not isinstance(names, list) or not isinstance(entries, dict) or list(entries) != names:
-            raise DecisionsFileError(f"{path}: 'tasks' must list the keys of 'decisions' in order; {fix}")
-        problems, decided = [], {}
-        for name in names:
-            try:
-                decided[name] = TaskDecision.from_json(name, entries[name])
-            except ValueError as err:
-                problems.append(str(err))
+        decided, problems = read_task_entries(path, data, "decisions", TaskDecision.from_json, DecisionsFileError, fix)
         if not problems and tasks is not None:
             problems = _mismatch(decided, tasks)
         if problems:
@@ -578,3 +571,16 @@ def apply_decisions(probabilities: Mapping[str, np.ndarray], decisions: Decision
     if missing:
         raise KeyError(f"no decision for tasks {missing}; the record holds {decisions.task_names}")
     return {n: decisions[n].decide(p) for n, p in probabilities.items()}
+
+
+def with_thresholds(results: EvaluationResults, decisions: Decisions | None) -> EvaluationResults:
+    """``results`` whose binary / multilabel tasks are decided at the record's thresholds (others unchanged)."""
+    if decisions is None:
+        return results
+    thresholds = decisions.thresholds()
+    return EvaluationResults(
+        {
+            name: replace(r, threshold=thresholds[name]) if name in thresholds else r
+            for name, r in results.results.items()
+        }
+    )

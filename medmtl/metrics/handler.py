@@ -18,6 +18,7 @@ gathering is MONAI's) per task, and at the end of each evaluation writes
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from ignite.metrics.metric import EpochWise, MetricUsage, reinit__is_reduced
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.metrics import functional as F
 from medmtl.metrics.cumulative import TaskMetric, as_samples, update_from_samples
+from medmtl.metrics.postprocessing import Postprocessing, PostprocessingOp, as_postprocessing, default_candidates
 from medmtl.metrics.results import EvaluationResults, mean_primary
 
 __all__ = ["MultiTaskMetricHandler", "KEY_METRIC"]
@@ -59,6 +61,13 @@ class MultiTaskMetricHandler(Metric):
             resamples (seeded by ``seed``); 0 (default) keeps validation cheap.
         seed: bootstrap seed.
         device: ignite's metric device argument (the buffers follow the predictions' device).
+        postprocessing_candidates: also score postprocessing candidates of every segmentation task
+            (per-case Dice as ``<task>/dice_pp_<candidate>``, kept in ``predictions.npz``) for
+            :func:`~medmtl.metrics.postprocessing.choose_postprocessing`: ``True`` for the default
+            candidates, or a list of names (``keep_largest``, ``keep_largest_foreground``,
+            ``remove_small_<fraction>``); ``False`` (default) adds nothing.
+        postprocessing: a ``postprocessing.json`` path (or record) whose operation is applied to
+            each segmentation task's predicted mask before its scores; ``None`` (default): none.
 
     Example::
 
@@ -80,15 +89,25 @@ class MultiTaskMetricHandler(Metric):
         bootstrap: int = 0,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        postprocessing_candidates: bool | Sequence[str] = False,
+        postprocessing: Postprocessing | str | os.PathLike | None = None,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner="MultiTaskMetricHandler"))
+        self.postprocessing = as_postprocessing(postprocessing, self.tasks)
+        chosen = self.postprocessing.tasks if self.postprocessing is not None else {}
         unknown = sorted(set(primary or {}) - {t.name for t in self.tasks})
         if unknown:
             raise ValueError(f"primary names tasks {unknown} that are not among {[t.name for t in self.tasks]}")
         self.primary = dict(primary or {})
         self.task_metrics = {
             t.name: TaskMetric(
-                t, threshold=threshold, seg_metrics=seg_metrics, hd_percentile=hd_percentile, spacing=spacing
+                t,
+                threshold=threshold,
+                seg_metrics=seg_metrics,
+                hd_percentile=hd_percentile,
+                spacing=spacing,
+                candidates=_candidates(t, postprocessing_candidates),
+                postprocessing=chosen[t.name].op if t.name in chosen else None,
             )
             for t in self.tasks
         }
@@ -152,3 +171,17 @@ class MultiTaskMetricHandler(Metric):
         super().attach(engine, name, usage)
         if self.save_details and not hasattr(engine.state, "metric_details"):
             engine.state.metric_details = {}
+
+
+def _candidates(task: Task, option: bool | Sequence[str]) -> tuple[PostprocessingOp, ...]:
+    """The postprocessing candidates scored for ``task`` (none for image-level tasks or ``False``)."""
+    if not task.is_dense or option is False:
+        return ()
+    if option is True:
+        return default_candidates(task)
+    if isinstance(option, str) or not isinstance(option, Sequence):
+        raise ValueError(
+            f"postprocessing_candidates must be True / False or a list of candidate names, got {option!r} "
+            "(on the command line: --validate::key_metric::mean_primary::postprocessing_candidates True)"
+        )
+    return tuple(PostprocessingOp.from_name(name) for name in option if name != "none")

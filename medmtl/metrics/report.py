@@ -6,7 +6,8 @@ A run ends with files a person and a program can both read, from one place:
   confidence interval of each task's primary metric (``ci``), confusion matrices,
   ``metric_per_case``, as nnU-Net's ``summary.json`` (NaN written as ``null``), and per image-level
   task its ``calibration`` (ECE, MCE, Brier, reliability bins; before / after temperature scaling
-  when ``calibration.json`` gives temperatures);
+  when ``calibration.json`` gives temperatures) and, when images are grouped by study, ``studies``
+  (study-level metrics, :mod:`medmtl.metrics.studies`, with ``studies.csv``);
 - ``predictions.npz``: the per-case arrays everything is computed from
   (:meth:`EvaluationResults.save`), plus ``overlays.npz`` with the overlay slices when given;
 - ``report.html`` with PNGs in ``figures/``: tables, ROC curves, confusion matrices, Dice box
@@ -41,6 +42,7 @@ from medmtl.metrics.calibration import (
     write_calibration,
 )
 from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, ResultsFileError, _read_npz, mean_primary
+from medmtl.metrics.studies import STUDIES_FILE, studies_from_summary, study_results, study_summary, write_studies_csv
 from medmtl.metrics.uncertainty import most_uncertain, predictive_entropy, uncertainty_summary
 
 __all__ = [
@@ -131,15 +133,7 @@ def build_summary(
         means[task.name] = metrics
         flat.update({f"{task.name}/{k}": v for k, v in metrics.items()})
         counts[task.name] = _counts(r)
-        name, _ = F.primary_metric(task)
-        low, high = r.bootstrap_ci(n_resamples=n_resamples, confidence=confidence, seed=seed)
-        cis[task.name] = {
-            "metric": name,
-            "higher_is_better": F.higher_is_better(name),
-            "value": metrics.get(name, math.nan),
-            "low": low,
-            "high": high,
-        }
+        cis[task.name] = r.primary_interval(metrics, n_resamples=n_resamples, confidence=confidence, seed=seed)
         cm = r.confusion_matrix()
         if cm is not None:
             matrices[task.name] = {"classes": list(task.class_names), "matrix": cm.tolist()}
@@ -224,6 +218,8 @@ def write_report(
     primary: Mapping[str, str] | None = None,
     title: str = "medmtl evaluation",
     calibration: CalibrationRecord | None = None,
+    studies: Mapping[str, str] | None = None,
+    study_aggregate: str = "mean",
 ) -> Path:
     """Write ``summary.json``, ``predictions.npz``, ``figures/*.png`` and ``report.html``.
 
@@ -244,6 +240,10 @@ def write_report(
             (:func:`~medmtl.metrics.calibration.fit_temperatures`): the report shows calibration
             before and after them and writes them to ``calibration.json``; default: that file in
             ``out_dir`` when present.
+        studies: ``{case_id: study id}`` (the spec's ``aggregate_by``): image-level tasks are also
+            scored per study (:mod:`medmtl.metrics.studies`): ``studies.csv``, a ``studies`` block in
+            ``summary.json`` and a per-study section; ``None``: per image only.
+        study_aggregate: ``mean`` or ``max`` of a study's image probabilities.
 
     Returns:
         Path of ``report.html``.
@@ -271,6 +271,9 @@ def write_report(
     calib = calibration_summary(results, tasks, record)
     if calib:  # image-level tasks only; a segmentation-only summary stays as it was
         summary["calibration"] = calib
+    by_study = study_results(results, studies, study_aggregate, tasks) if studies else None
+    if by_study is not None and by_study.tasks:
+        summary["studies"] = study_summary(by_study, n_resamples, confidence, seed)
 
     sections = []
     overview = []
@@ -351,6 +354,8 @@ def write_report(
         sections.append(f'<section class="task"><h2>Sample overlays</h2><div>{imgs}</div></section>')
     if calib:
         sections.append(_calibration_section(results, tasks, calib, record, fig_dir, out))
+    if "studies" in summary:
+        sections.append(_studies_section(summary["studies"], pct, n_resamples))
     for task in tasks:
         if not task.is_dense:
             sections.append(_uncertainty_section(results[task.name], summary["uncertainty"][task.name], fig_dir, out))
@@ -362,6 +367,10 @@ def write_report(
         json.dump(_json_safe(summary), fh, indent=2)
     results.save(out / PREDICTIONS_FILE)
     _save_overlays(overlay_items, out / OVERLAYS_FILE)
+    if "studies" in summary:
+        write_studies_csv(by_study, out / STUDIES_FILE)
+    else:  # a folder re-evaluated without studies keeps no stale table
+        (out / STUDIES_FILE).unlink(missing_ok=True)
     if calibration is not None:  # the folder then rebuilds the same before/after report
         write_calibration(calibration, out / CALIBRATION_FILE)
     page = (
@@ -438,6 +447,34 @@ def _calibration_section(
         )
     table = _table(header, rows)
     return f'<section class="task"><h2>Calibration</h2>{intro}{table}<div>{"".join(figs)}</div></section>'
+
+
+def _studies_section(block: Mapping[str, Any], pct: str, n_resamples: int) -> str:
+    """The "Per study" section: study-level metrics of each image-level task (:mod:`medmtl.metrics.studies`)."""
+    intro = (
+        f"<p>Images grouped by study (the spec's <code>aggregate_by</code>): a study's probability is the "
+        f"{html.escape(block['aggregate'])} of its images' probabilities, its decision that probability at the "
+        f"per-image threshold (multiclass: argmax), its label {html.escape(block['label_rule'])}. Intervals resample "
+        f"studies ({n_resamples} resamples). One row per study: <code>{html.escape(block['file'])}</code>.</p>"
+    )
+    overview = [
+        [
+            name,
+            block["num_studies"][name],
+            block["mixed_label_studies"][name],
+            ci["metric"],
+            ci["value"],
+            ci["low"],
+            ci["high"],
+        ]
+        for name, ci in block["ci"].items()
+    ]
+    header = ["task", "studies", "mixed-label studies", "primary metric", "value", f"{pct} CI low", f"{pct} CI high"]
+    parts = [intro, _table(header, overview)]
+    for name, metrics in block["mean"].items():
+        rows = [[k, v] for k, v in metrics.items() if k != "num_cases"]
+        parts.append(f"<h3>{html.escape(name)} per study</h3>" + _table(["metric", "value"], rows))
+    return f'<section class="task"><h2>Per study</h2>{"".join(parts)}</section>'
 
 
 def _threshold_text(threshold: Any) -> str:
@@ -645,6 +682,7 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
     out = Path(out_dir) if out_dir is not None else run
     calibration_path = run / CALIBRATION_FILE
     elsewhere = out.resolve() != run.resolve()  # in place, write_report reads the file itself
+    studies = studies_from_summary(summary.get("studies"), summary_path)
     return write_report(
         results,
         out,
@@ -657,4 +695,6 @@ def report_from_dir(run_dir: str | Path, out_dir: str | Path | None = None, titl
         seed=seed,
         primary=settings.get("primary") or None,
         title=title or str(settings.get("title", "medmtl evaluation")),
+        studies=studies[0] if studies else None,
+        study_aggregate=studies[1] if studies else "mean",
     )

@@ -19,9 +19,12 @@ import torch
 from ignite.engine import Engine, Events
 
 from medmtl.data.tasks import Task, TaskKind, as_tasks, present_key
+from medmtl.metrics.calibration import CalibrationRecord, read_calibration
+from medmtl.metrics.decisions import Decisions, with_thresholds
 from medmtl.metrics.functional import primary_metric
 from medmtl.metrics.handler import MultiTaskMetricHandler
 from medmtl.metrics.report import Overlay, write_report
+from medmtl.metrics.studies import AGGREGATES
 
 __all__ = ["EvaluationReportHandler"]
 
@@ -40,6 +43,13 @@ class EvaluationReportHandler:
         history_file: JSON list of per-epoch metric records written by training (``EpochProgress``).
         n_resamples: bootstrap resamples for the confidence intervals.
         title: report title.
+        studies: ``{case_id: study id}`` (``CaseTable.study_of`` of the evaluated split): the report also
+            scores image-level tasks per study (``studies.csv``); ``None``: per image only.
+        study_aggregate: ``mean`` or ``max`` of a study's image probabilities (the spec's ``aggregate``).
+        decisions: the model's ``decisions.json`` (path or :class:`~medmtl.metrics.Decisions`, chosen on
+            validation / out-of-fold predictions): the report's decisions use its thresholds instead of 0.5.
+        calibration: the model's ``calibration.json`` (path or :class:`~medmtl.metrics.CalibrationRecord`):
+            the report shows calibration before and after its temperatures.
     """
 
     def __init__(
@@ -52,6 +62,10 @@ class EvaluationReportHandler:
         history_file: str | os.PathLike | None = None,
         n_resamples: int = 1000,
         title: str = "medmtl evaluation",
+        studies: Mapping[str, str] | None = None,
+        study_aggregate: str = "mean",
+        decisions: Decisions | str | os.PathLike | None = None,
+        calibration: CalibrationRecord | str | os.PathLike | None = None,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner="EvaluationReportHandler"))
         self.metric = metric
@@ -61,6 +75,16 @@ class EvaluationReportHandler:
         self.history_file = Path(history_file) if history_file else None
         self.n_resamples = n_resamples
         self.title = title
+        if study_aggregate not in AGGREGATES:  # checked when the bundle is parsed, not after the evaluation
+            raise ValueError(f"study_aggregate must be one of {list(AGGREGATES)}, got {study_aggregate!r}")
+        self.studies = dict(studies) if studies is not None else None
+        self.study_aggregate = study_aggregate
+        self.decisions = (
+            Decisions.load(decisions, self.tasks) if isinstance(decisions, str | os.PathLike) else decisions
+        )
+        self.calibration = (
+            read_calibration(calibration, self.tasks) if isinstance(calibration, str | os.PathLike) else calibration
+        )
         self.overlays: list[Overlay] = []
         self.report_path: Path | None = None
 
@@ -100,13 +124,16 @@ class EvaluationReportHandler:
             keys = sorted({k for r in records for k in r} & wanted)
             history = {k: [r.get(k, float("nan")) for r in records] for k in keys}
         self.report_path = write_report(
-            self.metric.results(),
+            with_thresholds(self.metric.results(), self.decisions),
             self.output_dir,
             tasks=self.tasks,
             history=history,
             overlays=self.overlays,
             n_resamples=self.n_resamples,
             title=self.title,
+            studies=self.studies,
+            study_aggregate=self.study_aggregate,
+            calibration=self.calibration,
         )
         logger.info("evaluation report: %s", self.report_path)
         return self.report_path

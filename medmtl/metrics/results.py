@@ -151,6 +151,20 @@ class TaskResult:
             return None
         return F.rows_nanmean(self.case_metrics["dice"])
 
+    def primary_interval(
+        self, metrics: Mapping[str, float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    ) -> dict[str, Any]:
+        """The primary metric (its value from ``metrics``) with its bootstrap interval, as ``summary.json`` keeps it."""
+        name, _ = F.primary_metric(self.task)
+        low, high = self.bootstrap_ci(n_resamples=n_resamples, confidence=confidence, seed=seed)
+        return {
+            "metric": name,
+            "higher_is_better": F.higher_is_better(name),
+            "value": metrics.get(name, math.nan),
+            "low": low,
+            "high": high,
+        }
+
     def bootstrap_ci(self, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
         """Percentile bootstrap interval of the primary metric, resampling labelled cases.
 

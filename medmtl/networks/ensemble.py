@@ -11,17 +11,55 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from medmtl.data.task_keys import FOLD_MEMBERS_KEY
 from medmtl.data.tasks import Task, TaskKind
 
-__all__ = ["FoldEnsemble", "ensemble_state_dict"]
+__all__ = ["FoldEnsemble", "average_probabilities", "ensemble_state_dict", "stack_members"]
 
 _EPS = 1e-7
+
+
+def average_probabilities(
+    outputs: Sequence[Mapping[str, torch.Tensor]], tasks: Sequence[Task]
+) -> dict[str, torch.Tensor]:
+    """The logits of the mean probabilities of several ``{task: logits}`` predictions of the same cases.
+
+    Softmax tasks (segmentation, multiclass) give ``log p``, sigmoid tasks ``logit p``, so the
+    downstream activation gives back exactly the mean probability. Outputs that are not tasks
+    (e.g. a saliency map) are averaged as they are.
+    """
+    softmax = {t.name for t in tasks if t.kind in (TaskKind.SEGMENTATION, TaskKind.MULTICLASS)}
+    sigmoid = {t.name for t in tasks if t.kind in (TaskKind.BINARY, TaskKind.MULTILABEL)}
+    total: dict[str, torch.Tensor] = {}
+    for output in outputs:
+        for name, value in output.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if name in softmax:
+                value = torch.softmax(value.float(), dim=1)
+            elif name in sigmoid:
+                value = torch.sigmoid(value.float())
+            total[name] = total[name] + value if name in total else value
+    out = {}
+    for name, summed in total.items():
+        mean = summed / len(outputs)
+        if name in softmax or name in sigmoid:
+            p = mean.clamp(_EPS, 1 - _EPS)
+            mean = torch.log(p) if name in softmax else torch.logit(p)
+        out[name] = mean
+    return out
+
+
+def stack_members(outputs: Sequence[Mapping[str, torch.Tensor]], tasks: Sequence[Task]) -> dict[str, torch.Tensor]:
+    """``{task: (B, members, C) logits}`` of the image-level tasks: the members' own predictions, for their spread."""
+    image_level = [t.name for t in tasks if not t.is_dense]
+    return {name: torch.stack([o[name].float() for o in outputs], dim=1) for name in image_level if name in outputs[0]}
 
 
 class FoldEnsemble(nn.Module):
@@ -30,6 +68,9 @@ class FoldEnsemble(nn.Module):
     Args:
         members: networks returning ``{task: logits}`` (the folds, same architecture).
         tasks: the tasks (kind decides softmax or sigmoid).
+        return_members: also return ``{"fold_members": {task: (B, folds, C) logits}}`` for the
+            image-level tasks: each fold's own answer, from which inference reports the folds'
+            disagreement per case.
 
     Example::
 
@@ -37,33 +78,26 @@ class FoldEnsemble(nn.Module):
         ensemble.load_state_dict(ensemble_state_dict(["fold_0/models/last.pt", ...]))
     """
 
-    def __init__(self, members: Sequence[nn.Module], tasks: Sequence[Task]) -> None:
+    def __init__(self, members: Sequence[nn.Module], tasks: Sequence[Task], return_members: bool = False) -> None:
         super().__init__()
         if not members:
             raise ValueError("FoldEnsemble needs at least one member network")
         self.members = nn.ModuleList(members)
-        self.softmax_tasks = [t.name for t in tasks if t.kind in (TaskKind.SEGMENTATION, TaskKind.MULTICLASS)]
-        self.sigmoid_tasks = [t.name for t in tasks if t.kind in (TaskKind.BINARY, TaskKind.MULTILABEL)]
+        self.tasks = list(tasks)
+        self.return_members = return_members
 
     @classmethod
-    def replicate(cls, network: nn.Module, tasks: Sequence[Task], members: int) -> FoldEnsemble:
+    def replicate(
+        cls, network: nn.Module, tasks: Sequence[Task], members: int, return_members: bool = False
+    ) -> FoldEnsemble:
         """``members`` copies of ``network`` (weights loaded afterwards, e.g. by the bundle's checkpoint loader)."""
-        return cls([copy.deepcopy(network) for _ in range(int(members))], tasks)
+        return cls([copy.deepcopy(network) for _ in range(int(members))], tasks, return_members)
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        total: dict[str, torch.Tensor] = {}
-        for member in self.members:
-            for name, logits in member(x).items():
-                p = (
-                    torch.softmax(logits.float(), dim=1)
-                    if name in self.softmax_tasks
-                    else torch.sigmoid(logits.float())
-                )
-                total[name] = total[name] + p if name in total else p
-        out = {}
-        for name, summed in total.items():
-            p = (summed / len(self.members)).clamp(_EPS, 1 - _EPS)
-            out[name] = torch.log(p) if name in self.softmax_tasks else torch.logit(p)
+        outputs = [member(x) for member in self.members]
+        out: dict = average_probabilities(outputs, self.tasks)
+        if self.return_members:
+            out[FOLD_MEMBERS_KEY] = stack_members(outputs, self.tasks)
         return out
 
 

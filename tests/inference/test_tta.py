@@ -69,3 +69,14 @@ def test_bad_axes() -> None:
         MirrorTTAInferer(mirror_axes=[-1])
     with pytest.raises(ValueError, match="do not fit a 2D input"):
         MirrorTTAInferer(mirror_axes=[2])(torch.rand(1, 1, 4, 4), _CountingNet())
+
+
+def test_kept_passes_are_each_mirror_images_image_level_logits() -> None:
+    x = torch.rand(2, 1, 6, 5, generator=torch.Generator().manual_seed(1))
+    out = MirrorTTAInferer(SimpleInferer(), mirror_axes=[0], keep_passes=True)(x, _CountingNet())
+    first_half, second_half = x[:, :, :3].flatten(1).sum(1), x[:, :, 3:].flatten(1).sum(1)
+    passes = out["tta_passes"]
+    assert set(passes) == {"grade"}  # masks are not kept per pass
+    torch.testing.assert_close(passes["grade"], torch.stack([first_half, second_half], dim=1).unsqueeze(2))
+    torch.testing.assert_close(passes["grade"].mean(1), out["grade"])
+    assert "tta_passes" not in MirrorTTAInferer(mirror_axes=(), keep_passes=True)(x, _CountingNet())  # TTA off

@@ -50,3 +50,16 @@ def test_checkpoints_load_into_a_replicated_ensemble(tmp_path) -> None:
         for name, value in _net(seed).state_dict().items():
             torch.testing.assert_close(member.state_dict()[name], value)
     assert set(ensemble_state_dict(paths[:1])) == {f"members.0.{k}" for k in _net(0).state_dict()}
+
+
+def test_members_kept_for_their_spread() -> None:
+    members = [_net(0), _net(1), _net(2)]
+    ensemble = FoldEnsemble(members, TASKS, return_members=True).eval()
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outs = [m(x) for m in members]
+        got = ensemble(x)
+    assert set(got["fold_members"]) == {"malignant", "grade"}  # image-level tasks only
+    for name in ("malignant", "grade"):
+        torch.testing.assert_close(got["fold_members"][name], torch.stack([o[name] for o in outs], dim=1))
+    assert "fold_members" not in FoldEnsemble(members, TASKS)(x)

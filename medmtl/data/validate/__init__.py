@@ -25,7 +25,8 @@ and its format must be what medmtl reads (colour model, palette, alpha, frames, 
 The work is split by job: :mod:`.dataset` (spec, case table, the report and the bundles' gate),
 :mod:`.pool` (this process, then a ``spawn`` pool), :mod:`.case_checks` (one case),
 :mod:`.reading` (opening one file under limits), :mod:`.values` (what a file holds, grids),
-:mod:`.jobs` (what a worker gets and returns) and :mod:`.report`.
+:mod:`.jobs` (what a worker gets and returns), :mod:`.studies` (studies whose images disagree on a
+label) and :mod:`.report`.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from medmtl.data.validate.jobs import (
 )
 from medmtl.data.validate.pool import _run_jobs
 from medmtl.data.validate.report import ValidationReport
+from medmtl.data.validate.studies import mixed_label_studies
 
 __all__ = ["validate_dataset", "DatasetInvalidError", "DatasetExit", "require_valid_dataset"]
 
@@ -128,6 +129,7 @@ def _validate_spec(
         return
     report.root = str(table.root)
     report.problems.extend(table.problems)
+    report.problems.extend(mixed_label_studies(spec, table.cases))
     weak_masks = _weak_masks(spec, root, table.cases, report)
     report.num_cases = len(table.cases)
     report.split_counts = {s: n for s, n in sorted(table.split_counts().items(), key=lambda kv: _split_order(kv[0]))}
