@@ -11,7 +11,7 @@ import pytest
 
 from medmtl.bundle_layers import bundle_command, config_layers
 from medmtl.cli import build_parser, main
-from medmtl.data.demo import generate_demo_data
+from medmtl.data.demo import generate_demo2d
 from medmtl.experiments.learning_curve import (
     MEAN_PRIMARY,
     CurvePoint,
@@ -43,7 +43,7 @@ def sweep(tmp_path_factory) -> dict:
     then a resumed sweep at 100 % with a valid threshold: finished runs must be reused, failed ones
     retried. Eight bundle processes in all (each costs seconds of imports), to stay quick on a CPU."""
     work = tmp_path_factory.mktemp("learning_curve")
-    generate_demo_data(work / "data", num_cases=24, seed=0)
+    generate_demo2d(work / "data" / "demo2d", num_cases=24, seed=0)  # the 2D set only: what the demo bundle reads
     out = work / "sweep"
     first = run_learning_curve(
         DEMO,

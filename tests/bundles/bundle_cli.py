@@ -2,17 +2,23 @@
 
 Why: several tests merge a test-only config (a kill hook, a NaN injector, a tracking guard) after a
 bundle's layers; :func:`medmtl.bundle_layers.bundle_command` takes only the bundle's own layers.
+:func:`run_together` runs independent bundle commands at the same time: each process spends
+seconds importing MONAI on one core, so two of them overlap on the two cores of the CI machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 
 from medmtl.bundle_layers import bundle_command, config_layers
 
-__all__ = ["as_overrides", "bundle_argv"]
+__all__ = ["as_overrides", "bundle_argv", "run_together"]
 
 
 def as_overrides(overrides: Mapping[str, object]) -> list[str]:
@@ -36,3 +42,34 @@ def bundle_argv(
         files = [*config_layers(bundle, *workflows), *extra_configs]
         cmd[cmd.index("--config_file") + 1] = "[" + ",".join(repr(os.fspath(f)) for f in files) + "]"
     return cmd
+
+
+def run_together(
+    runs: Sequence[tuple[Sequence[str], str | os.PathLike]],
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> list[subprocess.CompletedProcess]:
+    """Start every ``(command, cwd)`` at once, wait for all; results in order, as ``subprocess.run`` with
+    ``capture_output=True, text=True`` gives them (output in files, so no pipe fills up while waiting)."""
+    deadline = time.monotonic() + timeout
+    with ExitStack() as stack:
+        started = []
+        try:
+            for cmd, cwd in runs:
+                out, err = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
+                started.append((cmd, subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=out, stderr=err), out, err))
+            for _, proc, _, _ in started:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        finally:
+            for _, proc, _, _ in started:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        results = []
+        for cmd, proc, out, err in started:
+            text = []
+            for handle in (out, err):
+                handle.seek(0)
+                text.append(handle.read().decode(errors="replace"))
+            results.append(subprocess.CompletedProcess(list(cmd), proc.returncode, *text))
+        return results

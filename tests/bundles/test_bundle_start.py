@@ -13,6 +13,7 @@ from pathlib import Path
 import monai.bundle
 import pytest
 import torch
+from bundle_cli import run_together
 
 from medmtl.bundle_layers import bundle_command
 from medmtl.engines import BundleStartError, check_bundle_start
@@ -22,12 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 MONAI_MAIN = str(Path(monai.bundle.__file__).with_name("__main__.py"))
 
 
-def _refused(tmp_path: Path, workflows: tuple[str, ...], *args: str) -> list[str]:
-    """Run the bundle; assert exit 1 without traceback; the error lines (first one without its type)."""
+def _command(tmp_path: Path, workflows: tuple[str, ...], *args: str) -> list[str]:
     cmd = bundle_command("demo", workflows)  # with --meta_file and --logging_file: MONAI's keys, never refused
     cmd += ["--data_spec", str(REPO / "data_specs" / "demo.yaml"), "--dataset_dir", str(tmp_path / "no_data")]
-    cmd += ["--output_dir", str(tmp_path / "run"), *args]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    return cmd + ["--output_dir", str(tmp_path / "run"), *args]
+
+
+def _refused(tmp_path: Path, workflows: tuple[str, ...], *args: str) -> list[str]:
+    """Run the bundle; assert exit 1 without traceback; the error lines (first one without its type)."""
+    result = subprocess.run(
+        _command(tmp_path, workflows, *args), cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    return _error_lines(result)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
@@ -63,12 +73,19 @@ def test_cuda_without_cuda_and_too_few_epochs_each_get_their_line(tmp_path) -> N
 
 
 def test_evaluation_without_a_trained_run_says_train_first(tmp_path) -> None:
-    (line,) = _refused(tmp_path, ("evaluate",))
+    evaluation, inference = run_together(  # two refusals, started at once
+        [
+            (_command(tmp_path, ("evaluate",)), tmp_path),
+            (_command(tmp_path, ("inference",), "--ckpt_path", str(tmp_path / "missing.pt")), tmp_path),
+        ],
+        timeout=120,
+    )
+    (line,) = _error_lines(evaluation)
     assert line == (
         f"checkpoint {tmp_path / 'run' / 'models' / 'best.pt'} does not exist: train first (with the same "
         "--output_dir), or pass --ckpt_path"
     )
-    (line,) = _refused(tmp_path, ("inference",), "--ckpt_path", str(tmp_path / "missing.pt"))
+    (line,) = _error_lines(inference)
     assert line == f"--ckpt_path {tmp_path / 'missing.pt'}: no such checkpoint file"
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import run_together
 
 from medmtl.bundle_layers import bundle_command, bundle_dir
-from medmtl.data.demo import generate_demo_data
+from medmtl.data.demo import generate_demo2d
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = bundle_dir("demo") / "configs"
@@ -27,19 +28,32 @@ TRAINED_WITH = {
 }
 
 
-def _bundle(*workflows: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
+def _command(*workflows: str, **overrides: object) -> list[str]:
     """``workflows`` of the demo bundle (its config layers, as ``medmtl run`` gives them) with ``overrides``."""
-    cmd = bundle_command("demo", workflows, [a for k, v in overrides.items() for a in (f"--{k}", str(v))])
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return bundle_command("demo", workflows, [a for k, v in overrides.items() for a in (f"--{k}", str(v))])
+
+
+def _succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
+def _bundle(*workflows: str, cwd: Path, env: dict, **overrides: object) -> subprocess.CompletedProcess:
+    cmd = _command(*workflows, **overrides)
+    return _succeeded(subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300))
+
+
+def _together(env: dict, *runs: tuple[list[str], Path]) -> list[subprocess.CompletedProcess]:
+    """Independent bundle runs started at once (each spends seconds importing on one core); all must succeed."""
+    return [_succeeded(result) for result in run_together(runs, env=env, timeout=300)]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> dict:
-    """Demo data, then a 3-epoch training with MLflow into a temporary SQLite store."""
+    """Demo data, then a 3-epoch training with MLflow into a temporary SQLite store; on CPU, at the same
+    time, the same training without tracking into ``run_again`` (for the determinism test)."""
     work = tmp_path_factory.mktemp("demo")
-    generate_demo_data(work / "data", seed=0)
+    generate_demo2d(work / "data" / "demo2d", seed=0)  # the 2D set only: what the demo bundle reads
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     common = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
@@ -47,7 +61,10 @@ def demo_run(tmp_path_factory) -> dict:
         "output_dir": work / "run",
         "val_interval": 1,
     }
-    train = _bundle("train", cwd=work, env=env, epochs=3, tracking="mlflow", **common, **TRAINED_WITH)
+    runs = [(_command("train", epochs=3, tracking="mlflow", **common, **TRAINED_WITH), work)]
+    if not torch.cuda.is_available():  # test_same_seed_gives_the_same_run is for CPU only
+        runs.append((_command("train", epochs=3, **{**common, "output_dir": work / "run_again"}, **TRAINED_WITH), work))
+    train = _together(env, *runs)[0]
     return {"work": work, "env": env, "common": common, "train_log": train.stdout + train.stderr}
 
 
@@ -90,14 +107,20 @@ def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_evaluation(demo_run) -> Path:
-    """The evaluation bundle on the trained run, with MLflow: its output folder (once per module, so
-    every test that reads it also passes alone or on another pytest-xdist worker). Only ``--output_dir``,
-    as the docs show: the run's ``run_config.json`` gives the spec, data and network."""
-    _bundle(
-        "evaluate", cwd=demo_run["work"], env=demo_run["env"], tracking="mlflow", output_dir=demo_run["work"] / "run"
-    )
-    return demo_run["work"] / "run" / "eval"
+def demo_outputs(demo_run) -> Path:
+    """The evaluation bundle on the trained run, with MLflow, and the inference bundle on every case, started
+    together (they only read the run): the run folder (once per module, so every test that reads them also
+    passes alone or on another pytest-xdist worker). Only ``--output_dir``, as the docs show: the run's
+    ``run_config.json`` gives the spec, data and network."""
+    work, run = demo_run["work"], demo_run["work"] / "run"
+    evaluation = _command("evaluate", tracking="mlflow", output_dir=run)
+    _together(demo_run["env"], (evaluation, work), (_command("inference", infer_split="all", output_dir=run), work))
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo_evaluation(demo_outputs) -> Path:
+    return demo_outputs / "eval"
 
 
 def test_evaluate_writes_report_with_every_task(demo_evaluation) -> None:
@@ -114,12 +137,8 @@ def test_evaluate_writes_report_with_every_task(demo_evaluation) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_inference(demo_run) -> Path:
-    """The inference bundle on every case with only ``--output_dir`` (the rest from run_config.json)."""
-    _bundle(
-        "inference", cwd=demo_run["work"], env=demo_run["env"], infer_split="all", output_dir=demo_run["work"] / "run"
-    )
-    return demo_run["work"] / "run" / "predictions"
+def demo_inference(demo_outputs) -> Path:
+    return demo_outputs / "predictions"
 
 
 def test_inference_writes_masks_and_table_for_every_case(demo_inference) -> None:
@@ -143,11 +162,10 @@ def test_metadata_is_valid_against_monai_schema() -> None:
 
 
 def test_same_seed_gives_the_same_run(demo_run) -> None:
-    """Determinism on CPU: a second 3-epoch run with the same seed reproduces every logged value."""
+    """Determinism on CPU: a second 3-epoch run with the same seed (``run_again``, trained by the fixture at
+    the same time as the first) reproduces every logged value."""
     if torch.cuda.is_available():  # the fixture trained on the GPU
         pytest.skip("bit-for-bit reruns are promised on CPU; cuDNN/atomic CUDA kernels are not deterministic")
-    common = {**demo_run["common"], "output_dir": demo_run["work"] / "run_again"}
-    _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=3, **common, **TRAINED_WITH)
     first = json.loads((demo_run["work"] / "run" / "history.json").read_text())[:3]
     again = json.loads((demo_run["work"] / "run_again" / "history.json").read_text())
     assert again == first
@@ -173,7 +191,7 @@ def test_report_rebuilt_from_mlflow_evaluation_run(demo_run, demo_evaluation, tm
 
 def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
     """A corrupt image and a mask of the wrong size are both reported when the bundle starts; nothing trains."""
-    generate_demo_data(tmp_path / "data", seed=0)
+    generate_demo2d(tmp_path / "data" / "demo2d", seed=0)
     root = tmp_path / "data" / "demo2d"
     (root / "images" / "case_005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     from PIL import Image
@@ -196,9 +214,29 @@ def _explicit(demo_run) -> dict:
     return {**{k: v for k, v in demo_run["common"].items() if k != "val_interval"}, **TRAINED_WITH}
 
 
-def _run_fails(demo_run, *workflows: str, cwd: Path, **overrides: object) -> subprocess.CompletedProcess:
-    cmd = bundle_command("demo", workflows, [a for k, v in overrides.items() for a in (f"--{k}", str(v))])
-    return subprocess.run(cmd, cwd=cwd, env=demo_run["env"], capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def explicit_runs(demo_run) -> dict[str, Path]:
+    """With the training's overrides instead of the run's record, started together: an evaluation of the run,
+    an inference of it from another working folder, and an evaluation of a copy of the run as written before
+    runs recorded their configuration (no ``run_config.json``, none in the checkpoints)."""
+    work = demo_run["work"]
+    old = work / "old_run"
+    shutil.copytree(work / "run", old, ignore=shutil.ignore_patterns("eval", "predictions", "*.lock"))
+    (old / "run_config.json").unlink()
+    for name in ("best.pt", "last.pt"):  # as written before runs recorded their configuration
+        checkpoint = torch.load(old / "models" / name, weights_only=True, map_location="cpu")
+        checkpoint.pop("run_config")
+        torch.save(checkpoint, old / "models" / name)
+    outputs = {"eval": work / "explicit_eval", "inference": work / "explicit_inference", "old_run": old}
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir()
+    _together(
+        demo_run["env"],
+        (_command("evaluate", eval_dir=outputs["eval"], **_explicit(demo_run)), work),
+        (_command("inference", infer_split="all", infer_dir=outputs["inference"], **_explicit(demo_run)), elsewhere),
+        (_command("evaluate", **{**_explicit(demo_run), "output_dir": old}), work),
+    )
+    return outputs
 
 
 def test_training_records_its_configuration_in_the_run_and_the_checkpoints(demo_run) -> None:
@@ -214,42 +252,37 @@ def test_training_records_its_configuration_in_the_run_and_the_checkpoints(demo_
         assert checkpoint["run_config"]["settings"] == record["settings"]
 
 
-def test_evaluation_with_only_output_dir_matches_the_explicit_overrides(demo_run, demo_evaluation) -> None:
-    elsewhere = demo_run["work"] / "explicit_eval"
-    _bundle("evaluate", cwd=demo_run["work"], env=demo_run["env"], eval_dir=elsewhere, **_explicit(demo_run))
-    explicit = json.loads((elsewhere / "summary.json").read_text())
+def test_evaluation_with_only_output_dir_matches_the_explicit_overrides(demo_evaluation, explicit_runs) -> None:
+    explicit = json.loads((explicit_runs["eval"] / "summary.json").read_text())
     from_record = json.loads((demo_evaluation / "summary.json").read_text())
     assert from_record["mean"] == explicit["mean"] and set(explicit["mean"]) == {"lesion", "malignant"}
 
 
-def test_inference_with_only_output_dir_matches_the_explicit_overrides(demo_run, demo_inference, tmp_path) -> None:
-    explicit = {**_explicit(demo_run), "infer_split": "all", "infer_dir": tmp_path / "explicit"}
-    _bundle("inference", cwd=tmp_path, env=demo_run["env"], **explicit)  # from another working folder
-
+def test_inference_with_only_output_dir_matches_the_explicit_overrides(demo_inference, explicit_runs) -> None:
     def table(folder: Path) -> dict[str, str]:
         with open(folder / "predictions.csv", newline="") as handle:
             return {row["case_id"]: row["malignant_probability"] for row in csv.DictReader(handle)}
 
-    assert table(demo_inference) == table(tmp_path / "explicit")
+    assert table(demo_inference) == table(explicit_runs["inference"])
 
 
 def test_an_override_contradicting_the_run_is_one_line_naming_both_values(demo_run, tmp_path) -> None:
     run = demo_run["work"] / "run"
-    result = _run_fails(demo_run, "evaluate", cwd=tmp_path, output_dir=run, backbone="unet", eval_dir=tmp_path / "e")
+    result, resumed = run_together(  # both refused at the start: run at the same time
+        [
+            (_command("evaluate", output_dir=run, backbone="unet", eval_dir=tmp_path / "e"), tmp_path),
+            (_command("train", output_dir=run, epochs=5, spatial_size="[64,64]"), tmp_path),
+        ],
+        env=demo_run["env"],
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--backbone: the run was trained with backbone='resunet'" in result.stderr and "'unet'" in result.stderr
-    resumed = _run_fails(demo_run, "train", cwd=tmp_path, output_dir=run, epochs=5, spatial_size="[64,64]")
     assert resumed.returncode == 1 and "spatial_size=[48, 48]" in resumed.stderr
     assert not (tmp_path / "e").exists()
 
 
-def test_a_run_without_a_record_still_works_with_explicit_overrides(demo_run, tmp_path) -> None:
-    old = tmp_path / "old_run"
-    shutil.copytree(demo_run["work"] / "run", old, ignore=shutil.ignore_patterns("eval", "predictions", "*.lock"))
-    (old / "run_config.json").unlink()
-    for name in ("best.pt", "last.pt"):  # as written before runs recorded their configuration
-        checkpoint = torch.load(old / "models" / name, weights_only=True, map_location="cpu")
-        checkpoint.pop("run_config")
-        torch.save(checkpoint, old / "models" / name)
-    _bundle("evaluate", cwd=demo_run["work"], env=demo_run["env"], **{**_explicit(demo_run), "output_dir": old})
+def test_a_run_without_a_record_still_works_with_explicit_overrides(explicit_runs) -> None:
+    old = explicit_runs["old_run"]
+    assert not (old / "run_config.json").exists()
+    assert "run_config" not in torch.load(old / "models" / "best.pt", weights_only=True, map_location="cpu")
     assert json.loads((old / "eval" / "summary.json").read_text())["mean"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from medmtl.bundle_layers import bundle_command
-from medmtl.data.demo import generate_demo_data
+from medmtl.data.demo import generate_demo2d
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +47,9 @@ def mlflow_server(tmp_path):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # no job runner (eight more processes importing mlflow, for GenAI scorer jobs): training never uses it
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,  # its own process group: stopped with every process it started
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -58,17 +62,18 @@ def mlflow_server(tmp_path):
                 pytest.fail("mlflow server exited at start")
             time.sleep(0.5)
     else:
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
         pytest.fail("mlflow server did not answer within 90 s")
     yield url
-    server.terminate()
+    os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
 
 def test_training_logs_to_real_mlflow_server(mlflow_server, tmp_path) -> None:
     import mlflow
 
-    generate_demo_data(tmp_path / "data", seed=0)
+    generate_demo2d(tmp_path / "data" / "demo2d", num_cases=24, seed=0)  # small: what is checked is where the run goes
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     cmd = bundle_command("demo", ["train"]) + [
         "--data_spec",
@@ -77,6 +82,8 @@ def test_training_logs_to_real_mlflow_server(mlflow_server, tmp_path) -> None:
         str(tmp_path / "data" / "demo2d"),
         "--output_dir",
         str(tmp_path / "run"),
+        "--spatial_size",
+        "[32,32]",
         "--epochs",
         "2",
         "--val_interval",

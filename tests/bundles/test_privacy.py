@@ -29,6 +29,8 @@ import pytest
 from dicom_factory import make_dataset, save
 from pydicom.uid import generate_uid
 
+from medmtl.bundle_layers import bundle_command
+
 REPO = Path(__file__).resolve().parents[2]
 N_CASES = 8
 
@@ -181,8 +183,9 @@ def pipeline(tmp_path_factory) -> dict:
     train += ["--batch_size", "2", "--epochs", "1", "--val_interval", "1"]
     run = ["--output_dir", str(output), "--tracking", "mlflow"]  # evaluation and inference read the rest from it
     _run([*bundle, "train", *run, *train], work, env, logs)
-    _run([*bundle, "evaluate", *run], work, env, logs)
-    _run([*bundle, "inference", *run, "--infer_split", "all"], work, env, logs)
+    # the same command `medmtl run` execs, started directly: `medmtl run` would first import MONAI itself
+    _run(bundle_command("brain_mri_mtl", ["evaluate"], run), work, env, logs)
+    _run(bundle_command("brain_mri_mtl", ["inference"], [*run, "--infer_split", "all"]), work, env, logs)
     return {"work": work, "output": output, "data": data, "planted": planted, "logs": logs, "env": env}
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_cli import bundle_argv
+from bundle_cli import bundle_argv, run_together
 
 from medmtl.data.demo import generate_demo2d
+from medmtl.engines import claim_output_dir, release_output_dir
 from medmtl.engines.run_lock import LOCK_NAME
 from medmtl.tracking import FALLBACK_DB
 
@@ -56,7 +57,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _bundle(work: Path, *workflows: str, env: dict | None = None, **overrides: object) -> subprocess.CompletedProcess:
+def _command(work: Path, *workflows: str, **overrides: object) -> list[str]:
     settings = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
         "dataset_dir": work / "data",
@@ -65,9 +66,16 @@ def _bundle(work: Path, *workflows: str, env: dict | None = None, **overrides: o
         "batch_size": 4,
         **overrides,
     }
-    cmd = bundle_argv("demo", workflows, settings)
-    env = {**(env or os.environ), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    return bundle_argv("demo", workflows, settings)
+
+
+def _env(env: dict | None = None) -> dict:
+    return {**(env or os.environ), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _bundle(work: Path, *workflows: str, env: dict | None = None, **overrides: object) -> subprocess.CompletedProcess:
+    cmd = _command(work, *workflows, **overrides)
+    return subprocess.run(cmd, cwd=work, env=_env(env), capture_output=True, text=True, timeout=300)
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:
@@ -114,23 +122,41 @@ def test_training_takes_over_a_killed_runs_lock_and_tracks_offline_when_the_stor
 def test_a_second_training_into_a_held_folder_is_refused(trained) -> None:
     work, run = trained["work"], trained["work"] / "run"
     before = (run / "models" / "last.pt").stat().st_mtime_ns
-    holder = _background(HOLD_FOLDER, run)
+    claim_output_dir(run, command="another training")  # held by this process (a child would spend seconds importing)
     try:
         result = _bundle(work, "train", epochs=2)
     finally:
-        _stop(holder)
+        release_output_dir(run)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     line = _last_line(result)
-    assert line.startswith("OutputDirLocked: ") and f"pid {holder.pid} on host " in line and "another training" in line
+    assert line.startswith("OutputDirLocked: ") and f"pid {os.getpid()} on host " in line and "another training" in line
     assert (run / "models" / "last.pt").stat().st_mtime_ns == before  # nothing of the holder's run touched
 
 
-def test_evaluation_of_a_truncated_checkpoint_stops_with_one_line(trained) -> None:
+@pytest.fixture(scope="module")
+def refused(trained) -> dict:
+    """An evaluation of a truncated copy of ``best.pt`` and an inference on a copy of the data with an image
+    missing, started together (both stop at the start, after seconds of imports each)."""
     work = trained["work"]
     broken = work / "broken.pt"
     broken.write_bytes((work / "run" / "models" / "best.pt").read_bytes()[:4096])
-    result = _bundle(work, "evaluate", ckpt_path=broken)
+    data = work / "broken_data"
+    shutil.copytree(work / "data", data)
+    missing = sorted((data / "images").iterdir())[0]
+    missing.unlink()
+    evaluation, inference = run_together(
+        [
+            (_command(work, "evaluate", ckpt_path=broken), work),
+            (_command(work, "inference", dataset_dir=data, validate_data=False), work),
+        ],
+        env=_env(),
+    )
+    return {"broken": broken, "evaluation": evaluation, "missing": missing, "inference": inference}
+
+
+def test_evaluation_of_a_truncated_checkpoint_stops_with_one_line(trained, refused) -> None:
+    work, broken, result = trained["work"], refused["broken"], refused["evaluation"]
     assert result.returncode == 1
     for stream in (result.stdout, result.stderr):  # MONAI's StatsHandler logs engine errors to stdout
         assert "Traceback" not in stream and "weights_only" not in stream
@@ -139,13 +165,8 @@ def test_evaluation_of_a_truncated_checkpoint_stops_with_one_line(trained) -> No
     torch.load(work / "run" / "models" / "best.pt", weights_only=True)  # the real one is untouched
 
 
-def test_inference_on_a_dataset_with_errors_prints_the_report(trained) -> None:
-    work = trained["work"]
-    data = work / "broken_data"
-    shutil.copytree(work / "data", data)
-    missing = sorted((data / "images").iterdir())[0]
-    missing.unlink()
-    result = _bundle(work, "inference", dataset_dir=data, validate_data=False)
+def test_inference_on_a_dataset_with_errors_prints_the_report(refused) -> None:
+    missing, result = refused["missing"], refused["inference"]
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "ConfigExpression" not in result.stderr
     assert missing.name in result.stderr and "FAILED: 1 error(s)" in result.stderr

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import bundle_argv
+from bundle_cli import bundle_argv, run_together
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 from scenario_data import BRAIN_AFFINE, BRAIN_SCENARIO_SHAPE, write_brain_scenario
@@ -139,12 +139,27 @@ def test_the_chosen_training_options_took_effect(trained) -> None:
     assert len(history) == 2  # radiograph asked for 3: early stopping ended it after 2
 
 
-def test_evaluate_writes_a_report_for_every_task(trained) -> None:
-    """Only ``--output_dir``, as the docs show: the run's record gives the spec, data and network."""
-    run_bundle(
-        trained["name"], ("evaluate",), trained["work"], trained["env"], output_dir=trained["common"]["output_dir"]
-    )
-    eval_dir = trained["common"]["output_dir"] / "eval"
+# the chest layout's raw images are 2048 px: each predicted case costs seconds (three full-size masks
+# resampled and written), and no check below depends on how many cases are predicted
+INFER_SPLIT = {"chest_xray_mtl": "test"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained) -> Path:
+    """The evaluation (test split, report) and the inference of the trained run, started together (they
+    only read the run). Only ``--output_dir``, as the docs show: the run's record gives the spec, data and
+    network. Returns the run folder."""
+    name, work, run_dir = trained["name"], trained["work"], trained["common"]["output_dir"]
+    infer = {"infer_split": INFER_SPLIT.get(name, "all"), "output_dir": run_dir}
+    runs = [(bundle_argv(name, ("evaluate",), {"output_dir": run_dir}), work)]
+    runs.append((bundle_argv(name, ("inference",), infer), work))
+    for result in run_together(runs, env=trained["env"], timeout=600):
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return run_dir
+
+
+def test_evaluate_writes_a_report_for_every_task(trained, evaluated) -> None:
+    eval_dir = evaluated / "eval"
     summary = json.loads((eval_dir / "summary.json").read_text())
     html = (eval_dir / "report.html").read_text()
     tasks = _tasks(trained["name"], trained["root"])
@@ -153,10 +168,8 @@ def test_evaluate_writes_a_report_for_every_task(trained) -> None:
         assert task["name"] in html
 
 
-def test_inference_writes_masks_in_input_geometry_and_a_table(trained) -> None:
-    run_dir = trained["common"]["output_dir"]  # the rest comes from the run's record
-    run_bundle(trained["name"], ("inference",), trained["work"], trained["env"], infer_split="all", output_dir=run_dir)
-    out = trained["common"]["output_dir"] / "predictions"
+def test_inference_writes_masks_in_input_geometry_and_a_table(trained, evaluated) -> None:
+    out = evaluated / "predictions"
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows, "no prediction rows"

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,18 +49,33 @@ EXTRA = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(taken: int | None = None) -> int:
+    """A port nothing listens on, other than ``taken`` (a port a server that is still starting will bind)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != taken:
+            return port
 
 
-def _start_server(port: int, folder: Path) -> subprocess.Popen:
-    """``mlflow server`` in its own process group (its workers stop with it); returns once it answers."""
+def _launch_server(port: int, folder: Path) -> subprocess.Popen:
+    """``mlflow server`` in its own process group (its workers stop with it)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'server.db'}"]
     cmd += ["--artifacts-destination", str(folder / "server_artifacts")]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # no job runner (eight more processes importing mlflow, for GenAI scorer jobs): training never uses it
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+
+
+def _start_server(port: int, folder: Path) -> subprocess.Popen:
+    """``mlflow server`` as :func:`_launch_server` starts it; returns once it answers."""
+    return _answering(_launch_server(port, folder), port)
+
+
+def _answering(server: subprocess.Popen, port: int) -> subprocess.Popen:
+    """``server`` once it answers on ``port``."""
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -102,6 +118,16 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.fixture(scope="module", autouse=True)
+def second_server(work) -> Iterator[tuple[subprocess.Popen, int]]:
+    """The server the second test stops after epoch 1, launched with the module: its start (seconds of
+    imports) overlaps the first test. Stopped at the end of the module at the latest."""
+    port = _free_port()
+    server = _launch_server(port, work / "server_b")
+    yield server, port
+    _stop_server(server)
+
+
 def _start_training(work: Path, run: Path, port: int) -> subprocess.Popen:
     overrides = {
         "data_spec": REPO / "data_specs" / "demo.yaml",
@@ -138,10 +164,10 @@ def _steps(client, run, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
-def test_server_down_at_start_then_back_gets_the_whole_run(work) -> None:
+def test_server_down_at_start_then_back_gets_the_whole_run(work, second_server) -> None:
     import mlflow
 
-    run_dir, port = work / "down_then_up", _free_port()
+    run_dir, port = work / "down_then_up", _free_port(taken=second_server[1])
     proc = _start_training(work, run_dir, port)  # nothing listens on the port yet
     try:
         _wait_for(run_dir / "reached", proc)
@@ -166,11 +192,11 @@ def test_server_down_at_start_then_back_gets_the_whole_run(work) -> None:
     assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3]
 
 
-def test_server_down_after_epoch_1_keeps_the_rest_in_the_local_store(work) -> None:
+def test_server_down_after_epoch_1_keeps_the_rest_in_the_local_store(work, second_server) -> None:
     import mlflow
 
-    run_dir, port = work / "up_then_down", _free_port()
-    server = _start_server(port, work / "server_b")
+    run_dir, (server, port) = work / "up_then_down", second_server
+    _answering(server, port)
     proc = _start_training(work, run_dir, port)
     try:
         _wait_for(run_dir / "reached", proc)  # epoch 1 logged to the server
