@@ -83,7 +83,8 @@ class MonteCarloDropoutInferer(Inferer):
         if not layers:
             raise ValueError(
                 f"MC dropout: the network {type(module).__name__} has no dropout layer with p > 0, so every "
-                "sample would be the same; train with dropout (e.g. --network_def#head_dropout 0.2) or turn "
+                "sample would be the same; train with dropout (e.g. --network_def#head_dropout 0.2) and give the "
+                "same option here (dropout has no weights, so the checkpoint does not carry it), or turn "
                 "mc_dropout_samples off"
             )
         if self.seed is not None:
