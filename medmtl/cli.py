@@ -348,7 +348,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         print("\n".join(problems), file=sys.stderr)
         return 2
     result = run_cv(args.bundle, args.folds, args.output_dir, overrides, plan=plan, test=not args.no_test)
-    report = write_cv_report(result.output_dir, result.fold_eval_dirs, result.fold_test_dirs, result.ensemble_dir)
+    report = write_cv_report(
+        result.output_dir, result.fold_eval_dirs, result.fold_test_dirs, result.ensemble_dir, choices=result.choices
+    )
     for name, entry in report.summary["pooled"].items():
         print(
             f"{name} {entry['metric']} (pooled out-of-fold, {entry['cases']} cases): {entry['value']:.4f} "

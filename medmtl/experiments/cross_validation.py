@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -37,6 +37,9 @@ from medmtl.bundle_layers import bundle_dir, merged_config
 from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
 from medmtl.json_file import read_json
 from medmtl.networks.ensemble import ensemble_state_dict
+
+if TYPE_CHECKING:  # cv_report imports nothing from here; the import stays lazy for start-up
+    from medmtl.experiments.cv_report import OutOfFoldChoices
 
 __all__ = [
     "CV_FILE",
@@ -79,6 +82,8 @@ class CVResult:
     skipped: list[int] = field(default_factory=list)
     fold_test_dirs: list[Path] = field(default_factory=list)
     ensemble_dir: Path | None = None
+    choices: OutOfFoldChoices | None = None
+    """The :class:`~medmtl.experiments.cv_report.OutOfFoldChoices` fitted before the test evaluations (``None`` without them)."""
 
 
 def fold_dir(output_dir: str | os.PathLike, fold: int) -> Path:
@@ -321,7 +326,8 @@ def run_cv(
         from medmtl.experiments.cv_report import fit_out_of_fold_choices
 
         # chosen on the out-of-fold predictions before any test case is seen, then applied to every test evaluation
-        chosen = fit_out_of_fold_choices(output_dir, result.fold_eval_dirs).bundle_overrides(output_dir)
+        result.choices = fit_out_of_fold_choices(output_dir, result.fold_eval_dirs)
+        chosen = result.choices.bundle_overrides(output_dir)
         _evaluate_test(
             str(bundle),
             output_dir,

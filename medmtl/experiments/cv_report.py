@@ -240,6 +240,7 @@ def write_cv_report(
     fold_test_dirs: Sequence[str | Path] = (),
     ensemble_dir: str | Path | None = None,
     n_resamples: int = 1000,
+    choices: OutOfFoldChoices | None = None,
 ) -> CVReport:
     """Pool the folds' out-of-fold evaluations into ``output_dir/cv_report`` and fit decisions/temperatures.
 
@@ -251,7 +252,8 @@ def write_cv_report(
     fold ensemble.
     """
     output_dir = Path(output_dir)
-    choices = fit_out_of_fold_choices(output_dir, fold_eval_dirs)
+    if choices is None:  # run_cv fits them before the test evaluations and passes them on
+        choices = fit_out_of_fold_choices(output_dir, fold_eval_dirs)
     folds, pooled = choices.folds, choices.pooled
     decisions, calibration, postprocessing = choices.decisions, choices.calibration, choices.postprocessing
     report_dir = output_dir / CV_REPORT_DIR
