@@ -233,3 +233,27 @@ def test_pool_refuses_a_case_in_two_folds() -> None:
     )
     with pytest.raises(ValueError, match="in the validation of two folds"):
         pool_results([fold, fold])
+
+
+@pytest.mark.parametrize("trained_on_the_counts", [True, False])
+def test_prior_correction_is_kept_only_when_it_raises_the_out_of_fold_balanced_accuracy(trained_on_the_counts) -> None:
+    # out-of-fold labels 70/15/15; a model whose probabilities carry those counts as its prior gains from the
+    # correction, a model that already decides with equal priors (likelihood argmax: balanced accuracy optimal) loses
+    from medmtl.data.tasks import Task
+    from medmtl.experiments.cv_report import out_of_fold_decisions
+
+    task = Task(name="diagnosis", kind="multiclass", classes=["normal", "benign", "malignant"])
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=900, p=[0.7, 0.15, 0.15])
+    likelihood = np.exp(np.eye(3)[y] * 1.0 + rng.normal(size=(900, 3)))
+    p = likelihood * (np.bincount(y, minlength=3) if trained_on_the_counts else 1.0)
+    p /= p.sum(1, keepdims=True)
+    pooled = EvaluationResults.from_results([TaskResult(task, [f"c{i}" for i in range(900)], p, y)])
+    decision = out_of_fold_decisions(pooled)["diagnosis"]
+    figures = decision.validation
+    if trained_on_the_counts:
+        assert decision.rule == "prior_correction"
+        assert figures["decision"]["balanced_accuracy"] > figures["argmax"]["balanced_accuracy"]
+        assert np.allclose(decision.prior_weights, (1 / np.bincount(y)) / (1 / np.bincount(y)).sum())
+    else:
+        assert decision.rule == "argmax" and decision.prior_weights is None and "decision" not in figures

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medmtl.atomic_io import atomic_write
+from medmtl.data.tasks import TaskKind
 from medmtl.metrics.calibration import CALIBRATION_FILE, CalibrationRecord, fit_temperatures, write_calibration
 from medmtl.metrics.decisions import DECISIONS_FILE, Decisions, choose_decisions
 from medmtl.metrics.postprocessing import POSTPROCESSING_FILE, Postprocessing, choose_postprocessing
@@ -123,7 +124,8 @@ def _html(summary: dict[str, Any]) -> str:
     rows.append(f"<tr><th>pooled out-of-fold</th>{''.join(cell(summary['pooled'][t]) for t in tasks)}</tr>")
     fitted = []
     if summary.get("decisions"):
-        fitted.append(f"decisions (thresholds) chosen on the pooled out-of-fold predictions: {DECISIONS_FILE}")
+        rules = ", ".join(f"{t} {rule}" for t, rule in summary.get("decision_rules", {}).items())
+        fitted.append(f"decisions chosen on the pooled out-of-fold predictions ({rules}): {DECISIONS_FILE}")
     if summary.get("calibration"):
         temps = ", ".join(f"{t} T={v['temperature']:.3f}" for t, v in summary["calibration"]["tasks"].items())
         fitted.append(f"temperatures fitted on them ({temps}): {CALIBRATION_FILE}")
@@ -214,13 +216,37 @@ class OutOfFoldChoices:
         ]
 
 
+def out_of_fold_decisions(pooled: EvaluationResults) -> Decisions:
+    """Binary / multilabel thresholds by Youden's J; per multiclass task a prior correction from the
+    out-of-fold class counts towards equal classes, kept only where it raises the pooled out-of-fold
+    balanced accuracy (nnU-Net's rule for postprocessing), else argmax."""
+    counts = {}
+    for name, r in pooled.results.items():
+        if r.task.kind == TaskKind.MULTICLASS and r.num_cases:
+            c = np.bincount(r.labels, minlength=r.task.num_outputs)
+            if (c > 0).all():  # a class never seen has no prior to correct
+                counts[name] = c
+    trial = choose_decisions(pooled, class_counts=counts)
+    kept = {}
+    for name, c in counts.items():
+        figures = trial[name].validation
+        before, after = figures["argmax"]["balanced_accuracy"], figures["decision"]["balanced_accuracy"]
+        verdict = "kept" if after > before else "not kept"
+        logger.info(
+            "%s: prior correction %s (out-of-fold balanced accuracy %.3f -> %.3f)", name, verdict, before, after
+        )
+        if after > before:
+            kept[name] = c
+    return trial if len(kept) == len(counts) else choose_decisions(pooled, class_counts=kept)
+
+
 def fit_out_of_fold_choices(output_dir: str | Path, fold_eval_dirs: Sequence[str | Path]) -> OutOfFoldChoices:
     """Pool the folds' out-of-fold evaluations; choose and write ``decisions.json``, ``calibration.json``,
     ``postprocessing.json`` into ``output_dir`` where the cases allow (the same choice every time)."""
     output_dir = Path(output_dir)
     folds = [load_evaluation(d) for d in fold_eval_dirs]
     pooled = pool_results(folds)
-    decisions = _fit("decisions", lambda: choose_decisions(pooled))
+    decisions = _fit("decisions", lambda: out_of_fold_decisions(pooled))
     calibration = _fit("temperatures", lambda: fit_temperatures(pooled, fitted_on="out-of-fold"))
     if decisions is not None:
         decisions.save(output_dir / DECISIONS_FILE)
@@ -270,6 +296,7 @@ def write_cv_report(
         ],
         "pooled": {n: _ci_row(r, n_resamples) for n, r in pooled.results.items()},
         "decisions": str(output_dir / DECISIONS_FILE) if decisions is not None else None,
+        "decision_rules": {} if decisions is None else {n: decisions[n].rule for n in decisions.task_names},
         "calibration": calibration.to_dict() if calibration is not None else None,
         "postprocessing": None
         if postprocessing is None

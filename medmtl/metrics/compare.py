@@ -464,6 +464,7 @@ def _aligned(r: TaskResult, order: np.ndarray, case_ids: list[str]) -> TaskResul
         labels=None if r.labels is None else r.labels[order],
         case_metrics={k: v[order] for k, v in r.case_metrics.items()},
         threshold=r.threshold,
+        class_weights=r.class_weights,
     )
 
 

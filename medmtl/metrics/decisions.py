@@ -34,7 +34,7 @@ from sklearn.metrics import roc_curve
 from medmtl.atomic_io import atomic_write
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.json_file import read_json, read_task_entries
-from medmtl.metrics.functional import multiclass_metrics
+from medmtl.metrics.functional import correct_priors, multiclass_metrics
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "choose_threshold",
     "correct_priors",
     "prior_weights",
-    "with_thresholds",
+    "with_decisions",
 ]
 
 #: file name of the record beside the model / evaluation.
@@ -207,17 +207,6 @@ def prior_weights(
         raise ValueError("; ".join(problems))
     w = (goal / goal.sum()) / (train / train.sum())
     return w / w.sum()
-
-
-def correct_priors(probabilities: np.ndarray, weights: Sequence[float] | np.ndarray) -> np.ndarray:
-    """``(N, K)`` probabilities multiplied by per-class ``weights`` and renormalised per row.
-
-    Equal weights give the probabilities back unchanged. A row of zeros stays uniform.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    q = p * np.asarray(weights, dtype=np.float64)
-    total = q.sum(axis=-1, keepdims=True)
-    return np.divide(q, total, out=np.full_like(q, 1.0 / q.shape[-1]), where=total > 0)
 
 
 def _multiclass_figures(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -573,14 +562,17 @@ def apply_decisions(probabilities: Mapping[str, np.ndarray], decisions: Decision
     return {n: decisions[n].decide(p) for n, p in probabilities.items()}
 
 
-def with_thresholds(results: EvaluationResults, decisions: Decisions | None) -> EvaluationResults:
-    """``results`` whose binary / multilabel tasks are decided at the record's thresholds (others unchanged)."""
+def with_decisions(results: EvaluationResults, decisions: Decisions | None) -> EvaluationResults:
+    """``results`` decided as the record says: binary / multilabel tasks at its thresholds, multiclass
+    tasks with its prior correction (argmax tasks and tasks it does not name unchanged)."""
     if decisions is None:
         return results
     thresholds = decisions.thresholds()
-    return EvaluationResults(
-        {
-            name: replace(r, threshold=thresholds[name]) if name in thresholds else r
-            for name, r in results.results.items()
-        }
-    )
+    decided = {}
+    for name, r in results.results.items():
+        if name in thresholds:
+            r = replace(r, threshold=thresholds[name])
+        elif name in decisions.tasks and decisions[name].prior_weights is not None:
+            r = replace(r, class_weights=np.asarray(decisions[name].prior_weights))
+        decided[name] = r
+    return EvaluationResults(decided)

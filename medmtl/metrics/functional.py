@@ -306,10 +306,24 @@ def multiclass_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num
     return confusion_matrix(t, p, labels=np.arange(num_classes))
 
 
+def correct_priors(probabilities: np.ndarray, weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``(N, K)`` probabilities multiplied by per-class ``weights`` and renormalised per row.
+
+    Equal weights give the probabilities back unchanged. A row of zeros stays uniform.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    q = p * np.asarray(weights, dtype=np.float64)
+    total = q.sum(axis=-1, keepdims=True)
+    return np.divide(q, total, out=np.full_like(q, 1.0 / q.shape[-1]), where=total > 0)
+
+
 def multiclass_metrics(
-    probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    predictions: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Multiclass scores from softmax probabilities and class indices (prediction: argmax).
+    """Multiclass scores from softmax probabilities and class indices (prediction: argmax unless given).
 
     Accuracy, balanced accuracy (mean recall over the classes in the truth), macro F1 (mean over
     the classes in the truth or the prediction) and kappa are scikit-learn's; ``auroc`` is the
@@ -320,6 +334,8 @@ def multiclass_metrics(
         probabilities: ``(N, K)`` probabilities.
         labels: ``(N,)`` class indices.
         class_names: K names for the per-class keys.
+        predictions: ``(N,)`` decided class indices (e.g. after a prior correction) for the
+            decision metrics; AUROC always ranks ``probabilities``.
 
     Returns:
         ``{metric: value}`` including ``num_cases``.
@@ -332,7 +348,7 @@ def multiclass_metrics(
     out = {name: math.nan for name in MULTICLASS_METRICS}
     recall = f1 = np.full(k, np.nan)
     if len(y):  # scikit-learn refuses empty input
-        pred = p.argmax(axis=1)
+        pred = p.argmax(axis=1) if predictions is None else np.asarray(predictions, dtype=np.int64).reshape(-1)
         with warnings.catch_warnings():  # classes absent from a small validation set are expected: NaN
             warnings.simplefilter("ignore")
             _, recall, f1, _ = precision_recall_fscore_support(

@@ -41,7 +41,14 @@ from medmtl.metrics.calibration import (
     task_reliability,
     write_calibration,
 )
-from medmtl.metrics.results import PREDICTIONS_FILE, EvaluationResults, ResultsFileError, _read_npz, mean_primary
+from medmtl.metrics.results import (
+    PREDICTIONS_FILE,
+    EvaluationResults,
+    ResultsFileError,
+    TaskResult,
+    _read_npz,
+    mean_primary,
+)
 from medmtl.metrics.studies import STUDIES_FILE, studies_from_summary, study_results, study_summary, write_studies_csv
 from medmtl.metrics.uncertainty import most_uncertain, predictive_entropy, uncertainty_summary
 
@@ -150,6 +157,12 @@ def build_summary(
             "primary": dict(primary or {}),
             "threshold": {
                 t.name: results[t.name].threshold for t in tasks if t.kind in (TaskKind.BINARY, TaskKind.MULTILABEL)
+            },
+            # multiclass tasks decided after a prior correction (decisions.json): the per-class weights
+            "class_weights": {
+                t.name: results[t.name].class_weights.tolist()
+                for t in tasks
+                if t.kind == TaskKind.MULTICLASS and results[t.name].class_weights is not None
             },
         },
         "counts": counts,
@@ -337,9 +350,7 @@ def write_report(
             names = task.class_names
             if task.kind == TaskKind.BINARY:  # one 2 x 2 matrix, ticks named [negative, positive]
                 cm = cm[0]
-            cm_title = (
-                task.name if task.kind == TaskKind.MULTICLASS else f"{task.name} at {_threshold_text(r.threshold)}"
-            )
+            cm_title = _decision_title(task, r)
             figs.append(
                 _img(
                     plots.plot_confusion(cm, names, cm_title, fig_dir / f"confusion_{task.name}.png"), out, "confusion"
@@ -475,6 +486,15 @@ def _studies_section(block: Mapping[str, Any], pct: str, n_resamples: int) -> st
         rows = [[k, v] for k, v in metrics.items() if k != "num_cases"]
         parts.append(f"<h3>{html.escape(name)} per study</h3>" + _table(["metric", "value"], rows))
     return f'<section class="task"><h2>Per study</h2>{"".join(parts)}</section>'
+
+
+def _decision_title(task: Task, r: TaskResult) -> str:
+    """The confusion matrix's title: the task and how its cases were decided."""
+    if task.kind != TaskKind.MULTICLASS:
+        return f"{task.name} at {_threshold_text(r.threshold)}"
+    if r.class_weights is None:
+        return task.name
+    return f"{task.name}, prior-corrected (weights {_threshold_text(r.class_weights)})"
 
 
 def _threshold_text(threshold: Any) -> str:

@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 
 from medmtl.data.tasks import Task, TaskKind, as_tasks, present_key
 from medmtl.metrics.calibration import CalibrationRecord, read_calibration
-from medmtl.metrics.decisions import Decisions, with_thresholds
+from medmtl.metrics.decisions import Decisions, with_decisions
 from medmtl.metrics.functional import primary_metric
 from medmtl.metrics.handler import MultiTaskMetricHandler
 from medmtl.metrics.report import Overlay, write_report
@@ -124,7 +124,7 @@ class EvaluationReportHandler:
             keys = sorted({k for r in records for k in r} & wanted)
             history = {k: [r.get(k, float("nan")) for r in records] for k in keys}
         self.report_path = write_report(
-            with_thresholds(self.metric.results(), self.decisions),
+            with_decisions(self.metric.results(), self.decisions),
             self.output_dir,
             tasks=self.tasks,
             history=history,

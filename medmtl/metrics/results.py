@@ -50,6 +50,10 @@ class TaskResult:
         threshold: probability at or above which a binary / multilabel case is positive: one
             float, or (multilabel) one per label, ``(K,)`` (e.g. chosen on validation by
             :func:`medmtl.metrics.decisions.choose_decisions`).
+        class_weights: multiclass only, optional ``(K,)`` positive prior-correction weights: the
+            decided class is the argmax of the reweighted probabilities
+            (:func:`medmtl.metrics.functional.correct_priors`); ``None``: argmax. AUROC ranks the
+            probabilities unchanged.
 
     Raises:
         ValueError: when the arrays do not match the task or each other.
@@ -61,6 +65,7 @@ class TaskResult:
     labels: np.ndarray | None = None
     case_metrics: dict[str, np.ndarray] = field(default_factory=dict)
     threshold: float | np.ndarray = 0.5
+    class_weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         t = self.task
@@ -85,6 +90,7 @@ class TaskResult:
             return
         k = t.num_outputs
         self.threshold = _as_threshold(self.threshold, t, k)
+        self.class_weights = _as_class_weights(self.class_weights, t, k)
         if self.probabilities is None or self.labels is None:
             raise ValueError(f"{t.kind.value} task '{t.name}' needs probabilities and labels")
         self.probabilities = np.asarray(self.probabilities, dtype=np.float64).reshape(n, k)
@@ -113,7 +119,14 @@ class TaskResult:
         if self.probabilities is None:
             return None
         if self.task.kind == TaskKind.MULTICLASS:
-            return self.probabilities.argmax(axis=1) if self.num_cases else np.zeros(0, dtype=np.int64)
+            if not self.num_cases:
+                return np.zeros(0, dtype=np.int64)
+            p = (
+                self.probabilities
+                if self.class_weights is None
+                else F.correct_priors(self.probabilities, self.class_weights)
+            )
+            return p.argmax(axis=1)
         return (self.probabilities >= self.threshold).astype(np.int64)
 
     def metrics(self) -> dict[str, float]:
@@ -136,7 +149,7 @@ class TaskResult:
             out["num_cases"] = float(self.num_cases)
             return out
         if t.kind == TaskKind.MULTICLASS:
-            return F.multiclass_metrics(self.probabilities, self.labels, t.class_names)
+            return F.multiclass_metrics(self.probabilities, self.labels, t.class_names, self.predictions())
         names = t.class_names if t.kind == TaskKind.MULTILABEL else None
         return F.label_metrics(self.probabilities, self.labels, self.threshold, names)
 
@@ -265,6 +278,17 @@ def _as_threshold(value: float | np.ndarray | Sequence[float], task: Task, k: in
     )
 
 
+def _as_class_weights(value: np.ndarray | Sequence[float] | None, task: Task, k: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    w = np.asarray(value, dtype=np.float64)
+    if task.kind != TaskKind.MULTICLASS:
+        raise ValueError(f"task '{task.name}' ({task.kind.value}): class_weights are for multiclass tasks")
+    if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError(f"task '{task.name}': class_weights must be {k} positive numbers, got {w.tolist()}")
+    return w
+
+
 def _stored_threshold(array: np.ndarray) -> float | np.ndarray:
     """The threshold as saved: a 0-d array (every file so far) or one value per label."""
     return float(array.reshape(())) if array.size == 1 else array.astype(np.float64)
@@ -384,6 +408,8 @@ class EvaluationResults:
         for name, r in self.results.items():
             arrays[f"{name}{_SEP}case_ids"] = np.asarray(r.case_ids, dtype=np.str_)
             arrays[f"{name}{_SEP}threshold"] = np.asarray(r.threshold)
+            if r.class_weights is not None:
+                arrays[f"{name}{_SEP}class_weights"] = r.class_weights
             if r.probabilities is not None:
                 arrays[f"{name}{_SEP}probabilities"] = r.probabilities
                 arrays[f"{name}{_SEP}labels"] = r.labels
@@ -429,6 +455,7 @@ class EvaluationResults:
                             k[len(metric_prefix) :]: v for k, v in arrays.items() if k.startswith(metric_prefix)
                         },
                         threshold=_stored_threshold(arrays[f"{prefix}threshold"]),
+                        class_weights=arrays.get(f"{prefix}class_weights"),
                     )
                 )
             except (KeyError, ValueError, TypeError, IndexError) as err:

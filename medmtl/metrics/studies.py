@@ -141,7 +141,14 @@ def aggregate_task(
         np.add.at(positives, codes, y)
         labels = (positives > 0).astype(np.float64)  # any positive image
         mixed_mask = ((positives > 0) & (positives < counts[:, None])).any(axis=1)
-    study_result = TaskResult(task, studies, probabilities=probs, labels=labels, threshold=result.threshold)
+    study_result = TaskResult(
+        task,
+        studies,
+        probabilities=probs,
+        labels=labels,
+        threshold=result.threshold,
+        class_weights=result.class_weights,
+    )
     return study_result, [s for s, m in zip(studies, mixed_mask, strict=True) if m]
 
 

@@ -17,6 +17,7 @@ from medmtl.metrics.decisions import (
     choose_threshold,
     correct_priors,
     prior_weights,
+    with_decisions,
 )
 from medmtl.metrics.results import EvaluationResults, TaskResult
 
@@ -272,3 +273,40 @@ def test_task_result_per_label_threshold_round_trip(tmp_path):
         TaskResult(MLB, r.case_ids, r.probabilities, r.labels, threshold=[0.3, 0.5])
     with pytest.raises(ValueError, match="one number, got shape"):
         TaskResult(BIN, binary.case_ids, binary.probabilities, binary.labels, threshold=[0.3, 0.5])
+
+
+def _majority_biased(n: int = 600, seed: int = 3) -> tuple[EvaluationResults, np.ndarray, np.ndarray]:
+    """A model trained on 80/10/10 class counts scored on balanced cases: (results, likelihood, counts)."""
+    rng = np.random.default_rng(seed)
+    train = np.array([80.0, 10.0, 10.0])
+    y = rng.integers(0, 3, n)
+    likelihood = np.exp(np.eye(3)[y] * 1.2 + rng.normal(size=(n, 3)))
+    p = likelihood * train
+    p /= p.sum(1, keepdims=True)
+    ids = [f"c{i}" for i in range(n)]
+    return EvaluationResults.from_results([TaskResult(MCL, ids, probabilities=p, labels=y)]), likelihood, train
+
+
+def test_prior_corrected_task_result_scores_the_decided_classes(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    val, likelihood, train = _majority_biased()
+    decided = with_decisions(val, choose_decisions(val, class_counts={"diagnosis": train}))["diagnosis"]
+    raw = val["diagnosis"]
+    # the decided class is the argmax of the reweighted probabilities, i.e. of the likelihood here
+    assert np.array_equal(decided.predictions(), likelihood.argmax(1))
+    m = decided.metrics()
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(raw.labels, likelihood.argmax(1)))
+    assert m["balanced_accuracy"] > raw.metrics()["balanced_accuracy"] + 0.05
+    # AUROC ranks the model's probabilities, untouched by the decision rule
+    ovr = np.mean([roc_auc_score(raw.labels == j, raw.probabilities[:, j]) for j in range(3)])
+    assert m["auroc"] == pytest.approx(ovr) == pytest.approx(raw.metrics()["auroc"])
+    assert decided.confusion_matrix().sum(0)[0] < raw.confusion_matrix().sum(0)[0]
+    EvaluationResults.from_results([decided]).save(tmp_path / "p.npz")
+    loaded = EvaluationResults.load(tmp_path / "p.npz", [MCL])["diagnosis"]
+    assert np.allclose(loaded.class_weights, decided.class_weights)
+    assert loaded.metrics()["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])
+    with pytest.raises(ValueError, match="class_weights must be 3 positive numbers"):
+        TaskResult(MCL, raw.case_ids, raw.probabilities, raw.labels, class_weights=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="class_weights are for multiclass tasks"):
+        TaskResult(BIN, ["a"], [[0.2]], [[0]], class_weights=[1.0])
