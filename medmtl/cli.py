@@ -186,6 +186,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: exit status of ``medmtl predict`` when some inputs were not predicted (listed in failed.csv).
+PREDICT_SOME_FAILED = 3
+
+
+def _device(text: str) -> str:
+    if re.fullmatch(r"cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medmtl.deploy.predict import predict
+
+    result = predict(
+        args.input,
+        args.output,
+        args.model,
+        device=args.device,
+        overwrite=args.overwrite,
+        data_spec=args.data_spec,
+        overrides=args.overrides,
+    )
+    print(f"predicted {len(result.predicted)} input(s) into {result.output_dir} (predictions.csv)")
+    if result.failed:
+        print(f"{len(result.failed)} input(s) not predicted: see {result.output_dir / 'failed.csv'}", file=sys.stderr)
+        return PREDICT_SOME_FAILED
+    return 0
+
+
 def _alpha(text: str) -> float:
     try:
         value = float(text)
@@ -609,6 +638,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a compare.json already in the output folder")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict new images (a file or a folder) with a trained run or cross-validation: no spec, no labels",
+        description="Predict every image of INPUT (a file, or a folder searched recursively: PNG/JPEG/TIFF/BMP, "
+        "NIfTI, .npy, DICOM files) with MODEL (a training run folder, or a medmtl cv folder: its fold ensemble). "
+        "The run's own preprocessing, network, decisions, temperatures and postprocessing are used. Writes masks "
+        "in each input's geometry, predictions.csv, inputs.json, and failed.csv for inputs that cannot be read "
+        f"(exit status {PREDICT_SOME_FAILED} when some failed). Further bundle overrides may follow, e.g. "
+        '--tta_axes "[0]".',
+        epilog="example:\n  medmtl predict -i new_scans/ -o predictions/ -m runs/busi_cv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-m", "--model", required=True, help="a training run folder or a medmtl cv folder")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier prediction in the output folder")
+    p.add_argument(
+        "--data-spec", default=None, help="the spec the model was trained with, if its recorded path is not here"
+    )
+    p.set_defaults(func=_cmd_predict, takes_overrides=True, overrides=[])
     return parser
 
 

@@ -61,7 +61,7 @@ from medmtl.engines.prepare_batch import (
     pred_key,
     probabilities,
 )
-from medmtl.engines.progress import EpochProgress, log_run_summary, run_summary
+from medmtl.engines.progress import BatchProgress, EpochProgress, log_run_summary, run_summary
 from medmtl.engines.resume_state import RandomStates, ResumableEarlyStop
 from medmtl.engines.run_config import (
     RunConfigError,
@@ -106,6 +106,7 @@ __all__ = [
     "EMAWeights",
     "EvalModePerRun",
     "TimeBudget",
+    "BatchProgress",
     "EpochProgress",
     "RandomStates",
     "ResumableEarlyStop",

@@ -23,7 +23,7 @@ from medmtl.atomic_io import atomic_write
 from medmtl.data.tasks import as_tasks
 from medmtl.metrics import primary_metric
 
-__all__ = ["EpochProgress", "log_run_summary", "run_summary"]
+__all__ = ["BatchProgress", "EpochProgress", "log_run_summary", "run_summary"]
 
 logger = logging.getLogger("medmtl")
 
@@ -40,6 +40,23 @@ def _fmt(value: Any) -> str:
     except (TypeError, ValueError):
         return str(value)
     return "nan" if math.isnan(number) else f"{number:.4g}"
+
+
+class BatchProgress:
+    """Progress bar over the batches of an evaluation or inference run (terminal only).
+
+    Args:
+        desc: the bar's label.
+        bar: ``None`` shows the bar only when stderr is a terminal.
+    """
+
+    def __init__(self, desc: str = "predicting", bar: bool | None = None) -> None:
+        self.desc = desc
+        self.bar = sys.stderr.isatty() if bar is None else bar
+
+    def attach(self, engine: Engine) -> None:
+        if self.bar:
+            ProgressBar(desc=self.desc, persist=True).attach(engine)
 
 
 class EpochProgress:

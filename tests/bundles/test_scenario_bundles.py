@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -153,9 +154,33 @@ def evaluated(trained) -> Path:
     infer = {"infer_split": INFER_SPLIT.get(name, "all"), "output_dir": run_dir}
     runs = [(bundle_argv(name, ("evaluate",), {"output_dir": run_dir}), work)]
     runs.append((bundle_argv(name, ("inference",), infer), work))
-    for result in run_together(runs, env=trained["env"], timeout=600):
+    new_images = _new_images(trained, infer["infer_split"])
+    predict = [sys.executable, "-m", "medmtl.cli", "predict", "-i", str(new_images), "-o", str(work / "predicted")]
+    runs.append(([*predict, "-m", str(run_dir)], work))
+    results = run_together(runs, env=trained["env"], timeout=600)
+    for result in results[:2]:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    trained["predict"] = results[2]
     return run_dir
+
+
+def _new_images(trained: dict, split: str) -> Path:
+    """Three images of ``split`` copied into a new folder as a user would bring them (another layout, no
+    labels, no spec), with an unreadable file beside them: what ``medmtl predict`` is given."""
+    spec = load_spec(trained["common"]["data_spec"], **trained["common"].get("spec_overrides", {}))
+    run_dir = trained["common"]["output_dir"]
+    cases = spec.build_cases(root=trained["root"], splits_file=run_dir / "splits.json").datalist(split)[:3]
+    folder = trained["work"] / "new_images"
+    (folder / "site_a").mkdir(parents=True)
+    for case in cases:
+        paths = [case[k] for k in spec.inputs]
+        if len(paths) != 1:
+            return folder  # several views per case: predict refuses the spec (tested below)
+        source = Path(paths[0])
+        suffix = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
+        shutil.copy(source, folder / "site_a" / f"{case['case_id']}{suffix}")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
 
 
 def test_evaluate_writes_a_report_for_every_task(trained, evaluated) -> None:
@@ -166,6 +191,39 @@ def test_evaluate_writes_a_report_for_every_task(trained, evaluated) -> None:
     assert set(summary["mean"]) == {t["name"] for t in tasks}
     for task in tasks:
         assert task["name"] in html
+
+
+def test_predict_on_a_folder_of_new_images_gives_what_inference_gives(trained, evaluated) -> None:
+    """``medmtl predict`` on copies of three inferred images in another folder: the same probabilities and
+    masks as the bundle's inference of those cases; the unreadable file listed in failed.csv, exit status 3."""
+    result, out = trained["predict"], trained["work"] / "predicted"
+    if len(load_spec(trained["common"]["data_spec"]).inputs) > 1:
+        assert result.returncode == 1 and "predict takes one image per case" in result.stderr
+        return
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-4000:]
+    with open(out / "failed.csv", newline="") as handle:
+        (failed,) = list(csv.DictReader(handle))
+    assert failed["case_id"] == "broken" and "not a PNG file" in failed["reason"]
+    with open(out / "predictions.csv", newline="") as handle:
+        predicted = {r["case_id"]: r for r in csv.DictReader(handle)}
+    with open(evaluated / "predictions" / "predictions.csv", newline="") as handle:
+        inferred = {r["case_id"]: r for r in csv.DictReader(handle)}
+    assert len(predicted) == 3 and all(c.startswith("site_a/") for c in predicted)
+    for case_id, row in predicted.items():
+        reference = inferred[case_id.removeprefix("site_a/")]
+        for column, value in reference.items():
+            if column.endswith("_file"):  # the same mask, written in the input's geometry
+                mine, theirs = out / row[column], evaluated / "predictions" / value
+                if mine.name.endswith(".nii.gz"):
+                    np.testing.assert_array_equal(nib.load(mine).get_fdata(), nib.load(theirs).get_fdata())
+                    np.testing.assert_allclose(nib.load(mine).affine, nib.load(theirs).affine, atol=1e-5)
+                else:
+                    np.testing.assert_array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(theirs)))
+            elif column != "case_id":
+                try:
+                    assert float(row[column]) == pytest.approx(float(value), abs=1e-5), column
+                except ValueError:  # decided class names
+                    assert row[column] == value, column
 
 
 def test_inference_writes_masks_in_input_geometry_and_a_table(trained, evaluated) -> None:

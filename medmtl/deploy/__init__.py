@@ -1,0 +1,1 @@
+"""From a trained run to use: predicting new images (``medmtl predict``) and exporting the model."""

@@ -1,0 +1,104 @@
+"""medmtl predict's inputs: found in folders with ids from their paths, checked one by one, listed as JSON;
+models and output folders it cannot use refused with the fix."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmtl.cli import main
+from medmtl.deploy.inputs import FAILED_FILE, check_input, find_inputs, read_input_list, write_failed, write_input_list
+from medmtl.deploy.predict import PredictError, predict, resolve_model
+from medmtl.resources import resolve_resource
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "in"
+    (root / "site_a").mkdir(parents=True)
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "site_a" / "case1.png")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "rgb.png")
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8), dtype=np.float32), np.eye(4)), root / "vol.nii.gz")
+    np.save(root / "vol.npy", np.zeros((6, 7, 8), dtype=np.float32))  # same stem as vol.nii.gz
+    (root / "broken.png").write_bytes(b"not an image at all")
+    (root / "._case1.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: skipped
+    (root / "notes.txt").write_text("report")
+    return root
+
+
+def test_inputs_are_found_recursively_with_ids_from_their_paths(folder) -> None:
+    found = {c.case_id: c.path.relative_to(folder).as_posix() for c in find_inputs(folder)}
+    assert found == {
+        "broken": "broken.png",
+        "rgb": "rgb.png",
+        "site_a/case1": "site_a/case1.png",
+        "vol.nii.gz": "vol.nii.gz",  # two files differ only in the suffix: both keep their full name
+        "vol.npy": "vol.npy",
+    }
+    (single,) = find_inputs(folder / "site_a" / "case1.png")
+    assert single.case_id == "case1"
+    with pytest.raises(ValueError, match="holds no image file"):
+        find_inputs(_empty(folder))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_inputs(folder / "missing")
+
+
+def _empty(folder):
+    path = folder.parent / "empty"
+    path.mkdir()
+    (path / "notes.txt").write_text("x")
+    return path
+
+
+def test_each_input_is_checked_against_the_model_dimensions(folder) -> None:
+    assert check_input(folder / "site_a" / "case1.png", 2) is None
+    assert check_input(folder / "rgb.png", 2) is None  # colour radiograph screenshots are read as grey
+    assert check_input(folder / "vol.nii.gz", 3) is None
+    assert "takes a 2D image" in check_input(folder / "vol.nii.gz", 2) and "6 x 7 x 8" in check_input(
+        folder / "vol.nii.gz", 2
+    )
+    assert "takes a 3D volume" in check_input(folder / "site_a" / "case1.png", 3)
+    reason = check_input(folder / "broken.png", 2)
+    assert "not a PNG file" in reason and "export it again" in reason  # the reader's finding and its fix
+    assert "folder" in check_input(folder / "site_a", 2)
+
+
+def test_input_list_and_failed_table_round_trip(folder, tmp_path) -> None:
+    cases = find_inputs(folder)
+    path = write_input_list(cases, "image", tmp_path / "inputs.json")
+    entries = read_input_list(path)
+    assert [e["case_id"] for e in entries] == [c.case_id for c in cases]
+    assert all(e["image"] == str(c.path.resolve()) for e, c in zip(entries, cases, strict=True))
+    (tmp_path / "bad.json").write_text(json.dumps([{"case_id": 1, "image": ["$exec"]}]))
+    with pytest.raises(ValueError, match="bad.json: expected a non-empty JSON list"):
+        read_input_list(tmp_path / "bad.json")
+    write_failed([(cases[0], "=HYPERLINK(1)")], tmp_path / FAILED_FILE)
+    assert "'=HYPERLINK(1)" in (tmp_path / FAILED_FILE).read_text()  # spreadsheet-safe
+
+
+def test_unusable_models_and_output_folders_are_refused(folder, tmp_path, capsys) -> None:
+    with pytest.raises(PredictError, match="is not a folder"):
+        resolve_model(tmp_path / "nothing")
+    with pytest.raises(PredictError, match="has no run_config.json"):
+        resolve_model(folder)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(
+        json.dumps({"format": "medmtl.run_config/1", "bundle": "demo", "settings": {"data": {}, "model": {}}})
+    )
+    with pytest.raises(PredictError, match="is not on this machine: give the spec"):
+        predict(folder, tmp_path / "out", run)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predictions.csv").write_text("case_id\n")
+    demo_spec = str(resolve_resource("data_specs/demo.yaml"))
+    calls = []
+    with pytest.raises(PredictError, match="already holds a prediction .*--overwrite"):
+        predict(folder, tmp_path / "out", run, data_spec=demo_spec, runner=calls.append)
+    assert not calls and (tmp_path / "out" / "predictions.csv").read_text() == "case_id\n"  # nothing touched
+    with pytest.raises(SystemExit):
+        main(["predict", "-i", str(folder), "-o", str(tmp_path / "o2"), "-m", str(run), "--device", "gpu"])
+    assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
