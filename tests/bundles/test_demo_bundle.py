@@ -114,7 +114,8 @@ def demo_outputs(demo_run) -> Path:
     ``run_config.json`` gives the spec, data and network."""
     work, run = demo_run["work"], demo_run["work"] / "run"
     evaluation = _command("evaluate", tracking="mlflow", output_dir=run)
-    _together(demo_run["env"], (evaluation, work), (_command("inference", infer_split="all", output_dir=run), work))
+    inference = _command("inference", infer_split="all", tracking="mlflow", output_dir=run)
+    _together(demo_run["env"], (evaluation, work), (inference, work))
     return run
 
 
@@ -187,6 +188,37 @@ def test_report_rebuilt_from_mlflow_evaluation_run(demo_run, demo_evaluation, tm
     original = json.loads((demo_evaluation / "summary.json").read_text())
     assert rebuilt["mean"] == original["mean"]
     assert (tmp_path / "rebuilt" / "report.html").is_file()
+
+
+def test_evaluation_and_inference_runs_are_finished_and_name_their_training_run(demo_run, demo_outputs) -> None:
+    """Each run logs its data as an MLflow dataset (digest of the file contents); evaluation and inference
+    runs end (FINISHED, an end time) and carry the training run's id, which the training wrote beside it."""
+    import mlflow
+
+    from medmtl.tracking.dataset import DATASET_DIGEST_TAG, dataset_digest
+
+    client = mlflow.MlflowClient(demo_run["env"]["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("medmtl_demo").experiment_id])
+    by_kind = {kind: [r for r in runs if r.info.run_name.startswith(kind)] for kind in ("train_", "evaluate_")}
+    (training,) = by_kind["train_"]
+    assert json.loads((demo_outputs / "mlflow_run.json").read_text())["run_id"] == training.info.run_id
+    (dataset,) = training.inputs.dataset_inputs
+    assert dataset.dataset.name == "demo2d" and dataset.tags[0].value == "training"  # the spec's name
+    # the digest is of the files' contents: recomputed here from the datalist, and it moves with one label
+    from medmtl.data.spec import load_spec
+
+    cases = load_spec(demo_run["common"]["data_spec"]).datalist(root=demo_run["common"]["dataset_dir"])
+    assert training.data.tags[DATASET_DIGEST_TAG] == dataset_digest(cases)
+    assert dataset.dataset.digest == dataset_digest(cases)[:32]
+    changed = [dict(cases[0], malignant=1 - int(cases[0].get("malignant", 0))), *cases[1:]]
+    assert dataset_digest(changed) != dataset_digest(cases)
+    later = [r for r in runs if r.info.run_name.startswith(("evaluate_", "inference_"))]
+    assert {r.info.run_name.split("_")[0] for r in later} == {"evaluate", "inference"}
+    for run in later:
+        assert run.info.status == "FINISHED" and run.info.end_time is not None, run.info.run_name
+        assert run.data.tags["medmtl.training_run_id"] == training.info.run_id
+    (evaluation,) = by_kind["evaluate_"]
+    assert evaluation.inputs.dataset_inputs[0].tags[0].value == "evaluation"
 
 
 def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
