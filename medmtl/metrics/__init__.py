@@ -29,6 +29,7 @@ from medmtl.metrics.functional import (
     primary_metric,
 )
 from medmtl.metrics.handler import KEY_METRIC, MultiTaskMetricHandler
+from medmtl.metrics.model_card import MODEL_CARD_FILE, ModelCardHandler, write_model_card
 from medmtl.metrics.postprocessing import (
     POSTPROCESSING_FILE,
     Postprocessing,
@@ -50,6 +51,9 @@ from medmtl.metrics.studies import STUDIES_FILE, StudyResults, study_results
 from medmtl.metrics.uncertainty import predictive_entropy, risk_coverage
 
 __all__ = [
+    "MODEL_CARD_FILE",
+    "ModelCardHandler",
+    "write_model_card",
     "EvaluationReportHandler",
     "TaskMetric",
     "TaskResult",

@@ -135,6 +135,12 @@ def test_evaluate_writes_report_with_every_task(demo_evaluation) -> None:
     assert "lesion" in html and "malignant" in html
     assert (eval_dir / "figures" / "roc_malignant.png").is_file()
     assert (eval_dir / "figures" / "history.png").is_file()
+    # the model card reads the same summary: its figures are the report's
+    card = (eval_dir / "MODEL_CARD.md").read_text()
+    ci = summary["ci"]["malignant"]
+    assert f"| malignant | binary | {summary['counts']['malignant']['labelled']} | auroc | {ci['value']:.3f} [" in card
+    assert "not for clinical use" in card and "## Failure cases" in card and "- monai: " in card
+    assert "- backbone: resunet" in card  # from the run record: trained with resunet
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +225,8 @@ def test_evaluation_and_inference_runs_are_finished_and_name_their_training_run(
         assert run.data.tags["medmtl.training_run_id"] == training.info.run_id
     (evaluation,) = by_kind["evaluate_"]
     assert evaluation.inputs.dataset_inputs[0].tags[0].value == "evaluation"
+    logged = {a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
+    assert "evaluation/MODEL_CARD.md" in logged
 
 
 def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
@@ -318,3 +326,36 @@ def test_a_run_without_a_record_still_works_with_explicit_overrides(explicit_run
     assert not (old / "run_config.json").exists()
     assert "run_config" not in torch.load(old / "models" / "best.pt", weights_only=True, map_location="cpu")
     assert json.loads((old / "eval" / "summary.json").read_text())["mean"]
+
+
+def test_export_round_trip_matches_pytorch(demo_run, tmp_path, capsys) -> None:
+    """``medmtl export`` of the trained run to ONNX gives PyTorch's outputs for the run's weights (torch.export:
+    tests/deploy/test_export.py)."""
+    import numpy as np
+    from monai.bundle import ConfigParser
+
+    from medmtl.bundle_layers import config_layers
+    from medmtl.cli import main
+    from medmtl.deploy import load_exported
+
+    run = demo_run["work"] / "run"
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_layers("demo", "train")]))
+    for key, value in {**_explicit(demo_run), "output_dir": tmp_path / "none"}.items():
+        parser[key.replace("#", "::")] = json.loads(value) if str(value).startswith("[") else str(value)
+    network = parser.get_parsed_content("network_def")  # built here from the training's overrides, not the record
+    network.load_state_dict(torch.load(run / "models" / "best.pt", weights_only=True, map_location="cpu")["network"])
+    x = np.random.default_rng(0).random((2, 1, 48, 64), dtype=np.float32)  # another width than trained: dynamic
+    with torch.no_grad():
+        expected = network.eval()(torch.from_numpy(x))
+    for export_format, name in (("onnx", "demo.onnx"),):
+        assert main(["export", str(run), "--format", export_format, "-o", str(tmp_path / name)]) == 0
+        assert f"wrote {tmp_path / name} ({export_format}; outputs lesion, malignant;" in capsys.readouterr().out
+        model = load_exported(tmp_path / name)
+        meta = model.metadata
+        assert meta["settings"]["spatial_size"] == [48, 48] and meta["run"]["checkpoint"] == "best.pt"
+        assert [t["name"] for t in meta["tasks"]] == ["lesion", "malignant"] and meta["input"]["dynamic_spatial"]
+        got = model(x)
+        for task in ("lesion", "malignant"):
+            np.testing.assert_allclose(got[task], expected[task].numpy(), atol=1e-4, rtol=0)
+    assert main(["export", str(run), "--format", "onnx", "-o", str(tmp_path / "demo.onnx")]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
