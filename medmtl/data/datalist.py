@@ -38,6 +38,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from medmtl.data.duplicates import Duplicates, find_duplicates
 from medmtl.data.problems import DataError, Problem, Severity
 from medmtl.data.readers import diagnose_unreadable, load_array
+from medmtl.data.selection import select_cases
 from medmtl.data.spec_model import (
     STUDY_KEY,
     CsvCases,
@@ -274,7 +275,24 @@ def build_cases(
     )
     if table.duplicates is not None:
         table.duplicates = table.duplicates.with_splits(table.cases)
+    if spec.select is not None:
+        _select(table)
     return table
+
+
+def _select(table: CaseTable) -> None:
+    """Keep the cases the spec's ``select`` names (after the splits: a kept case keeps its split)."""
+    before = len(table.cases)
+    table.cases[:] = select_cases(table.cases, table.spec.select, table.spec.tasks)
+    if before and not table.cases and not table.errors:
+        table.problems.append(
+            Problem(
+                "select_empty",
+                f"select {dict(table.spec.select)} keeps none of the {before} cases",
+                "name a class that some cases are labelled with (data_specs/README.md, 'select')",
+                path=str(table.root),
+            )
+        )
 
 
 def _find_duplicates(table: CaseTable, splits_file: str | os.PathLike | None) -> Duplicates | None:

@@ -50,6 +50,7 @@ from medmtl.data.spec_model import (
     CsvLookup,
     DatasetSpecModel,
     DecathlonCases,
+    DicomSeriesRules,
     GlobCases,
     LabelSource,
     SpecError,
@@ -182,6 +183,7 @@ _RENAME = {
 def _known_keys() -> tuple[str, ...]:
     """Every key a spec may use, at any level (for "did you mean" on a misspelt one)."""
     models = (DatasetSpec, TaskSpec, LabelSource, CsvLookup, SplitSpec, GlobCases, CsvCases, DecathlonCases)
+    models += (DicomSeriesRules,)
     return tuple(sorted({name for model in models for name in model.model_fields if name != "spec_path"}))
 
 

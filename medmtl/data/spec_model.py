@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from medmtl.data.problems import DataError, Problem
+from medmtl.data.selection import selection_problems
 from medmtl.data.task_keys import reserved_name_error
 from medmtl.data.tasks import LabelQuality, Task, TaskKind
 
@@ -39,6 +40,7 @@ __all__ = [
     "LabelSource",
     "TaskSpec",
     "SplitSpec",
+    "DicomSeriesRules",
     "DatasetSpecModel",
     "SpecError",
     "expand_env",
@@ -282,6 +284,53 @@ class SplitSpec(BaseModel):
         return self
 
 
+class DicomSeriesRules(BaseModel):
+    """Which series of a DICOM study the model takes, when ``medmtl predict`` is given a study folder.
+
+    Every rule left out does not filter; ``modality`` left out means the spec's ``modality``. A series
+    is chosen when it meets every rule (and is a volume for a 3D model, single-frame images for 2D);
+    each series is scored and logged in ``series.csv`` (:mod:`medmtl.deploy.series_choice`).
+    """
+
+    model_config = _STRICT
+
+    modality: tuple[str, ...] | None = None
+    """Accepted ``Modality`` values (``[MR]``); default: the spec's ``modality``."""
+    image_type: tuple[str, ...] = ()
+    """Values ``ImageType`` must all hold (``[ORIGINAL, PRIMARY]``: no reformats, no derived maps)."""
+    orientation: Literal["axial", "sagittal", "coronal"] | None = None
+    """The plane nearest to the slices (from ``ImageOrientationPatient``)."""
+    min_slices: int | None = Field(default=None, ge=1)
+    """Fewest images (slices or frames) a series may have."""
+    max_slices: int | None = Field(default=None, ge=1)
+    """Most images a series may have."""
+    series_description: str | None = None
+    """Regular expression searched in ``SeriesDescription``, ignoring case (``"t1|mprage"``)."""
+    choose: Literal["all", "one"] = "all"
+    """``all``: every matching series of a study is a case; ``one``: the one with the most images."""
+
+    @field_validator("modality", "image_type")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(v.strip().upper() for v in value)
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"{value!r} is not a regular expression: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> DicomSeriesRules:
+        if self.min_slices is not None and self.max_slices is not None and self.min_slices > self.max_slices:
+            raise ValueError(f"min_slices {self.min_slices} is above max_slices {self.max_slices}: no series fits")
+        return self
+
+
 def _input_name(name: str) -> str:
     """An input name that is not one of medmtl's own keys (``case_id``, ``split``, ``pred_*``...)."""
     reason = reserved_name_error(name, "input")
@@ -321,9 +370,15 @@ class DatasetSpecModel(BaseModel):
     whose images carry different labels."""
     aggregate: Literal["mean", "max"] = "mean"
     """How a study's probability comes from its images' (``mean``: the MURA protocol; or ``max``)."""
+    select: dict[str, str | tuple[str, ...]] | None = None
+    """Keep only the cases labelled with these classes, ``{task: class or [classes]}`` (all tasks named must
+    match); the others are left out of every split, after the splits are assigned (:mod:`medmtl.data.selection`).
+    E.g. ``{body_part: elbow}``: the training cases of the elbow expert of an ``ExpertRouter``."""
     splits: SplitSpec = Field(default_factory=SplitSpec)
     spatial_dims: Literal[2, 3] = 2
     modality: str = ""
+    dicom_series: DicomSeriesRules | None = None
+    """Which series of a DICOM study ``medmtl predict`` gives the model (default: the ``modality``'s)."""
     spec_path: str | None = Field(default=None, exclude=True)
     """Where the spec was read from (relative roots resolve against its folder)."""
 
@@ -356,6 +411,18 @@ class DatasetSpecModel(BaseModel):
                     f"{value!r} uses field(s) {unknown} that the cases do not have; they have {sorted(known)} "
                     "(the named groups of the cases regex, the source's fields and path/name/stem/parent/case_id)"
                 )
+        return value
+
+    @field_validator("select")
+    @classmethod
+    def _select_classes(cls, value: dict | None, info: ValidationInfo) -> dict | None:
+        """Tasks and classes ``select`` names must exist (every problem in one message)."""
+        tasks = info.data.get("tasks")
+        if value is None or tasks is None:  # tasks invalid: their own error says why
+            return value
+        problems = selection_problems(value, tasks)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @model_validator(mode="after")

@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import yaml
 from medmtl.atomic_io import atomic_write, atomic_write_with
 from medmtl.bundle_layers import bundle_dir, merged_config
 from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
+from medmtl.experiments.commands import option_value, run_medmtl, without_options
 from medmtl.json_file import read_json
 from medmtl.networks.ensemble import ensemble_state_dict
 
@@ -91,31 +90,6 @@ def fold_dir(output_dir: str | os.PathLike, fold: int) -> Path:
     return Path(output_dir) / f"fold_{fold}"
 
 
-def _option(argv: Sequence[str], name: str) -> str | None:
-    """The last value of ``--name VALUE`` / ``--name=VALUE`` in ``argv``, else ``None``."""
-    value = None
-    for index, token in enumerate(argv):
-        if token == name and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif token.startswith(name + "="):
-            value = token.split("=", 1)[1]
-    return value
-
-
-def _without(argv: Sequence[str], names: Sequence[str]) -> list[str]:
-    """``argv`` without ``--name VALUE`` / ``--name=VALUE`` of ``names``."""
-    out, index = [], 0
-    while index < len(argv):
-        token = argv[index]
-        if token in names and index + 1 < len(argv):
-            index += 2
-            continue
-        if not any(token.startswith(name + "=") for name in names):
-            out.append(token)
-        index += 1
-    return out
-
-
 def _literal(text: str, what: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -138,7 +112,7 @@ class _Settings:
         return cls(overrides, dict(read_plan(plan)) if plan else {}, merged_config(bundle, "train"))
 
     def get(self, key: str) -> Any:
-        given = _option(self.overrides, f"--{key}")
+        given = option_value(self.overrides, f"--{key}")
         if given is not None:
             return _literal(given, f"--{key}")
         value = self.plan.get(key)
@@ -191,7 +165,7 @@ def _check_record(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tracking(overrides: Sequence[str]) -> bool:
-    return _option(overrides, "--tracking") == "mlflow"
+    return option_value(overrides, "--tracking") == "mlflow"
 
 
 def _parent_run(experiment: str | None, output_dir: Path, folds: int) -> tuple[str, str]:
@@ -245,7 +219,7 @@ def run_cv(
     plan_path = Path(plan) if plan is not None else None
     overrides = list(overrides)
     for reserved in ("--output_dir", "--eval_dir", "--ckpt_path", "--mlflow_tags"):
-        if _option(overrides, reserved) is not None:
+        if option_value(overrides, reserved) is not None:
             raise CVError(f"{reserved} is set by medmtl cv per fold; leave it out of the overrides")
     settings = _Settings.read(bundle, overrides, plan_path)
     base = _spec_overrides(settings)
@@ -260,7 +234,7 @@ def run_cv(
             "the spec splits with method 'kfold' (every case in a fold, no test split): medmtl cv folds the "
             "development cases of a train/test split; give --spec_overrides with a 'fractions' or 'field' split"
         )
-    passed = _without(overrides, ["--spec_overrides"])
+    passed = without_options(overrides, ["--spec_overrides"])
     record = {
         "version": CV_VERSION,
         "bundle": str(bundle),
@@ -284,7 +258,7 @@ def run_cv(
         env["MLFLOW_TRACKING_URI"] = record.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI", "")
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(record_path, json.dumps(record, indent=2) + "\n")
-    run = runner or _subprocess_runner
+    run = runner or run_medmtl
     tags = {"mlflow.parentRunId": record["parent_run_id"]} if record.get("parent_run_id") else None
     result = CVResult(output_dir, [], record.get("parent_run_id"))
     for fold in range(folds):
@@ -432,11 +406,7 @@ def ensemble_overrides(output_dir: str | os.PathLike, workflows: Sequence[str], 
     for key, name in CHOICE_FILES.items():
         if (output_dir / name).is_file():
             wanted[key] = str(output_dir / name)
-    return [x for key, value in wanted.items() if _option(given, key) is None for x in (key, value)]
-
-
-def _subprocess_runner(argv: list[str], env: Mapping[str, str]) -> int:
-    return subprocess.call([sys.executable, "-m", "medmtl.cli", *argv], env=dict(env))
+    return [x for key, value in wanted.items() if option_value(given, key) is None for x in (key, value)]
 
 
 def write_ensemble_checkpoint(checkpoints: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:

@@ -16,6 +16,11 @@ applies it to both runs) and a test:
 
 Each p-value is shown as computed and Holm-adjusted over all the tests of one comparison (our own
 few lines: scipy has Benjamini-Hochberg but not Holm); "significant" means the unadjusted p < alpha.
+
+``level="study"`` compares per study (exam) instead, for evaluations whose data spec groups images by
+study (``aggregate_by``): each run's per-image probabilities are grouped again with the rule its
+``summary.json`` records (:mod:`medmtl.metrics.studies`, what its ``studies.csv`` holds), and the same
+tests and the paired bootstrap run over studies. The runs must still share their test images.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,13 +40,18 @@ from scipy import stats
 from medmtl.atomic_io import atomic_write
 from medmtl.csv_safety import csv_text
 from medmtl.data.tasks import Task, TaskKind
+from medmtl.json_file import read_json
 from medmtl.metrics import functional as F
 from medmtl.metrics.report import SUMMARY_FILE, load_evaluation
 from medmtl.metrics.results import EvaluationResults, TaskResult
+from medmtl.metrics.studies import studies_from_summary, study_results
 
 __all__ = [
     "COMPARE_JSON",
     "COMPARE_CSV",
+    "COMPARE_STUDIES_JSON",
+    "COMPARE_STUDIES_CSV",
+    "LEVELS",
     "Comparison",
     "ComparisonError",
     "ComparisonRow",
@@ -52,11 +62,16 @@ __all__ = [
     "delong_test",
     "holm",
     "resolve_eval_dir",
+    "study_level",
     "write_comparison",
 ]
 
 COMPARE_JSON = "compare.json"
 COMPARE_CSV = "compare.csv"
+COMPARE_STUDIES_JSON = "compare_studies.json"
+COMPARE_STUDIES_CSV = "compare_studies.csv"
+"""The per-study comparison's files: beside the per-case ones, so both fit in one folder."""
+LEVELS = ("case", "study")
 _SHOWN_IDS = 10  # case ids listed per problem in the mismatch error
 
 _CSV_COLUMNS = (
@@ -123,6 +138,13 @@ class Comparison:
     n_resamples: int
     alpha: float
     seed: int
+    level: str = "case"
+    """``case`` (each evaluated image / volume) or ``study`` (images grouped by the spec's ``aggregate_by``)."""
+
+    @property
+    def unit(self) -> str:
+        """What a row's count and the bootstrap's resamples are made of: ``cases`` or ``studies``."""
+        return "studies" if self.level == "study" else "cases"
 
     @property
     def confidence(self) -> float:
@@ -138,6 +160,7 @@ class Comparison:
             {
                 "run_a": self.run_a,
                 "run_b": self.run_b,
+                "level": self.level,
                 "difference": "B - A",
                 "settings": {
                     "n_resamples": self.n_resamples,
@@ -152,14 +175,17 @@ class Comparison:
         )
 
     def csv_text(self) -> str:
-        """``compare.csv``: one row per metric (spreadsheet-safe cells)."""
-        rows = [{c: _csv_value(getattr(r, c)) for c in _CSV_COLUMNS} for r in self.rows]
-        return csv_text(_CSV_COLUMNS, rows)
+        """``compare.csv``: one row per metric (spreadsheet-safe cells); per study the count column is ``studies``."""
+        columns = [self.unit if c == "cases" else c for c in _CSV_COLUMNS]
+        rows = [
+            {name: _csv_value(getattr(r, c)) for name, c in zip(columns, _CSV_COLUMNS, strict=True)} for r in self.rows
+        ]
+        return csv_text(columns, rows)
 
     def format_table(self) -> str:
         """The plain-text table the CLI prints, with a footnote saying what the columns mean."""
         pct = f"{100 * self.confidence:g}%"
-        header = ["task", "metric", "cases", "A", "B", f"B-A [{pct} CI]", "test", "p", "p (Holm)", "significant"]
+        header = ["task", "metric", self.unit, "A", "B", f"B-A [{pct} CI]", "test", "p", "p (Holm)", "significant"]
         body = [
             [
                 r.task,
@@ -184,8 +210,8 @@ class Comparison:
             "",
             f"A = {self.run_a}",
             f"B = {self.run_b}",
-            f"B-A: paired percentile bootstrap, {self.n_resamples} resamples of the cases (seed {self.seed}), the same "
-            "cases drawn for both runs.",
+            f"B-A: paired percentile bootstrap, {self.n_resamples} resamples of the {self.unit} (seed {self.seed}), the "
+            f"same {self.unit} drawn for both runs.",
             f"significant: p < {self.alpha:g}, NOT corrected for the {self.num_tests} tests in this table; "
             "p (Holm) is adjusted for them (Holm).",
         ]
@@ -519,6 +545,7 @@ def compare_results(
     n_resamples: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
+    level: str = "case",
 ) -> Comparison:
     """Compare run B with run A task by task on their shared labelled cases.
 
@@ -530,6 +557,8 @@ def compare_results(
         n_resamples: bootstrap replicates per interval.
         alpha: significance level; the intervals cover 1 - alpha.
         seed: bootstrap seed (each task draws from the same seed).
+        level: what ``a`` and ``b`` hold per row, for the outputs: ``case``, or ``study`` for study-level
+            results (:func:`study_level` makes them).
 
     Returns:
         The :class:`Comparison`, rows in task order.
@@ -564,7 +593,59 @@ def compare_results(
         r.p_holm = float(p_holm)
         r.significant = bool(r.p < alpha)
         r.significant_holm = bool(p_holm < alpha)
-    return Comparison(str(name_a), str(name_b), rows, n_resamples, alpha, seed)
+    return Comparison(str(name_a), str(name_b), rows, n_resamples, alpha, seed, level)
+
+
+def _studies_of(eval_dir: Path, name: str) -> tuple[dict[str, str], str]:
+    """``(study_of, aggregate)`` recorded in an evaluation's ``summary.json``; a clear error without them."""
+    path = eval_dir / SUMMARY_FILE
+    summary = read_json(path, ComparisonError, "evaluate the run again")
+    found = studies_from_summary(summary.get("studies") if isinstance(summary, dict) else None, path)
+    if found is None:
+        raise ComparisonError(
+            f"{name} ({path}) has no per-study results: its data spec has no aggregate_by, so its images were "
+            "scored one by one. Compare per case (leave out --level study), or evaluate both runs with a spec that "
+            "groups images by study (data_specs/README.md, aggregate_by)"
+        )
+    return found
+
+
+def study_level(
+    a: EvaluationResults,
+    b: EvaluationResults,
+    studies_a: tuple[Mapping[str, str], str],
+    studies_b: tuple[Mapping[str, str], str],
+    name_a: str = "A",
+    name_b: str = "B",
+) -> tuple[EvaluationResults, EvaluationResults]:
+    """Both runs' per-image results grouped by study, after checking they pair image by image and study by study.
+
+    Args:
+        a: per-image results of run A.
+        b: per-image results of run B.
+        studies_a: A's ``({case_id: study}, aggregate)`` (its ``summary.json``'s ``studies`` block).
+        studies_b: the same for B.
+        name_a: how A is named in messages.
+        name_b: the same for B.
+
+    Raises:
+        ComparisonError: other images or labels (as per case), another aggregation rule, or an image
+            in another study.
+    """
+    _pair(a, b, name_a, name_b)  # the same images and labels, named as a per-case comparison names them
+    (of_a, rule_a), (of_b, rule_b) = studies_a, studies_b
+    problems = []
+    if rule_a != rule_b:
+        problems.append(f"A's study probability is the {rule_a} of its images', B's the {rule_b}")
+    moved = [f"{c} (A: {s}, B: {of_b.get(c)})" for c, s in of_a.items() if c in of_b and of_b[c] != s]
+    if moved:
+        problems.append(f"{len(moved)} images belong to other studies in A and B: {_shown(moved)}")
+    if problems:
+        raise ComparisonError(
+            f"cannot compare {name_a} (A) with {name_b} (B) per study:\n  " + "\n  ".join(problems) + "\nFix: "
+            "evaluate both runs with the same data spec (the same aggregate_by and aggregate), then compare again."
+        )
+    return study_results(a, of_a, rule_a).results, study_results(b, of_b, rule_b).results
 
 
 def resolve_eval_dir(run: str | os.PathLike) -> Path:
@@ -589,13 +670,26 @@ def resolve_eval_dir(run: str | os.PathLike) -> Path:
 
 
 def compare_runs(
-    run_a: str | os.PathLike, run_b: str | os.PathLike, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0
+    run_a: str | os.PathLike,
+    run_b: str | os.PathLike,
+    n_resamples: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    level: str = "case",
 ) -> Comparison:
-    """:func:`compare_results` of two run folders (or evaluation folders), read from disk."""
+    """:func:`compare_results` of two run folders (or evaluation folders), read from disk.
+
+    ``level="study"`` compares per study (:func:`study_level`): both evaluations must have per-study
+    results (a ``studies`` block in ``summary.json``, written beside ``studies.csv``).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
     dir_a, dir_b = resolve_eval_dir(run_a), resolve_eval_dir(run_b)
-    return compare_results(
-        load_evaluation(dir_a), load_evaluation(dir_b), str(run_a), str(run_b), n_resamples, alpha, seed
-    )
+    a, b = load_evaluation(dir_a), load_evaluation(dir_b)
+    if level == "study":
+        studies = _studies_of(dir_a, "A"), _studies_of(dir_b, "B")
+        a, b = study_level(a, b, *studies, str(run_a), str(run_b))
+    return compare_results(a, b, str(run_a), str(run_b), n_resamples, alpha, seed, level)
 
 
 def _run_folder(run: str | os.PathLike) -> Path:
@@ -622,11 +716,14 @@ def default_out_dir(run_a: str | os.PathLike, run_b: str | os.PathLike) -> Path:
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``compare.json`` and ``compare.csv`` into ``out_dir`` (created), each atomically.
 
+    A per-study comparison writes ``compare_studies.json`` and ``compare_studies.csv`` instead.
+
     Raises:
-        FileExistsError: when ``out_dir`` already holds a ``compare.json`` and ``overwrite`` is false.
+        FileExistsError: when ``out_dir`` already holds that JSON file and ``overwrite`` is false.
     """
     out = Path(out_dir)
-    json_path, csv_path = out / COMPARE_JSON, out / COMPARE_CSV
+    names = (COMPARE_STUDIES_JSON, COMPARE_STUDIES_CSV) if comparison.level == "study" else (COMPARE_JSON, COMPARE_CSV)
+    json_path, csv_path = out / names[0], out / names[1]
     if json_path.exists() and not overwrite:
         raise FileExistsError(
             f"{json_path} exists: a comparison was already written there; give another output folder (-o OUT_DIR) "

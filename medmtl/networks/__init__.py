@@ -38,7 +38,7 @@ from medmtl.networks.pretrained import (
     state_dict_of,
 )
 from medmtl.networks.registry import build_backbone, list_backbones, register_backbone
-from medmtl.networks.router import ExpertRouter
+from medmtl.networks.router import ExpertRouter, router_state_dict
 from medmtl.networks.saliency import SaliencyBridgeNet
 from medmtl.networks.wrappers import TaskOutput
 
@@ -66,6 +66,7 @@ __all__ = [
     "CrossStitchNet",
     "MultiPlaneNet",
     "ExpertRouter",
+    "router_state_dict",
     "FoldEnsemble",
     "ensemble_state_dict",
     "MemoryBudgetError",

@@ -7,12 +7,15 @@ unchanged; its experts are typically fine-tuned with :mod:`medmtl.engines.finetu
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["ExpertRouter"]
+__all__ = ["ExpertRouter", "router_state_dict"]
 
 
 class ExpertRouter(nn.Module):
@@ -24,8 +27,10 @@ class ExpertRouter(nn.Module):
     logit > 0 picks expert 1); experts only run on their sub-batches.
 
     Output: the router's predictions, with each expert task's logits assembled from the experts
-    (an expert prediction replaces a router prediction of the same task name). Every expert must
-    predict the same tasks with the same output sizes.
+    (an expert prediction replaces a router prediction of the same task name, except the router
+    task's own: the reported group is always the one that chose the expert). Every expert must
+    predict the same tasks with the same output sizes. The input is a tensor or a dict of tensors
+    (several views), batch first.
 
     Args:
         router: a network returning ``{task: logits}`` that includes ``router_task``.
@@ -44,6 +49,10 @@ class ExpertRouter(nn.Module):
         experts = {part: MultiTaskClassifier([{"name": "abnormal", "kind": "binary"}]) for part in parts}
         net = ExpertRouter(router, experts, "body_part")
         out = net(images)  # {"body_part": (B, 7), "abnormal": (B, 1)}
+
+    See Also:
+        :meth:`replicate` and :func:`router_state_dict`: a router and experts of one architecture
+        (a multi-task model fine-tuned per group), loaded from their checkpoints (``medmtl experts``).
     """
 
     def __init__(
@@ -82,6 +91,25 @@ class ExpertRouter(nn.Module):
         if len(ordered) < 2:
             raise ValueError(f"ExpertRouter: needs at least 2 experts, got {len(ordered)}")
         self.experts = nn.ModuleList(ordered)
+
+    @classmethod
+    def replicate(cls, network: nn.Module, router_task: str, classes: Sequence[str] | None = None) -> ExpertRouter:
+        """``network`` as the router and one copy of it per class of ``router_task`` as the experts.
+
+        The weights are loaded afterwards (a bundle's checkpoint loader, from :func:`router_state_dict`).
+
+        Raises:
+            ValueError: when the classes are not known (``network`` has no ``tasks`` naming
+                ``router_task`` and ``classes`` is not given).
+        """
+        if classes is None:
+            task = next((t for t in getattr(network, "tasks", ()) if getattr(t, "name", None) == router_task), None)
+            if task is None:
+                raise ValueError(
+                    f"ExpertRouter.replicate: the network has no task '{router_task}' to route by; pass classes=[...]"
+                )
+            classes = list(task.class_names)
+        return cls(network, [copy.deepcopy(network) for _ in classes], router_task, classes)
 
     def route(self, router_logits: torch.Tensor) -> torch.Tensor:
         """Expert index per sample ``(B,)`` from the router task's logits ``(B, K)``."""
@@ -122,15 +150,16 @@ class ExpertRouter(nn.Module):
             rows = torch.nonzero(index == e, as_tuple=False).reshape(-1)
             if rows.numel() == 0:
                 continue
-            pred = expert(x[rows])
+            pred = expert(_rows_of(x, rows))
             if names is not None and set(pred) != names:
                 raise ValueError(f"ExpertRouter: experts predict different tasks: {sorted(names)} vs {sorted(pred)}")
             names = set(pred)
             for task, logits in pred.items():
-                parts.setdefault(task, []).append((rows, logits))
+                if task != self.router_task:
+                    parts.setdefault(task, []).append((rows, logits))
         for task, pieces in parts.items():
             first = pieces[0][1]
-            full = first.new_zeros((x.shape[0], *first.shape[1:]))
+            full = first.new_zeros((index.shape[0], *first.shape[1:]))
             for rows, logits in pieces:
                 if logits.shape[1:] != first.shape[1:]:
                     raise ValueError(
@@ -143,3 +172,36 @@ class ExpertRouter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"router_task={self.router_task!r}, classes={self.classes}, experts={len(self.experts)}"
+
+
+def _rows_of(x: torch.Tensor | Mapping[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor | dict:
+    """The samples ``rows`` of a batch: a tensor, or each tensor of a dict of views (other values kept)."""
+    if isinstance(x, Mapping):
+        return {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x[rows]
+
+
+def router_state_dict(
+    router_checkpoint: str | os.PathLike,
+    expert_checkpoints: Sequence[str | os.PathLike],
+    key: str = "network",
+) -> dict[str, torch.Tensor]:
+    """The state dict of :meth:`ExpertRouter.replicate` from the router's and the experts' checkpoints.
+
+    Files are read with ``weights_only=True`` (nothing in them is executed); experts in class order.
+
+    Raises:
+        FileNotFoundError / KeyError: naming the checkpoint that is missing or lacks ``key``.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    named = [("router", router_checkpoint), *((f"experts.{i}", p) for i, p in enumerate(expert_checkpoints))]
+    for prefix, path in named:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found; train that model first (medmtl experts resumes)")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.get(key) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict):
+            raise KeyError(f"{path} holds no '{key}' state dict; give the last.pt or best.pt of a medmtl run")
+        merged.update({f"{prefix}.{name}": value for name, value in state.items()})
+    return merged

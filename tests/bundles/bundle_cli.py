@@ -4,6 +4,8 @@ Why: several tests merge a test-only config (a kill hook, a NaN injector, a trac
 bundle's layers; :func:`medmtl.bundle_layers.bundle_command` takes only the bundle's own layers.
 :func:`run_together` runs independent bundle commands at the same time: each process spends
 seconds importing MONAI on one core, so two of them overlap on the two cores of the CI machine.
+:func:`run_in_process` runs commands that must follow one another (``medmtl experts``' trainings)
+in the test process, which has imported MONAI once.
 """
 
 from __future__ import annotations
@@ -11,14 +13,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+import monai.bundle
 
 from medmtl.bundle_layers import bundle_command, config_layers
+from medmtl.cli import main
+from medmtl.engines.start_checks import cli_overrides
 
-__all__ = ["as_overrides", "bundle_argv", "run_together"]
+__all__ = ["as_overrides", "bundle_argv", "run_in_process", "run_together"]
 
 
 def as_overrides(overrides: Mapping[str, object]) -> list[str]:
@@ -73,3 +83,49 @@ def run_together(
                 text.append(handle.read().decode(errors="replace"))
             results.append(subprocess.CompletedProcess(list(cmd), proc.returncode, *text))
         return results
+
+
+class _Finished(BaseException):
+    """Ends ``medmtl run`` where it would exec MONAI (``medmtl.cli.main`` catches every ``Exception``)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _monai_here(path: str, cmd: Sequence[str]) -> None:
+    """In place of ``os.execv``: the ``python -m monai.bundle run ...`` command ``cmd``, run in this process.
+
+    ``sys.argv`` is set to MONAI's command line, so the run record and the start checks read it as in
+    a real run; the bundle's logging file is left out (it would replace the test session's handlers).
+    """
+    argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
+    kwargs = dict(cli_overrides(argv) or {})
+    kwargs.pop("logging_file", None)
+    saved, sys.argv = sys.argv, argv
+    try:
+        monai.bundle.run(**kwargs)
+        code = 0
+    except SystemExit as err:  # the bundles' guards exit with their message (status 1), as the process would
+        if not isinstance(err.code, int | None):
+            print(err.code, file=sys.stderr)
+        code = err.code if isinstance(err.code, int) else 0 if err.code is None else 1
+    except Exception:  # noqa: BLE001 - reported as a failed command, as the process would
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv = saved
+    raise _Finished(code)
+
+
+def run_in_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """``medmtl ARGV`` in this process, returning its exit status (a runner for ``run_cv`` / ``run_experts``).
+
+    ``medmtl run`` builds the same MONAI command as on the command line and runs it here instead of
+    exec'ing it. ``env`` is not applied: set what the command needs in ``os.environ``.
+    """
+    with mock.patch.object(os, "execv", _monai_here):
+        try:
+            return main(list(argv))
+        except _Finished as finished:
+            return finished.code

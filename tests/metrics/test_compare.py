@@ -338,3 +338,71 @@ def test_undefined_tests_are_shown_as_such(kit) -> None:
     assert comparison.num_tests == 0
     assert all(line.rstrip().endswith("n/a") for line in comparison.format_table().splitlines()[2:5])
     assert json.loads(json.dumps(comparison.to_dict()))["rows"][0]["p"] is None
+
+
+def _study_run(kit, study_of: dict[str, str], truth: dict, skill: float, seed: int) -> EvaluationResults:
+    """Per-image results of two image-level tasks whose labels belong to the study (as MURA's)."""
+    rng = np.random.default_rng(seed)
+    ids = list(study_of)
+    y = truth["bin"][[truth["study_index"][study_of[c]] for c in ids]]
+    mc = truth["mcl"][[truth["study_index"][study_of[c]] for c in ids]]
+    logits = skill * np.eye(3)[mc] + rng.normal(size=(len(ids), 3))
+    return EvaluationResults.from_results(
+        [
+            TaskResult(kit.BIN, ids, _sigmoid(skill * (2 * y - 1) + rng.normal(size=(len(ids), 1))), y.copy()),
+            TaskResult(kit.MCL, ids, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), mc.copy()),
+        ]
+    )
+
+
+def _write_with_studies(results: EvaluationResults, folder, study_of: dict[str, str] | None, rule: str = "mean"):
+    from medmtl.metrics.studies import study_results, study_summary
+
+    _write(results, folder)
+    if study_of is not None:
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["studies"] = study_summary(study_results(results, study_of, rule), n_resamples=10)
+        (folder / "summary.json").write_text(json.dumps(summary, default=lambda v: None))
+
+
+def test_per_study_comparison_groups_the_images_of_each_study(kit, tmp_path, capsys) -> None:
+    rng = np.random.default_rng(4)
+    studies = [f"study{s:02d}" for s in range(60)]
+    study_of = {f"{s}_image{i}": s for s in studies for i in range(1, int(rng.integers(1, 4)) + 1)}
+    truth = {
+        "study_index": {s: k for k, s in enumerate(studies)},
+        "bin": (rng.random((60, 1)) < 0.4).astype(float),
+        "mcl": rng.integers(0, 3, 60),
+    }
+    weak, strong = _study_run(kit, study_of, truth, 0.3, 1), _study_run(kit, study_of, truth, 2.5, 2)
+    _write_with_studies(weak, tmp_path / "weak" / "eval", study_of)
+    _write_with_studies(strong, tmp_path / "strong" / "eval", study_of)
+    out = tmp_path / "cmp"
+    runs = [str(tmp_path / "weak"), str(tmp_path / "strong"), "-o", str(out), "--n-resamples", "300"]
+    assert cli.main(["compare", *runs, "--level", "study"]) == 0
+    assert "studies" in capsys.readouterr().out.splitlines()[0]
+    saved = json.loads((out / "compare_studies.json").read_text())
+    assert saved["level"] == "study"
+    rows = {(r["task"], r["metric"]): r for r in saved["rows"]}
+    assert {r["cases"] for r in saved["rows"]} == {60}  # one per study, not per image
+    for run, key in ((weak, "a"), (strong, "b")):  # the study probability: the mean of its images', by hand
+        p = run["malignant"].probabilities[:, 0]
+        mean = [np.mean([p[i] for i, c in enumerate(run["malignant"].case_ids) if study_of[c] == s]) for s in studies]
+        assert rows[("malignant", "auroc")][key] == pytest.approx(roc_auc_score(truth["bin"][:, 0], mean))
+    assert rows[("malignant", "auroc")]["significant"] and rows[("malignant", "auroc")]["difference"] > 0
+    assert rows[("diagnosis", "accuracy")]["test"] == "McNemar exact"
+    table = list(csv.DictReader(io.StringIO((out / "compare_studies.csv").read_text(), newline="")))
+    assert {t["studies"] for t in table} == {"60"}
+    # per case, into the same folder: its own files, one row per image
+    assert cli.main(["compare", *runs]) == 0
+    per_case = json.loads((out / "compare.json").read_text())
+    assert per_case["level"] == "case" and {r["cases"] for r in per_case["rows"]} == {len(study_of)}
+    capsys.readouterr()
+
+    # a run without per-study results, or grouped by another rule, cannot be compared per study
+    _write_with_studies(strong, tmp_path / "flat" / "eval", None)
+    assert cli.main(["compare", str(tmp_path / "weak"), str(tmp_path / "flat"), "--level", "study"]) == 1
+    assert "has no per-study results" in capsys.readouterr().err
+    _write_with_studies(strong, tmp_path / "max" / "eval", study_of, rule="max")
+    with pytest.raises(ComparisonError, match="probability is the mean of its images', B's the max"):
+        compare_runs(tmp_path / "weak", tmp_path / "max", n_resamples=10, level="study")

@@ -67,3 +67,71 @@ def test_expert_router_binary_list_and_checks() -> None:
         ExpertRouter(BinaryRouter(), {"left": ConstantExpert(1.0), "right": ConstantExpert(2.0)}, "side")
     with pytest.raises(KeyError, match="no 'organ'"):
         ExpertRouter(FixedRouter(2), [ConstantExpert(1.0), ConstantExpert(2.0)], "organ")(torch.zeros(1, 1, 2, 2))
+
+
+class TinyNet(nn.Module):
+    """A two-task network of one linear layer per task, with ``tasks`` as the bundle networks have."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.heads = nn.ModuleDict({t.name: nn.Linear(8, t.num_outputs) for t in tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = x.flatten(1)
+        return {name: head(flat) for name, head in self.heads.items()}
+
+
+def test_router_checkpoint_round_trip_gives_each_sample_its_experts_answer(tmp_path) -> None:
+    from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
+    from medmtl.experiments.experts import write_router_checkpoint
+
+    tasks = [
+        Task(name="abnormal", kind="binary"),
+        Task(name="body_part", kind="multiclass", classes=["elbow", "hand", "wrist"]),
+    ]
+    torch.manual_seed(0)
+    router, experts = TinyNet(tasks), [TinyNet(tasks) for _ in range(3)]  # each its own random weights
+    paths = []
+    for name, net in [("router", router), *((f"expert{k}", e) for k, e in enumerate(experts))]:
+        paths.append(tmp_path / f"{name}.pt")
+        torch.save({"network": net.state_dict(), RUN_CONFIG_KEY: {"owner": name}}, paths[-1])
+    combined = write_router_checkpoint(paths[0], paths[1:], tmp_path / "router_all.pt")
+
+    saved = torch.load(combined, weights_only=True)
+    assert saved[RUN_CONFIG_KEY] == {"owner": "router"}  # evaluation reads the router's record
+    loaded = ExpertRouter.replicate(TinyNet(tasks), "body_part")  # fresh weights, replaced by the checkpoint
+    loaded.load_state_dict(saved["network"])  # strict: every router and expert weight, nothing else
+    assert loaded.classes == ["elbow", "hand", "wrist"]
+
+    x = torch.randn(32, 2, 2, 2)
+    with torch.no_grad():
+        out = loaded(x)
+        routes = router(x)["body_part"].argmax(dim=1)
+        assert set(routes.tolist()) == {0, 1, 2}  # every expert gets samples
+        torch.testing.assert_close(out["body_part"], router(x)["body_part"])  # the group is the router's
+        for k, expert in enumerate(experts):
+            rows = routes == k
+            torch.testing.assert_close(out["abnormal"][rows], expert(x[rows])["abnormal"])
+            assert not torch.allclose(out["abnormal"][rows], router(x[rows])["abnormal"])
+
+    with pytest.raises(FileNotFoundError, match="expert9.pt"):
+        write_router_checkpoint(paths[0], [*paths[1:3], tmp_path / "expert9.pt"], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no task 'organ'"):
+        ExpertRouter.replicate(TinyNet(tasks), "organ")
+
+
+def test_expert_router_routes_dict_inputs() -> None:
+    class ViewRouter(nn.Module):
+        def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"side": x["axial"][:, :1, 0, 0]}
+
+    class ViewExpert(ConstantExpert):
+        def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            assert x["axial"].shape[0] == x["coronal"].shape[0]
+            return super().forward(x["axial"])
+
+    router = ExpertRouter(ViewRouter(), [ViewExpert(1.0), ViewExpert(2.0)], router_task="side")
+    axial = torch.tensor([2.0, -1.0, 3.0]).reshape(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    out = router({"axial": axial, "coronal": torch.zeros(3, 1, 2, 2)})
+    assert out["abnormal"][:, 0].tolist() == [2.0, 1.0, 2.0]
