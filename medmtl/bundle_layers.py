@@ -27,6 +27,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from medmtl.bundle_zoo import DATA_LICENSE, data_license_text, zoo_inference_config
 from medmtl.resources import resolve_resource, resources_root
 
 __all__ = [
@@ -144,7 +145,9 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, data_spec: 
     """Write a self-contained bundle (no shared layers) to ``out``: what the MONAI model zoo expects.
 
     ``configs/train.json`` is the merged training config; ``inference.json`` is whole (train merged
-    with the inference layers), as MONAI's ``verify_net_in_out`` and ``ckpt_export`` read it;
+    with the inference layers), as MONAI's ``verify_net_in_out`` and ``ckpt_export`` read it, and
+    its ``network_def`` is the model zoo's one-tensor view of ``network_def_multitask`` (see
+    :mod:`medmtl.bundle_zoo`); ``docs/data_license.txt`` gives the data's source and terms;
     ``evaluate.json``, ``multi_gpu_train.json``, ``semi_supervised.json`` and ``pretrain.json`` stay
     layers over ``train.json`` (``--config_file "['configs/train.json','configs/evaluate.json']"``).
     The data spec is copied into ``configs/`` and ``bundle_root`` is the export's folder.
@@ -179,7 +182,7 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, data_spec: 
             continue
         if workflow == "inference":
             whole = ConfigParser.load_config_files([str(configs / "train.json"), *map(str, files)])
-            _write_json(configs / "inference.json", whole)
+            _write_json(configs / "inference.json", zoo_inference_config(whole))
         else:
             _write_json(configs / f"{workflow}.json", _concatenated_layers(files))
     for name in ("metadata.json", "logging.conf"):
@@ -189,4 +192,8 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, data_spec: 
             shutil.copytree(source / extra, out / extra)
         elif (source / extra).is_file():
             shutil.copy2(source / extra, out / extra)
+    if not (out / DATA_LICENSE).is_file():
+        metadata = json.loads((configs / "metadata.json").read_text(encoding="utf-8"))
+        (out / DATA_LICENSE).parent.mkdir(parents=True, exist_ok=True)
+        (out / DATA_LICENSE).write_text(data_license_text(metadata, configs / spec_path.name), encoding="utf-8")
     return out

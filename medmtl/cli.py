@@ -179,7 +179,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from medmtl.metrics.compare import compare_runs, default_out_dir, write_comparison
 
     out = Path(args.out) if args.out else default_out_dir(args.run_a, args.run_b)
-    comparison = compare_runs(args.run_a, args.run_b, n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed)
+    comparison = compare_runs(
+        args.run_a, args.run_b, n_resamples=args.n_resamples, alpha=args.alpha, seed=args.seed, level=args.level
+    )
     json_path, csv_path = write_comparison(comparison, out, overwrite=args.overwrite)
     print(comparison.format_table())
     print(f"wrote {json_path} and {csv_path}")
@@ -347,10 +349,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = _pop_option(list(overrides), "--output_dir", None)
     if run_dir is not None and set(workflows) <= {"evaluate", "inference"}:
         from medmtl.experiments.cross_validation import ensemble_overrides, is_cv_run
+        from medmtl.experiments.experts import is_experts_run, router_overrides
 
         if is_cv_run(run_dir):  # a cross-validation evaluates / infers as its fold ensemble
             _pop_option(overrides, "--output_dir", None)
             overrides = [*overrides, *ensemble_overrides(run_dir, workflows, overrides)]
+        elif is_experts_run(run_dir):  # medmtl experts: evaluates / infers as its ExpertRouter (router.pt)
+            overrides = [*overrides, *router_overrides(run_dir, overrides)]
     cmd = bundle_command(args.bundle, workflows, overrides)
     monai_argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
     problems = none_override_problems(overrides)  # MONAI would drop them without a word
@@ -396,9 +401,58 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experts(args: argparse.Namespace) -> int:
+    from medmtl.experiments.experts import run_experts
+
+    overrides = list(args.overrides)
+    if problems := none_override_problems(overrides):
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    result = run_experts(
+        args.bundle, args.single_run, args.output_dir, args.router_task, overrides, weights=args.weights
+    )
+    for name, folder in result.expert_dirs.items():
+        print(f"{result.router_task} = {name}: {folder}{' (trained before)' if name in result.skipped else ''}")
+    print(f"wrote {result.router_checkpoint}")
+    print(f"evaluate with: medmtl run {args.bundle} evaluate --output_dir {result.output_dir}")
+    return 0
+
+
 def _cmd_export_bundle(args: argparse.Namespace) -> int:
-    out = export_bundle(args.bundle, args.out, data_spec=args.data_spec)
-    print(f"wrote {out} (run it with: python -m monai.bundle run --config_file {out}/configs/train.json)")
+    if args.run is None:
+        out = export_bundle(args.bundle, args.out, data_spec=args.data_spec)
+        print(f"wrote {out} (run it with: python -m monai.bundle run --config_file {out}/configs/train.json)")
+        return 0
+    from medmtl.deploy.zoo_bundle import export_run_bundle
+
+    out = export_run_bundle(args.bundle, args.out, args.run, data_spec=args.data_spec)
+    print(f"wrote {out} with the weights of {args.run} as models/model.pt (check it: medmtl verify-bundle {out})")
+    return 0
+
+
+def _cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from medmtl.deploy.verify_bundle import verify_bundle
+
+    # MONAI's checks log every argument they were given
+    for name in ("monai.bundle.scripts", "monai.apps", "monai.apps.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    report = verify_bundle(args.path, schema=args.schema, device=args.device)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medmtl.deploy import export_run
+
+    for name in ("onnxscript", "onnx_ir"):  # their INFO lines list every graph rewrite
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    report = export_run(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    sizes = " and ".join("x".join(str(s) for s in size) for size in report.checked_sizes)
+    worst = max(report.max_abs_difference.values(), default=0.0)
+    print(
+        f"wrote {report.path} ({report.export_format}; outputs {', '.join(report.metadata['outputs'])}; "
+        f"max |difference| to PyTorch {worst:.2g} at {sizes})"
+    )
     return 0
 
 
@@ -579,6 +633,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cv, overrides=[], takes_overrides=True)
 
     p = sub.add_parser(
+        "experts",
+        help="train one expert per class of a router task (e.g. per body part) from a trained multi-task model",
+        description="Fine-tune one expert per class of ROUTER_TASK from the model in --from: expert k is an ordinary "
+        "bundle training (OUTPUT_DIR/expert_<k>_<class>) on the training cases of class k only (spec key select), "
+        "with the model's data, split and architecture. OUTPUT_DIR/router.pt then holds the model (the router: its "
+        "ROUTER_TASK prediction picks the expert per image) and the experts; `medmtl run BUNDLE evaluate "
+        "--output_dir OUTPUT_DIR` evaluates them as one ExpertRouter on the model's test split, and `medmtl compare "
+        "--level study` compares it with the model. Run it again to resume; other settings are refused.",
+        epilog="example:\n  medmtl experts --bundle radiograph_mtl --from runs/mura --output_dir runs/mura_experts "
+        "--epochs 10 --learning_rate 0.0001",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bundle", required=True, help="bundle name or folder the model in --from was trained with")
+    p.add_argument("--from", dest="single_run", required=True, help="output_dir of the trained multi-task model")
+    p.add_argument("--output_dir", required=True, help="folder of the experts (expert_<k>_<class>, router.pt inside)")
+    p.add_argument(
+        "--router_task", default=None, help="task whose predicted class picks the expert (default: the multiclass task)"
+    )
+    p.add_argument(
+        "--weights", default="best", choices=["best", "last"], help="checkpoint of the model and of each expert used"
+    )
+    # every other --key value is a bundle override for every expert's training (collected by main)
+    p.set_defaults(func=_cmd_experts, overrides=[], takes_overrides=True)
+
+    p = sub.add_parser(
         "plan",
         help="fingerprint a dataset and write plan.yaml: every training setting, batch fitted to memory, epochs to time",
         description="Validate the dataset, read every case once (fingerprint.json, cached by file content), choose "
@@ -613,8 +692,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bundle", help="bundle name or folder")
     p.add_argument("out", help="new folder for the copy")
-    p.add_argument("--data-spec", default=None, help="data spec to ship (default: the one the bundle names)")
+    p.add_argument("--data-spec", default=None, help="data spec to ship (default: the one the bundle or run names)")
+    p.add_argument(
+        "--run",
+        default=None,
+        help="a trained run folder: its weights become models/model.pt and its settings are written into the configs",
+    )
     p.set_defaults(func=_cmd_export_bundle)
+
+    p = sub.add_parser(
+        "verify-bundle",
+        help="run the MONAI model zoo's CI checks on a bundle folder, offline (exit 1 on a failure)",
+        epilog="example:\n  medmtl export-bundle demo runs/zoo/demo --run runs/demo\n  medmtl verify-bundle runs/zoo/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", help="the bundle folder")
+    p.add_argument("--schema", default=None, help="metadata schema file (default: eval/schema.json, ../shared/monai)")
+    p.add_argument("--device", default="cpu", help="device for the network checks (default: cpu)")
+    p.set_defaults(func=_cmd_verify_bundle)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained run's network to ONNX, torch.export or TorchScript (checked against PyTorch)",
+        description="Rebuild the network of a trained run (or a cross-validation's fold ensemble) from its record, "
+        "export it with one named output per task and its description inside the file (tasks, input, the run's "
+        "settings, thresholds, temperatures), and check the file's outputs against PyTorch before writing it.",
+        epilog="examples:\n  medmtl export runs/demo --format onnx -o demo.onnx\n"
+        "  medmtl export runs/demo --format torch-export -o demo.pt2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="the --output_dir of a trained run, or of medmtl cv")
+    p.add_argument("--format", required=True, choices=["onnx", "torch-export", "torchscript"], help="file format")
+    p.add_argument("-o", "--out", required=True, help="the file to write (model.onnx, model.pt2, model.ts)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("summary", help="print what a run produced: test metrics, output files, MLflow location")
     p.add_argument("run_dir", help="the bundle's output_dir (e.g. runs/demo)")
@@ -637,6 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level; CIs cover 1 - alpha (default: 0.05)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a compare.json already in the output folder")
+    p.add_argument(
+        "--level",
+        default="case",
+        choices=["case", "study"],
+        help="case (default), or study: per study (exam) for evaluations whose spec has aggregate_by; writes "
+        "compare_studies.json and compare_studies.csv",
+    )
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
@@ -646,7 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
         "NIfTI, .npy, DICOM files) with MODEL (a training run folder, or a medmtl cv folder: its fold ensemble). "
         "The run's own preprocessing, network, decisions, temperatures and postprocessing are used. Writes masks "
         "in each input's geometry, predictions.csv, inputs.json, and failed.csv for inputs that cannot be read "
-        f"(exit status {PREDICT_SOME_FAILED} when some failed). Further bundle overrides may follow, e.g. "
+        f"(exit status {PREDICT_SOME_FAILED} when some failed). DICOM files are grouped into studies and series, "
+        "the series chosen by the spec's dicom_series rules (series.csv), and each DICOM case also gets a DICOM "
+        "SEG per mask and a DICOM SR of its findings. Further bundle overrides may follow, e.g. "
         '--tta_axes "[0]".',
         epilog="example:\n  medmtl predict -i new_scans/ -o predictions/ -m runs/busi_cv",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -37,6 +37,8 @@ __all__ = [
 
 #: suffixes read as images (lower case); DICOM files are also found by their ``DICM`` preamble.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".dcm")
+#: suffixes never read as images, not even looked into for a DICOM preamble.
+_NOT_IMAGES = (".txt", ".csv", ".json", ".xml", ".html", ".pdf", ".md", ".yaml", ".yml", ".zip", ".gz", ".npz")
 #: the list of predicted inputs, written into the output folder.
 INPUTS_FILE = "inputs.json"
 #: inputs that could not be predicted, with the reason.
@@ -63,7 +65,8 @@ def _is_image(path: Path) -> bool:
         return True
     from medmtl.data.dicom import is_dicom_file
 
-    return _suffix(path) == "" and is_dicom_file(path)  # PACS exports often name files without a suffix
+    # PACS exports name files without a suffix, or by their UID (1.2.840.113619.2.55.3.12): the preamble tells
+    return _suffix(path) not in _NOT_IMAGES and is_dicom_file(path)
 
 
 def _stem(relative: Path) -> str:
@@ -87,7 +90,7 @@ def find_inputs(path: str | os.PathLike) -> list[InputCase]:
         raise FileNotFoundError(f"input {root} does not exist: give an image file or a folder of images")
     if root.is_file():
         return [InputCase(_stem(Path(root.name)), root)]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.relative_to(root)))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
     if not files:
         raise ValueError(
             f"input folder {root} holds no image file (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM files "
@@ -107,16 +110,17 @@ def _spatial_ndim(shape: Sequence[int], spatial_dims: int) -> tuple[int, str]:
     return len(squeezed), " x ".join(str(s) for s in shape)
 
 
-def check_input(path: str | os.PathLike, spatial_dims: int) -> str | None:
+def check_input(path: str | os.PathLike, spatial_dims: int, *, series_folder: bool = False) -> str | None:
     """Why ``path`` cannot be predicted by a model of ``spatial_dims`` (``None``: it can).
 
     Checks the file kind and header first (nothing large is allocated for a lying header), then reads
-    the image with medmtl's reader and compares its dimensions with the model's.
+    the image with medmtl's reader and compares its dimensions with the model's. ``series_folder``:
+    ``path`` may be a folder (a DICOM series chosen from a study).
     """
     from medmtl.data.header_guard import file_kind_problem, header_problems
     from medmtl.data.readers import load_image
 
-    problem = file_kind_problem(path)
+    problem = file_kind_problem(path, allow_dir=series_folder)
     if problem is not None:
         return f"{problem.message} ({problem.fix})"
     problems = header_problems(path)

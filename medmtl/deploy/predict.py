@@ -10,14 +10,20 @@ MODEL is a training run folder (``run_config.json``, ``models/best.pt``) or a ``
 (its fold ensemble with the out-of-fold choices). Outputs in OUT: masks in each input's own geometry
 (NIfTI for volumes, PNG for 2D), ``predictions.csv``, ``inputs.json`` (what was predicted) and
 ``failed.csv`` (what was not, with the reason).
+
+DICOM files in INPUT (a PACS export, a study folder, one series) are grouped by study and series
+from their headers; the series the model takes are chosen by the rules stored with it (the spec's
+``dicom_series``, :mod:`medmtl.deploy.series_choice`) and the choice is written to ``series.csv``.
+For DICOM cases the bundle also writes a DICOM SEG per mask and a DICOM SR of the findings
+(``dicom_seg`` and ``dicom_sr``, with highdicom); those two carry the patient's identity, as the
+standard requires (case ids and every other output do not).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +38,24 @@ from medmtl.deploy.inputs import (
     write_failed,
     write_input_list,
 )
+from medmtl.deploy.series_choice import (
+    SERIES_FILE,
+    choose_series,
+    dicom_cases,
+    effective_rules,
+    unmatched_reason,
+    write_series_table,
+)
+from medmtl.experiments.commands import run_medmtl
 
 __all__ = ["PredictError", "PredictResult", "TrainedModel", "predict", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
+#: folder of OUT holding links to the files of DICOM series that share a folder with others.
+SERIES_LINKS = "dicom_series"
 #: what a previous prediction leaves in OUT: refused without ``overwrite``.
-_OUTPUT_FILES = ("predictions.csv", INPUTS_FILE, FAILED_FILE)
+_OUTPUT_FILES = ("predictions.csv", INPUTS_FILE, FAILED_FILE, SERIES_FILE, SERIES_LINKS)
 
 
 class PredictError(ValueError):
@@ -66,11 +83,12 @@ class TrainedModel:
 
 @dataclass
 class PredictResult:
-    """What a prediction wrote: the cases predicted, the inputs that failed, the output folder."""
+    """What a prediction wrote: the cases predicted, the inputs that failed, the output folder, the DICOM cases."""
 
     output_dir: Path
     predicted: list[InputCase] = field(default_factory=list)
     failed: list[tuple[InputCase, str]] = field(default_factory=list)
+    dicom: list[InputCase] = field(default_factory=list)
 
 
 def resolve_model(model: str | os.PathLike) -> TrainedModel:
@@ -122,8 +140,53 @@ def _check_output(out: Path, overwrite: bool) -> None:
         )
 
 
-def _run_medmtl(argv: list[str]) -> int:
-    return subprocess.call([sys.executable, "-m", "medmtl.cli", *argv])
+def _remove_previous(out: Path) -> None:
+    """What an earlier prediction into ``out`` left that this one may not write again (``overwrite`` given)."""
+    if (out / SERIES_LINKS).is_dir() and not (out / SERIES_LINKS).is_symlink():
+        shutil.rmtree(out / SERIES_LINKS)  # links and copies made by medmtl predict only
+    for name in ("predictions.csv", FAILED_FILE, SERIES_FILE):  # a failed run must not leave the old table
+        if (out / name).is_file():
+            (out / name).unlink()
+
+
+def _is_dicom(path: Path) -> bool:
+    from medmtl.data.dicom import is_dicom_file
+
+    return is_dicom_file(path)
+
+
+def _dicom_inputs(files: list[InputCase], spec: Any, out: Path) -> tuple[list[InputCase], list[tuple[InputCase, str]]]:
+    """The cases of the DICOM files: grouped into studies and series, chosen by the spec's rules (``series.csv``).
+
+    Returns the cases, and the files whose header cannot be read and the studies without a matching series
+    (each with the reason).
+    """
+    from medmtl.data.dicom.studies import group_studies
+
+    by_path = {str(c.path): c for c in files}
+    studies, problems = group_studies(by_path)
+    failed = [(by_path[str(p.path)], f"{p.message} ({p.fix})") for p in problems]
+    rules = effective_rules(spec.dicom_series, spec.modality)
+    choices = choose_series(studies, rules, spec.spatial_dims)
+    write_series_table(choices, out / SERIES_FILE)
+    for choice in choices:
+        if not choice.chosen:
+            reason = unmatched_reason(choice, rules, spec.spatial_dims)
+            logger.warning("%s (%s): not predicted: %s", choice.name, choice.study.folder, reason)
+            failed.append((InputCase(choice.name, choice.study.folder), reason))
+    cases = dicom_cases(choices, spec.spatial_dims, out / SERIES_LINKS)
+    logger.info("DICOM: %d stud(ies), %d case(s) chosen (%s)", len(studies), len(cases), out / SERIES_FILE)
+    return cases, failed
+
+
+def _dicom_outputs() -> list[str]:
+    """The bundle overrides writing a DICOM SEG per mask and a DICOM SR per case (nothing without highdicom)."""
+    from medmtl.inference.dicom_seg import has_highdicom
+
+    if not has_highdicom:
+        logger.warning("no DICOM SEG or SR written: they need highdicom (pip install 'medmtl[dicom-seg]')")
+        return []
+    return ["--dicom_seg", "True", "--dicom_sr", "True"]
 
 
 def predict(
@@ -140,8 +203,10 @@ def predict(
     """Predict every image of ``inputs`` with ``model`` into ``output_dir``.
 
     Args:
-        inputs: an image file or a folder of images (searched recursively).
-        output_dir: where masks, ``predictions.csv``, ``inputs.json`` and ``failed.csv`` go.
+        inputs: an image file or a folder of images (searched recursively); DICOM files are grouped
+            into studies and series, and the series chosen by the spec's ``dicom_series`` rules.
+        output_dir: where masks, ``predictions.csv``, ``inputs.json``, ``failed.csv`` (and for DICOM
+            input ``series.csv``, DICOM SEG and SR files) go.
         model: a training run or ``medmtl cv`` folder.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: the bundle's, a GPU when there is one).
         overwrite: replace an earlier prediction in ``output_dir`` (refused otherwise).
@@ -166,31 +231,41 @@ def predict(
     except (FileNotFoundError, ValueError) as err:
         raise PredictError(str(err)) from None
     out = Path(output_dir)
+    found = [c for c in found if not c.path.resolve().is_relative_to(out.resolve())]  # OUT inside INPUT
+    if not found:
+        raise PredictError(f"every image of {inputs} is inside the output folder {out}: give another -o folder")
     _check_output(out, overwrite)
+    _remove_previous(out)
+    out.mkdir(parents=True, exist_ok=True)
     result = PredictResult(out)
-    for case in found:
-        reason = check_input(case.path, spec.spatial_dims)
+    candidates = [c for c in found if not _is_dicom(c.path)]
+    if len(candidates) < len(found):
+        result.dicom, failed = _dicom_inputs([c for c in found if _is_dicom(c.path)], spec, out)
+        result.failed += failed
+        candidates += result.dicom
+    dicom = set(result.dicom)
+    for case in candidates:
+        reason = check_input(case.path, spec.spatial_dims, series_folder=case in dicom)
         if reason is None:
             result.predicted.append(case)
         else:
             logger.warning("%s: not predicted: %s", case.path, reason)
             result.failed.append((case, reason))
-    out.mkdir(parents=True, exist_ok=True)
     if result.failed:
         write_failed(result.failed, out / FAILED_FILE)
-    elif (out / FAILED_FILE).exists():
-        (out / FAILED_FILE).unlink()  # from the prediction being overwritten
     if not result.predicted:
         raise PredictError(f"none of the {len(found)} inputs can be predicted: see {out / FAILED_FILE}")
     listed = write_input_list(result.predicted, keys[0], out / INPUTS_FILE)
     argv = ["run", trained.bundle, "inference", "--output_dir", str(trained.folder), "--infer_dir", str(out)]
     argv += ["--infer_files", str(listed), "--validate_data", "False"]
+    if any(case in dicom for case in result.predicted):
+        argv += _dicom_outputs()
     if data_spec:
         argv += ["--data_spec", str(data_spec)]
     if device:
         argv += ["--device", f"$torch.device('{device}')"]
     logger.info("predicting %d input(s) with %s into %s", len(result.predicted), trained.folder, out)
-    status = (runner or _run_medmtl)([*argv, *overrides])
+    status = (runner or run_medmtl)([*argv, *overrides])
     if status != 0:
         raise PredictError(f"the inference of {trained.bundle} failed (exit status {status}; its log is above)")
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medmtl.inference.dicom_seg import write_dicom_seg
+from medmtl.inference.dicom_sr import write_dicom_sr
 from medmtl.inference.mc_dropout import MonteCarloDropoutInferer, dropout_layers
 from medmtl.inference.sliding_window import CLASS_AGGREGATIONS, MultiTaskSlidingWindowInferer
 from medmtl.inference.tta import MirrorTTAInferer, mirror_combinations
@@ -20,4 +21,5 @@ __all__ = [
     "estimate_activation_bytes",
     "mirror_combinations",
     "write_dicom_seg",
+    "write_dicom_sr",
 ]

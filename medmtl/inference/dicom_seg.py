@@ -6,9 +6,9 @@ so radiologists see it overlaid on the images it was predicted from.
 
 **Patient identity.** The DICOM standard requires a SEG to reference its source instances and to
 belong to their patient and study: the SEG copies the source's patient and study modules (name, ID,
-birth date, sex, accession number, study UID...). It is therefore the one medmtl output that contains
-patient identity, because it is meant to go back to the PACS the images came from. Writing it is
-opt-in (:class:`medmtl.inference.MultiTaskPredictionWriter` with ``dicom_seg=True``); do not share
+birth date, sex, accession number, study UID...). It is therefore, with the DICOM SR of the findings
+(:mod:`medmtl.inference.dicom_sr`), one of the two medmtl outputs that contain patient identity, because
+they are meant to go back to the PACS the images came from. Writing it is opt-in (:class:`medmtl.inference.MultiTaskPredictionWriter` with ``dicom_seg=True``); do not share
 SEG files outside the hospital. File names and log messages still carry only the spec's case ids.
 """
 
@@ -32,7 +32,7 @@ from medmtl.data.tasks import Task, TaskKind
 hd, has_highdicom = optional_import("highdicom")
 codes, _ = optional_import("pydicom.sr.codedict", name="codes")
 
-__all__ = ["write_dicom_seg", "has_highdicom"]
+__all__ = ["PATIENT_STUDY_TYPE2", "write_dicom_seg", "has_highdicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _AFFINE_ATOL = 1e-3
 _AFFINE_RTOL = 1e-4
 # Type 2 (required, may be empty) patient/study attributes highdicom copies from the first source
 # image; exports often leave them out.
-_TYPE2_COPIED = (
+PATIENT_STUDY_TYPE2 = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
     "StudyTime", "ReferringPhysicianName",
 )  # fmt: skip
@@ -137,7 +137,8 @@ def write_dicom_seg(
 
     **The SEG contains patient identity**: the standard requires it to copy the patient and study
     modules of its source images (name, ID, birth date, accession number...) and to reference them.
-    It is the one medmtl output that does, because it goes back to the PACS; keep it there.
+    It (and the DICOM SR of :mod:`medmtl.inference.dicom_sr`) is the medmtl output that does, because it
+    goes back to the PACS; keep it there.
 
     Args:
         mask: class indices of ``task``, in medmtl's DICOM reader layout: ``(columns, rows, slices)``
@@ -189,7 +190,7 @@ def write_dicom_seg(
                 f"(mask affine\n{np.round(got, 4)}\nseries affine\n{np.round(series.affine, 4)})"
             )
     for ds in series.headers:  # headers read for this call only: filling them changes no file
-        for keyword in _TYPE2_COPIED:
+        for keyword in PATIENT_STUDY_TYPE2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
     # medmtl's layout (columns, rows[, slices]) -> highdicom's (frames, rows, columns)

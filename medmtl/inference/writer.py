@@ -37,6 +37,7 @@ from medmtl.data.task_keys import SPREAD_KEYS, pred_key
 from medmtl.data.tasks import Task, TaskKind, as_tasks
 from medmtl.inference.case_files import CaseFileNames
 from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
+from medmtl.inference.dicom_sr import SegmentFinding, image_level_finding, write_dicom_sr
 from medmtl.metrics.calibration import CalibrationRecord, apply_temperature, read_calibration
 from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.postprocessing import Postprocessing, as_postprocessing
@@ -46,6 +47,7 @@ __all__ = ["MultiTaskPredictionWriter"]
 
 logger = logging.getLogger(__name__)
 _PRED = "_medmtl_pred"
+_SR_FOLDER = "dicom_sr"  # the SR files' folder and the table's column
 
 
 class MultiTaskPredictionWriter:
@@ -75,6 +77,13 @@ class MultiTaskPredictionWriter:
             ``invert_transform`` when the preprocessing resamples). **These files contain the
             patient's identity** (the standard makes a SEG copy its source's patient and study): they
             are meant to go back to the PACS, hence off by default.
+        dicom_sr: also write, per case read from DICOM, a Comprehensive 3D SR measurement report
+            (TID 1500) of its findings: the image-level tasks' probabilities and decisions as in the
+            table, each segmentation class's volume (referencing its SEG when ``dicom_seg`` is on),
+            ``<output_dir>/dicom_sr/<case>_sr.dcm``, listed in a ``dicom_sr`` column (see
+            :func:`medmtl.inference.dicom_sr.write_dicom_sr`). Like the SEG, **it contains the
+            patient's identity**; off by default.
+        model_name: the model named in the SR (its device observer and algorithm identification).
         maps: extra spatial network outputs to write next to the masks, e.g. ``("saliency",)`` from
             :class:`~medmtl.networks.SaliencyBridgeNet` with ``return_saliency=True`` (where the
             classifier looked), mapped to the input grid like the masks: ``<output_dir>/<map>/<case>``
@@ -100,6 +109,8 @@ class MultiTaskPredictionWriter:
         decisions: Decisions | str | os.PathLike | None = None,
         calibration: CalibrationRecord | str | os.PathLike | None = None,
         uncertainty_maps: bool = False,
+        dicom_sr: bool = False,
+        model_name: str = "medmtl model",
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -114,9 +125,12 @@ class MultiTaskPredictionWriter:
             else None
         )
         self.dicom_seg = dicom_seg
-        if dicom_seg and not has_highdicom:
+        self.dicom_sr = dicom_sr
+        self.model_name = model_name
+        if (dicom_seg or dicom_sr) and not has_highdicom:
             raise ImportError(
-                "MultiTaskPredictionWriter(dicom_seg=True) needs highdicom: pip install 'medmtl[dicom-seg]'"
+                "MultiTaskPredictionWriter(dicom_seg=True or dicom_sr=True) needs highdicom: "
+                "pip install 'medmtl[dicom-seg]'"
             )
         self.postprocessing = as_postprocessing(postprocessing, self.tasks)
         self.maps = tuple(maps)
@@ -133,7 +147,7 @@ class MultiTaskPredictionWriter:
         segmentation = [t.name for t in self.tasks if t.kind == TaskKind.SEGMENTATION]
         folders = (
             segmentation + list(self.maps) + ([_entropy_folder(n) for n in segmentation] if uncertainty_maps else [])
-        )
+        ) + ([_SR_FOLDER] if dicom_sr else [])
         self.names = CaseFileNames(self.output_dir, folders)
         self.rows: list[dict[str, Any]] = []
 
@@ -162,9 +176,12 @@ class MultiTaskPredictionWriter:
         image = sample.get(self.image_key)
         case_id = str(sample.get("case_id", _stem(image)))
         row: dict[str, Any] = {"case_id": case_id}
-        dicom_source = _dicom_source(image) if self.dicom_seg else None
-        if self.dicom_seg and dicom_source is None:
-            logger.warning("dicom_seg: case %s was not read from DICOM, no DICOM-SEG written for it", case_id)
+        dicom_out = self.dicom_seg or self.dicom_sr
+        dicom_source = _dicom_source(image) if dicom_out else None
+        if dicom_out and dicom_source is None:
+            logger.warning("case %s was not read from DICOM, no DICOM SEG or SR written for it", case_id)
+        segments: list[SegmentFinding] = []
+        reported: list[Task] = []  # the image-level tasks of the row
         preds = sample.get("pred")
         for task in self.tasks:
             logits = sample.get(pred_key(task.name))
@@ -189,18 +206,28 @@ class MultiTaskPredictionWriter:
                         else entropy[None]
                     )
                     row[f"{name}_file"] = self._relative(self._save_map(name, entropy_map, image, case_id))
-                if dicom_source is not None:
-                    row[f"{task.name}_dicom_seg"] = self._relative(
-                        self._save_dicom_seg(task, logits, image, dicom_source, case_id, mask)
-                    )
+                seg_path = None
+                if dicom_source is not None and self.dicom_seg:
+                    seg_path = self._save_dicom_seg(task, logits, image, dicom_source, case_id, mask)
+                    row[f"{task.name}_dicom_seg"] = self._relative(seg_path)
+                if dicom_source is not None and self.dicom_sr:
+                    counts = torch.bincount(mask.reshape(-1).long(), minlength=task.num_outputs).tolist()
+                    segments += [SegmentFinding(task, k, counts[k], seg_path) for k in range(1, task.num_outputs)]
             else:
                 row.update(self._image_level_columns(task, logits, preds))
+                reported.append(task)
         for name in self.maps:
             value = preds.get(name) if isinstance(preds, Mapping) else None
             if value is None:
                 continue
             grid = self._to_input_grid(torch.as_tensor(value).detach().float().cpu(), image)
             row[f"{name}_file"] = self._relative(self._save_map(name, grid, image, case_id))
+        if dicom_source is not None and self.dicom_sr:
+            findings = [image_level_finding(t, row) for t in reported]
+            sr_path = self.names.path(_SR_FOLDER, case_id, "_sr.dcm")
+            row[_SR_FOLDER] = self._relative(
+                write_dicom_sr(dicom_source, sr_path, findings, segments, model_name=self.model_name)
+            )
         return row
 
     def _image_level_columns(self, task: Task, logits: torch.Tensor, preds: Any) -> dict[str, Any]:

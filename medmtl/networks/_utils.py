@@ -32,7 +32,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[
     """
     sizes: list[int] = []
     for s in x.shape[2:]:
-        sizes.append(int(s))
+        sizes.append(s)  # no int(): torch.export keeps the size symbolic (dynamic spatial axes)
     if multiple <= 1:
         return x, sizes
     pad: list[int] = []

@@ -2,10 +2,10 @@
 
 For each bundle: train two epochs (with MLflow into a temporary SQLite store), evaluate on the
 test split (report), infer (masks read back with nibabel / PIL in the input's geometry, CSV parsed),
-then MONAI's own bundle checks on the self-contained copy ``medmtl export-bundle`` writes (what the
-model zoo takes): ``verify_metadata`` against the schema copy in ../shared/monai, ``verify_net_in_out``
-on the ``verify_net`` wrapper and ``ckpt_export`` of the trained checkpoint (the TorchScript module
-gives the same outputs as the network with those weights). Runs go through ``bundle_command``: the
+then the model zoo's checks on the self-contained copy ``medmtl export-bundle --run`` writes of the
+trained run (``medmtl verify-bundle``: ``verify_metadata`` against the schema copy in ../shared/monai,
+``verify_net_in_out --net_id network_def``, ``ckpt_export`` of ``models/model.pt``; its weights give
+the run's outputs for every task). Runs go through ``bundle_command``: the
 bundle's config layers, as ``medmtl run`` gives them.
 """
 
@@ -26,12 +26,18 @@ import numpy as np
 import pytest
 import torch
 from bundle_cli import bundle_argv, run_together
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from dicom_factory import PLANTED_STRINGS
+from dicom_study_factory import write_pacs_export
+from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
 from scenario_data import BRAIN_AFFINE, BRAIN_SCENARIO_SHAPE, write_brain_scenario
 
 from medmtl.bundle_layers import config_layers, export_bundle, merged_config
+from medmtl.bundle_zoo import zoo_task
+from medmtl.cli import main
 from medmtl.data.spec import load_spec
+from medmtl.deploy.inputs import IMAGE_SUFFIXES
+from medmtl.deploy.verify_bundle import verify_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
@@ -140,6 +146,8 @@ def test_the_chosen_training_options_took_effect(trained) -> None:
     assert len(history) == 2  # radiograph asked for 3: early stopping ended it after 2
 
 
+# the 3D bundle whose prediction on a DICOM study folder is checked (SEG and SR need a DICOM source)
+DICOM_BUNDLE = "brain_mri_mtl"
 # the chest layout's raw images are 2048 px: each predicted case costs seconds (three full-size masks
 # resampled and written), and no check below depends on how many cases are predicted
 INFER_SPLIT = {"chest_xray_mtl": "test"}
@@ -157,11 +165,21 @@ def evaluated(trained) -> Path:
     new_images = _new_images(trained, infer["infer_split"])
     predict = [sys.executable, "-m", "medmtl.cli", "predict", "-i", str(new_images), "-o", str(work / "predicted")]
     runs.append(([*predict, "-m", str(run_dir)], work))
+    if name == DICOM_BUNDLE:  # a PACS export: two studies, several series; SEG and SR for the chosen one
+        trained["pacs"] = write_pacs_export(work / "pacs", _first_volume(trained))
+        predict = [sys.executable, "-m", "medmtl.cli", "predict", "-i", str(work / "pacs"), "-o", str(work / "dicom")]
+        runs.append(([*predict, "-m", str(run_dir)], work))
     results = run_together(runs, env=trained["env"], timeout=600)
     for result in results[:2]:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     trained["predict"] = results[2]
+    trained["predict_dicom"] = results[3] if name == DICOM_BUNDLE else None
     return run_dir
+
+
+def _first_volume(trained: dict) -> np.ndarray:
+    """An unlabelled volume of the bundle's data, as a scanner would send it again (as DICOM)."""
+    return np.asarray(nib.load(sorted((trained["root"] / "imagesTs").glob("*.nii.gz"))[0]).dataobj, dtype=float)
 
 
 def _new_images(trained: dict, split: str) -> Path:
@@ -178,6 +196,8 @@ def _new_images(trained: dict, split: str) -> Path:
             return folder  # several views per case: predict refuses the spec (tested below)
         source = Path(paths[0])
         suffix = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
+        if suffix.lower() not in IMAGE_SUFFIXES:  # JSRT's headerless .IMG: read through the spec's raw reader
+            continue
         shutil.copy(source, folder / "site_a" / f"{case['case_id']}{suffix}")
     (folder / "broken.png").write_bytes(b"not an image")
     return folder
@@ -200,6 +220,8 @@ def test_predict_on_a_folder_of_new_images_gives_what_inference_gives(trained, e
     if len(load_spec(trained["common"]["data_spec"]).inputs) > 1:
         assert result.returncode == 1 and "predict takes one image per case" in result.stderr
         return
+    if not any((trained["work"] / "new_images" / "site_a").iterdir()):
+        pytest.skip("headerless raw images (JSRT .IMG) need the spec's reader settings: predict takes image files")
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-4000:]
     with open(out / "failed.csv", newline="") as handle:
         (failed,) = list(csv.DictReader(handle))
@@ -224,6 +246,51 @@ def test_predict_on_a_folder_of_new_images_gives_what_inference_gives(trained, e
                     assert float(row[column]) == pytest.approx(float(value), abs=1e-5), column
                 except ValueError:  # decided class names
                     assert row[column] == value, column
+
+
+def test_predict_on_a_dicom_study_folder_writes_seg_and_sr(trained, evaluated) -> None:
+    """``medmtl predict`` on a PACS export: the MR volume chosen (series.csv), the CT-only study in failed.csv;
+    the SEG and SR of the case reference its study and series; the SR's values are the table's and the mask's."""
+    if trained["name"] != DICOM_BUNDLE:
+        pytest.skip(f"DICOM study folders are predicted with the 3D {DICOM_BUNDLE} bundle")
+    import highdicom as hd
+    import pydicom
+
+    result, out, export = trained["predict_dicom"], trained["work"] / "dicom", trained["pacs"]
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-4000:]
+    with open(out / "series.csv", newline="") as handle:
+        series = {r["series_uid"]: r for r in csv.DictReader(handle)}
+    assert {uid for uid, r in series.items() if r["chosen"] == "yes"} == {export.series["mr"]}
+    assert series[export.series["mr"]]["case_id"] == "study01_series2"
+    with open(out / "failed.csv", newline="") as handle:
+        (failed,) = list(csv.DictReader(handle))
+    assert failed["case_id"] == "study02" and "modality CT, expected MR" in failed["reason"]
+    with open(out / "predictions.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["case_id"] == "study01_series2"
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in export.mr_files}
+    sr = hd.sr.srread(out / row["dicom_sr"])
+    assert sr.StudyInstanceUID == export.studies[0]
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    referenced = {s.SeriesInstanceUID: {i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence}
+                  for s in evidence.ReferencedSeriesSequence}  # fmt: skip
+    assert referenced.pop(export.series["mr"]) == sources
+    groups = sr.content.get_image_measurement_groups() + sr.content.get_volumetric_roi_measurement_groups()
+    by_class = {g.finding_type.value: {m.name.meaning: m.value for m in g.get_measurements()} for g in groups}
+    assert by_class["abnormal:abnormal"]["Probability"] == float(row["abnormal_probability"])
+    for task in ("brain", "tissue"):
+        seg = pydicom.dcmread(out / row[f"{task}_dicom_seg"])
+        assert seg.StudyInstanceUID == export.studies[0] and seg.SeriesInstanceUID in referenced
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == export.series["mr"]
+        mask = nib.load(out / row[f"{task}_file"])  # the same mask as NIfTI: counted independently
+        labels = np.asarray(mask.dataobj)
+        for k, name in enumerate(load_spec(trained["common"]["data_spec"]).task(task).classes[1:], start=1):
+            found = by_class[f"{task}:{name}"]
+            assert found["Voxel count"] == int((labels == k).sum())
+            assert found["Volume"] == pytest.approx(found["Voxel count"] * abs(np.linalg.det(mask.affine[:3, :3])))
+    texts = [(out / n).read_text() for n in ("predictions.csv", "series.csv", "failed.csv", "inputs.json")]
+    names = [str(p.relative_to(out)) for p in out.rglob("*")]
+    assert not [s for s in PLANTED_STRINGS if any(s.lower() in t.lower() for t in [*texts, *names])]
 
 
 def test_inference_writes_masks_in_input_geometry_and_a_table(trained, evaluated) -> None:
@@ -268,47 +335,48 @@ def test_metadata_is_valid(name: str, tmp_path) -> None:
         assert meta["network_data_format"][part], part
 
 
-def test_verify_net_in_out_and_ckpt_export(trained) -> None:
-    """On the exported copy: its ``inference.json`` is whole, as MONAI's checks read one config file."""
+def test_verify_net_in_out_and_ckpt_export(trained, tmp_path) -> None:
+    """The trained run exported as a zoo bundle (``medmtl export-bundle NAME OUT --run RUN``) passes
+    ``medmtl verify-bundle``: MONAI's ``verify_metadata``, ``verify_net_in_out --net_id network_def`` and
+    ``ckpt_export`` of ``models/model.pt`` (TorchScript, checked against the network). Its ``model.pt`` in the
+    exported ``network_def_multitask`` gives, for every task, what ``best.pt`` gives in the network the
+    bundle's own layers build with the training overrides; ``network_def`` gives the zoo's one task."""
     name, common = trained["name"], trained["common"]
-    overrides = SCENARIOS[name][1]
-    exported_bundle = export_bundle(name, trained["work"] / "exported" / name) / "configs"
-    meta = str(exported_bundle / "metadata.json")
-    config = str(exported_bundle / "inference.json")
-    overrides = {**overrides, "output_dir": str(common["output_dir"])}  # the trained run (not ./runs/<name>)
-    spatial = overrides.get("spatial_size")
-    verify_net_in_out(
-        net_id="verify_net",
-        meta_file=meta,
-        config_file=config,
-        **{"_meta_#network_data_format#inputs#image#spatial_shape": spatial} if spatial else {},
-        **{k: v for k, v in overrides.items() if k != "spatial_size"},
-    )
-    exported = trained["work"] / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(exported),
-        ckpt_file=str(common["output_dir"] / "models" / "best.pt"),
-        key_in_ckpt="network",
-        config_file=config,
-        **{k: v for k, v in overrides.items()},
-    )
+    run_dir = common["output_dir"]
+    assert main(["export-bundle", name, str(tmp_path / name), "--run", str(run_dir)]) == 0
+    report = verify_bundle(tmp_path / name)
+    assert report.ok and {c.status for c in report.checks} <= {"pass", "skip"}, report.table()
+    assert SCHEMA.is_file() <= (report.check("metadata").status == "pass")
+    bundle = tmp_path / name
+    best = torch.load(run_dir / "models" / "best.pt", weights_only=True)["network"]
+    assert torch.load(bundle / "models" / "model.pt", weights_only=True).keys() == best.keys()
+    # reference: the bundle's layers with the training overrides (not the record), best.pt's network weights
+    reference_parser = ConfigParser()
+    reference_parser.read_config([str(f) for f in config_layers(name, "inference")])
+    for key, value in {**SCENARIOS[name][1], **TRAINING_OPTIONS[name]}.items():
+        reference_parser[key] = value
+    reference_parser.update({"data_spec": str(REPO / merged_config(name)["data_spec"]), "output_dir": str(tmp_path)})
+    reference = reference_parser.get_parsed_content("network_def").eval()
+    reference.load_state_dict(best)
     parser = ConfigParser()
-    parser.read_config(config)  # the exported bundle ships its data spec in configs/
-    for key, value in overrides.items():
-        parser[key] = value
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(common["output_dir"] / "models" / "best.pt", weights_only=True)["network"])
-    net.eval()
-    scripted = torch.jit.load(str(exported))
+    parser.read_config(str(bundle / "configs" / "inference.json"))  # the bundle alone: it holds the run's settings
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.update({"bundle_root": str(bundle), "output_dir": str(tmp_path / "elsewhere")})
+    exported = parser.get_parsed_content("network_def_multitask").eval()
+    exported.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    zoo = parser.get_parsed_content("network_def").eval()
+    spatial = SCENARIOS[name][1]["spatial_size"]
+    assert parser["_meta_"]["network_data_format"]["inputs"]["image"]["spatial_shape"] == spatial
     keys = list(parser.get_parsed_content("input_keys"))
     x = torch.rand(1, 1, *spatial, generator=torch.Generator().manual_seed(0))
     inputs = x if len(keys) == 1 else {k: x for k in keys}
     with torch.no_grad():
-        expected, got = net(inputs), scripted(inputs)
-    assert set(expected) == set(got)
+        expected, got = reference(inputs), exported(inputs)
+        view = zoo(x)
+    assert set(got) == set(expected) == set(parser["_meta_"]["network_data_format"]["outputs"]) - {"pred"}
     for task in expected:
-        torch.testing.assert_close(got[task], expected[task], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[task], expected[task], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(view, expected[zoo_task(parser.get_parsed_content("tasks"))], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["ultrasound_mtl", "chest_xray_mtl"])

@@ -99,6 +99,9 @@ def test_unusable_models_and_output_folders_are_refused(folder, tmp_path, capsys
     with pytest.raises(PredictError, match="already holds a prediction .*--overwrite"):
         predict(folder, tmp_path / "out", run, data_spec=demo_spec, runner=calls.append)
     assert not calls and (tmp_path / "out" / "predictions.csv").read_text() == "case_id\n"  # nothing touched
+    with pytest.raises(PredictError, match="inside the output folder .*give another -o"):
+        predict(folder, folder, run, data_spec=demo_spec, runner=calls.append)  # its own outputs are no input
+    assert not calls
     with pytest.raises(SystemExit):
         main(["predict", "-i", str(folder), "-o", str(tmp_path / "o2"), "-m", str(run), "--device", "gpu"])
     assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
