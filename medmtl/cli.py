@@ -773,7 +773,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("-m", "--model", required=True, help="a training run folder or a medmtl cv folder")
+    p.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="a training run folder, a medmtl cv folder, or an MLflow model (models:/NAME@ALIAS, runs:/ID/model)",
+    )
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prediction in the output folder")
     p.add_argument(

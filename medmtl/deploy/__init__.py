@@ -34,6 +34,7 @@ _HOMES = {
     "RunNetworkError": "run_network",
     "load_run_network": "run_network",
     "record_digest": "run_network",
+    "recorded_config": "run_network",
     "PredictError": "predict",
     "PredictResult": "predict",
 }

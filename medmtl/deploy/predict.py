@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from medmtl.deploy.series_choice import (
 )
 from medmtl.experiments.commands import run_medmtl
 
-__all__ = ["PredictError", "PredictResult", "TrainedModel", "predict", "resolve_model"]
+__all__ = ["PredictError", "PredictResult", "TrainedModel", "predict", "predict_with_folder", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,25 @@ def _dicom_outputs() -> list[str]:
 
 
 def predict(
+    inputs: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model: str | os.PathLike,
+    **kwargs: Any,
+) -> PredictResult:
+    """Predict every image of ``inputs`` with ``model``: a run or CV folder, or an MLflow model URI
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/ID/model``: downloaded into a temporary run
+    folder first, :func:`medmtl.tracking.model_files.download_model_folder`). See :func:`predict_with_folder`."""
+    if ":/" in str(model):  # the MLflow import only for a URI: predict on a folder stays light
+        from medmtl.tracking.model_files import download_model_folder, is_model_uri
+
+        if is_model_uri(model):
+            with tempfile.TemporaryDirectory(prefix="medmtl_model_") as tmp:
+                folder = download_model_folder(str(model), Path(tmp) / "run")
+                return predict_with_folder(inputs, output_dir, folder, **kwargs)
+    return predict_with_folder(inputs, output_dir, model, **kwargs)
+
+
+def predict_with_folder(
     inputs: str | os.PathLike,
     output_dir: str | os.PathLike,
     model: str | os.PathLike,

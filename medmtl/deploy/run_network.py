@@ -29,7 +29,7 @@ from medmtl.engines.run_config import RUN_CONFIG_FILE, RunConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunNetwork", "RunNetworkError", "load_run_network", "record_digest"]
+__all__ = ["RunNetwork", "RunNetworkError", "load_run_network", "record_digest", "recorded_config"]
 
 CHECKPOINTS = ("best.pt", "last.pt")  # the one evaluation uses first
 
@@ -89,7 +89,7 @@ def _no_record(run_dir: Path) -> RunNetworkError:
     )
 
 
-def _config(record: dict[str, Any], source: str) -> dict[str, Any]:
+def recorded_config(record: dict[str, Any], source: str) -> dict[str, Any]:
     """The merged bundle configuration the run trained with (re-read from its layers if not recorded)."""
     if isinstance(record.get("config"), dict):
         return record["config"]
@@ -150,7 +150,7 @@ def load_run_network(run_dir: str | os.PathLike) -> RunNetwork:
         raise _no_record(run_dir)
     # explicit={}: the recorded model *and* data settings are used (the spec the run trained with)
     run_record = dataclasses.replace(run_record, explicit={}, purpose="export")
-    parser = ConfigParser(_config(run_record.record, run_record.source))
+    parser = ConfigParser(recorded_config(run_record.record, run_record.source))
     parser["run_record"] = run_record
     parser["output_dir"] = str(record_dir)
     try:

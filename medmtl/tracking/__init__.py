@@ -7,8 +7,11 @@
 - :mod:`~medmtl.tracking.batch`: :class:`MetricBatchingClient`, per-step metrics in one transaction
   per epoch;
 - :mod:`~medmtl.tracking.connect`: :func:`connect_tracking`, which hands the ``MLFlowHandler`` that
-  ``--tracking mlflow`` appends to a bundle's handler lists to :class:`TrackingGuard` and
-  :class:`RunArtifactsHandler`.
+  ``--tracking mlflow`` appends to a bundle's handler lists to :class:`TrackingGuard`,
+  :class:`RunArtifactsHandler` and :class:`RunModelHandler`;
+- :mod:`~medmtl.tracking.model_logging`: :class:`RunModelHandler` / :func:`log_run_model`, the best
+  model as an MLflow model (the pyfunc of :mod:`medmtl.deploy.mlflow_model`), registered with an alias;
+  :func:`download_model_folder` turns it back into a run folder (:mod:`~medmtl.tracking.model_files`).
 
 Bundles name these through this package (``medmtl.tracking.TrackingGuard``).
 """
@@ -19,6 +22,8 @@ from medmtl.tracking.artifacts import RunArtifactsHandler
 from medmtl.tracking.batch import MLFLOW_MAX_METRICS_PER_BATCH, MetricBatchingClient
 from medmtl.tracking.connect import connect_tracking, mlflow_handlers
 from medmtl.tracking.guard import FALLBACK_ARTIFACTS, FALLBACK_DB, TrackingGuard
+from medmtl.tracking.model_files import download_model_folder, is_model_uri
+from medmtl.tracking.model_logging import RunModelHandler, log_run_model
 from medmtl.tracking.store import default_tracking_uri, download_evaluation, usable_tracking_uri
 
 __all__ = [
@@ -26,6 +31,10 @@ __all__ = [
     "usable_tracking_uri",
     "download_evaluation",
     "RunArtifactsHandler",
+    "RunModelHandler",
+    "log_run_model",
+    "download_model_folder",
+    "is_model_uri",
     "TrackingGuard",
     "connect_tracking",
     "mlflow_handlers",

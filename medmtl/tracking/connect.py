@@ -17,6 +17,7 @@ from typing import Any
 
 from medmtl.tracking.artifacts import RunArtifactsHandler
 from medmtl.tracking.guard import TrackingGuard
+from medmtl.tracking.model_logging import RunModelHandler
 
 __all__ = ["connect_tracking", "mlflow_handlers"]
 
@@ -38,7 +39,8 @@ def connect_tracking(*handler_lists: Iterable[Any] | None) -> list[Any]:
 
     Every :class:`~medmtl.tracking.TrackingGuard` gets the ``MLFlowHandler`` of every list (the one
     guard of ``train::handlers`` also guards the validator's); every
-    :class:`~medmtl.tracking.RunArtifactsHandler` gets those of its own list (its engine's run).
+    :class:`~medmtl.tracking.RunArtifactsHandler` and :class:`~medmtl.tracking.RunModelHandler` get
+    those of its own list (its engine's run).
     Call it before the engines run; calling it again adds nothing twice. Without
     ``--tracking mlflow`` there is nothing to connect and the tracking handlers stay no-ops.
 
@@ -55,6 +57,6 @@ def connect_tracking(*handler_lists: Iterable[Any] | None) -> list[Any]:
         for handler in handlers:
             if isinstance(handler, TrackingGuard):
                 handler.connect(everywhere)
-            elif isinstance(handler, RunArtifactsHandler):
+            elif isinstance(handler, RunArtifactsHandler | RunModelHandler):
                 handler.connect(own)
     return everywhere

@@ -6,7 +6,12 @@ import csv
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,7 @@ from medmtl.data.demo import generate_demo2d
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = bundle_dir("demo") / "configs"
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+REGISTERED = "demo_mtl"  # the registered name of the trained model
 # non-default network and size: evaluation and inference must get them from the run's record
 # (the default unet is what the DDP, crash-recovery, run-safety and privacy tests train)
 TRAINED_WITH = {
@@ -61,7 +67,8 @@ def demo_run(tmp_path_factory) -> dict:
         "output_dir": work / "run",
         "val_interval": 1,
     }
-    runs = [(_command("train", epochs=3, tracking="mlflow", **common, **TRAINED_WITH), work)]
+    tracked = {"tracking": "mlflow", "register_as": REGISTERED}  # the best model registered as models:/NAME@champion
+    runs = [(_command("train", epochs=3, **tracked, **common, **TRAINED_WITH), work)]
     if not torch.cuda.is_available():  # test_same_seed_gives_the_same_run is for CPU only
         runs.append((_command("train", epochs=3, **{**common, "output_dir": work / "run_again"}, **TRAINED_WITH), work))
     train = _together(env, *runs)[0]
@@ -227,6 +234,141 @@ def test_evaluation_and_inference_runs_are_finished_and_name_their_training_run(
     assert evaluation.inputs.dataset_inputs[0].tags[0].value == "evaluation"
     logged = {a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
     assert "evaluation/MODEL_CARD.md" in logged
+
+
+def _serve(model_uri: str, env: dict) -> tuple[subprocess.Popen, str]:
+    """``mlflow models serve`` of ``model_uri`` on a free port of 127.0.0.1, in its own process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # its uvicorn
+    server = subprocess.Popen(
+        [*cmd, "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _wait_for(server: subprocess.Popen, url: str, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow models serve exited: {server.stderr.read()[-3000:]}")
+            time.sleep(0.5)
+    pytest.fail(f"mlflow models serve did not answer within {seconds} s")
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True, map_location="cpu")["network"]
+
+
+def test_registered_mlflow_model_predicts_as_the_inference_bundle_and_serves(
+    demo_run, demo_inference, tmp_path, monkeypatch
+):
+    """The training logged its best model as an MLflow pyfunc (signature, input example) into its run and
+    registered it (``--register_as``); as a run folder again it holds the run's weights and spec; loaded by alias
+    it gives the inference bundle's results for an image file and for the same image as an array; a real
+    ``mlflow models serve`` of the alias answers an HTTP request with per-task outputs."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from medmtl.data.readers import load_array
+    from medmtl.deploy.run_network import load_run_network
+    from medmtl.tracking import download_model_folder, log_run_model
+
+    uri, run = demo_run["env"]["MLFLOW_TRACKING_URI"], demo_run["work"] / "run"
+    alias = f"models:/{REGISTERED}@champion"
+    client = mlflow.MlflowClient(uri)
+    training = client.get_run(json.loads((run / "mlflow_run.json").read_text())["run_id"])
+    (output,) = training.outputs.model_outputs  # the model, an output of the training run
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == training.info.run_id and logged.experiment_id == training.info.experiment_id
+    assert client.get_model_version_by_alias(REGISTERED, "champion").source == f"models:/{logged.model_id}"
+    folder = download_model_folder(alias, tmp_path / "model", tracking_uri=uri)  # the run folder medmtl predict reads
+    assert (
+        Path(json.loads((folder / "run_config.json").read_text())["settings"]["data"]["data_spec"])
+        == (folder / "spec" / "demo.yaml").resolve()
+    )
+    if any(
+        not torch.equal(w, _weights(run / "models" / "best.pt")[k])
+        for k, w in _weights(folder / "models" / "best.pt").items()
+    ):
+        # test_restart_resumes_from_last_checkpoint (untracked) found a better epoch 4, which the inference
+        # used: log the run's best model again (as after any untracked resume); the alias moves to it
+        example = demo_run["common"]["dataset_dir"] / "images" / "case_000.png"
+        info = log_run_model(run, tracking_uri=uri, register_as=REGISTERED, input_example=example)
+        moved = client.get_model_version_by_alias(REGISTERED, "champion")
+        assert str(moved.version) == str(info.registered_model_version) != "1"
+        folder = download_model_folder(alias, tmp_path / "relogged", tracking_uri=uri)
+    rebuilt = load_run_network(folder).network.state_dict()
+    assert all(torch.equal(rebuilt[k], w) for k, w in _weights(run / "models" / "best.pt").items())
+
+    server, url = _serve(alias, demo_run["env"])  # loads while the model is checked here
+    try:
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.pyfunc.load_model(alias)
+        assert [c.name for c in model.metadata.get_input_schema().inputs] == ["path", "image"]
+        assert model.metadata.get_params_schema().params[0].name == "return_masks"
+        assert model.input_example["path"][0].endswith(".png")  # a file of the run's data
+        with open(demo_inference / "predictions.csv", newline="") as handle:
+            expected = {row["case_id"]: row for row in csv.DictReader(handle)}
+        cases = sorted(expected)[:2]
+        images = [demo_run["common"]["dataset_dir"] / "images" / f"{case}.png" for case in cases]
+        by_path = model.predict(pd.DataFrame({"path": [str(p) for p in images]}), params={"return_masks": True})
+        by_array = model.predict(pd.DataFrame({"image": [load_array(images[0])]}))
+        for i, case in enumerate(cases):
+            row = expected[case]
+            assert by_path["malignant_probability"][i] == pytest.approx(float(row["malignant_probability"]), abs=1e-5)
+            assert by_path["malignant"][i] == int(row["malignant"])
+            assert by_path["lesion_voxels"][i] == int(row["lesion_voxels"])
+            assert (by_path["lesion_mask"][i] > 0).sum() == int(row["lesion_voxels"])  # the mask on the input grid
+        assert by_array["malignant_probability"][0] == pytest.approx(by_path["malignant_probability"][0], abs=1e-6)
+        assert by_array["lesion_voxels"][0] == by_path["lesion_voxels"][0]
+
+        # medmtl predict takes the alias too: the model is downloaded into a run folder first
+        from medmtl.deploy.predict import predict
+
+        new_images = tmp_path / "new"
+        new_images.mkdir()
+        for image in images:
+            shutil.copy(image, new_images / image.name)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        result = predict(new_images, tmp_path / "predicted", alias, runner=lambda argv: _medmtl(argv, env))
+        assert sorted(c.case_id for c in result.predicted) == cases
+        with open(tmp_path / "predicted" / "predictions.csv", newline="") as handle:
+            predicted = {row["case_id"]: row for row in csv.DictReader(handle)}
+        for case in cases:
+            assert float(predicted[case]["malignant_probability"]) == pytest.approx(
+                float(expected[case]["malignant_probability"]), abs=1e-5
+            )
+
+        _wait_for(server, url)
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[str(images[0])]]}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            (served,) = json.loads(response.read())["predictions"]
+        assert served["malignant_probability"] == pytest.approx(by_path["malignant_probability"][0], abs=1e-6)
+        assert served["lesion_voxels"] == by_path["lesion_voxels"][0] and served["malignant"] in (0, 1)
+        assert np.isfinite(served["malignant_entropy"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _medmtl(argv: list[str], env: dict) -> int:
+    return subprocess.call([sys.executable, "-m", "medmtl.cli", *argv], env=env)
 
 
 def test_bad_case_stops_training_before_the_first_epoch(tmp_path) -> None:
