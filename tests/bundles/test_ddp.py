@@ -94,6 +94,7 @@ def ddp_run(tmp_path_factory) -> dict:
         output_dir=work / "run",
         epochs=2,
         tracking="mlflow",
+        log_mlflow_model=False,  # the MLflow model is tested in test_demo_bundle
         **common,
     )
     return {"work": work, "env": env, "common": common, "log": log, "val": val}

@@ -95,7 +95,7 @@ def trained(tmp_path_factory) -> dict:
     locker = _background(LOCK_DB, store)
     try:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-        result = _bundle(work, "train", env=env, epochs=1, val_interval=1, tracking="mlflow")
+        result = _bundle(work, "train", env=env, epochs=1, val_interval=1, tracking="mlflow", log_mlflow_model=False)
     finally:
         _stop(locker)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
