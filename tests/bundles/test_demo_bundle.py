@@ -316,7 +316,7 @@ def test_registered_mlflow_model_predicts_as_the_inference_bundle_and_serves(
 
     server, url = _serve(alias, demo_run["env"])  # loads while the model is checked here
     try:
-        mlflow.set_tracking_uri(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # not mlflow.set_tracking_uri: it outlives the test
         model = mlflow.pyfunc.load_model(alias)
         assert [c.name for c in model.metadata.get_input_schema().inputs] == ["path", "image"]
         assert model.metadata.get_params_schema().params[0].name == "return_masks"
@@ -336,17 +336,14 @@ def test_registered_mlflow_model_predicts_as_the_inference_bundle_and_serves(
         assert by_array["malignant_probability"][0] == pytest.approx(by_path["malignant_probability"][0], abs=1e-6)
         assert by_array["lesion_voxels"][0] == by_path["lesion_voxels"][0]
 
-        # medmtl predict takes the alias too: the model is downloaded into a run folder first
-        from medmtl.deploy.predict import predict
-
+        # medmtl predict takes the alias too (its own process: MLflow's tracking URI is process-wide state)
         new_images = tmp_path / "new"
         new_images.mkdir()
         for image in images:
             shutil.copy(image, new_images / image.name)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        result = predict(new_images, tmp_path / "predicted", alias, runner=lambda argv: _medmtl(argv, env))
-        assert sorted(c.case_id for c in result.predicted) == cases
+        argv = ["predict", "-i", str(new_images), "-o", str(tmp_path / "predicted"), "-m", alias]
+        assert _medmtl(argv, env) == 0
         with open(tmp_path / "predicted" / "predictions.csv", newline="") as handle:
             predicted = {row["case_id"]: row for row in csv.DictReader(handle)}
         for case in cases:

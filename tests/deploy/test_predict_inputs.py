@@ -105,3 +105,15 @@ def test_unusable_models_and_output_folders_are_refused(folder, tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["predict", "-i", str(folder), "-o", str(tmp_path / "o2"), "-m", str(run), "--device", "gpu"])
     assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_a_model_with_several_images_per_case_is_refused(folder, tmp_path) -> None:
+    run = tmp_path / "knee_run"
+    run.mkdir()
+    spec = str(resolve_resource("data_specs/mrnet.yaml"))
+    record = {"format": "medmtl.run_config/1", "bundle": "knee_mri_mtl", "settings": {"data": {"data_spec": spec}}}
+    (run / "run_config.json").write_text(json.dumps({**record, "settings": {**record["settings"], "model": {}}}))
+    calls = []
+    with pytest.raises(PredictError, match="takes 3 inputs per case .*predict takes one image per case"):
+        predict(folder, tmp_path / "out", run, runner=calls.append)
+    assert not calls and not (tmp_path / "out").exists()
