@@ -32,11 +32,11 @@ from medmtl.data.tasks import Task, TaskKind
 hd, has_highdicom = optional_import("highdicom")
 codes, _ = optional_import("pydicom.sr.codedict", name="codes")
 
-__all__ = ["PATIENT_STUDY_TYPE2", "write_dicom_seg", "has_highdicom"]
+__all__ = ["INSTALL_HINT", "PATIENT_STUDY_TYPE2", "write_dicom_seg", "has_highdicom"]
 
 logger = logging.getLogger(__name__)
 
-_INSTALL_HINT = "pip install 'medmtl[dicom-seg]' (or pip install highdicom)"
+INSTALL_HINT = "pip install 'medmtl[dicom-seg]' (or pip install highdicom)"
 # Geometry tolerance when checking a mask's affine against its source series (millimetres / relative).
 _AFFINE_ATOL = 1e-3
 _AFFINE_RTOL = 1e-4
@@ -174,7 +174,7 @@ def write_dicom_seg(
         write_dicom_seg(mask, "case_012/", "out/lesion/case_012_seg.dcm", task)
     """
     if not has_highdicom:
-        raise ImportError(f"write_dicom_seg needs highdicom: {_INSTALL_HINT}")
+        raise ImportError(f"write_dicom_seg needs highdicom: {INSTALL_HINT}")
     if task.kind != TaskKind.SEGMENTATION:
         raise ValueError(f"write_dicom_seg: task '{task.name}' is {task.kind.value}, expected a segmentation task")
     series = scan_dicom(source_dir)

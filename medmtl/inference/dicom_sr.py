@@ -43,7 +43,7 @@ import medmtl
 from medmtl.atomic_io import atomic_write_with
 from medmtl.data.dicom import scan_dicom
 from medmtl.data.tasks import Task, TaskKind
-from medmtl.inference.dicom_seg import PATIENT_STUDY_TYPE2
+from medmtl.inference.dicom_seg import INSTALL_HINT, PATIENT_STUDY_TYPE2
 
 hd, has_highdicom = optional_import("highdicom")
 codes, _ = optional_import("pydicom.sr.codedict", name="codes")
@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 
 #: private coding scheme designator of task and class names (no standard code exists for them).
 CODING_SCHEME = "99MEDMTL"
-_INSTALL_HINT = "pip install 'medmtl[dicom-seg]' (or pip install highdicom)"
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,7 @@ def write_dicom_sr(
         write_dicom_sr("case_012/", "out/dicom_sr/case_012_sr.dcm", [image_level_finding(task, row)])
     """
     if not has_highdicom:
-        raise ImportError(f"write_dicom_sr needs highdicom: {_INSTALL_HINT}")
+        raise ImportError(f"write_dicom_sr needs highdicom: {INSTALL_HINT}")
     if not findings and not segments:
         raise ValueError("write_dicom_sr: no finding and no segment given; there is nothing to report")
     series = scan_dicom(source)
