@@ -33,7 +33,7 @@ import yaml
 from medmtl.atomic_io import atomic_write, atomic_write_with
 from medmtl.bundle_layers import bundle_dir, merged_config
 from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
-from medmtl.experiments.commands import option_value, run_medmtl, without_options
+from medmtl.experiments.commands import check_resume_record, option_value, run_medmtl, without_options
 from medmtl.json_file import read_json
 from medmtl.networks.ensemble import ensemble_state_dict
 
@@ -146,22 +146,7 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def _check_record(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The recorded ``cv.json`` when it matches ``record``; else :class:`CVError` naming every difference."""
-    recorded = read_json(path, CVError, "use a new --output_dir or delete the file")
-    if not isinstance(recorded, dict) or recorded.get("version") != CV_VERSION:
-        raise CVError(f"{path} is not a cv.json of this medmtl (version {CV_VERSION}); use a new --output_dir")
-    differences = [
-        f"{key}: recorded {json.dumps(recorded.get(key))}, now {json.dumps(record[key])}"
-        for key in _RECORDED
-        if recorded.get(key) != record[key]
-    ]
-    if differences:
-        raise CVError(
-            f"{path.parent} holds a cross-validation trained with other settings; resuming it would mix folds "
-            "trained differently:\n  " + "\n  ".join(differences) + "\nrepeat the recorded settings to resume, or "
-            "use a new --output_dir"
-        )
-    return recorded
+    return check_resume_record(path, record, _RECORDED, version=CV_VERSION, error=CVError, what="a cross-validation")
 
 
 def _tracking(overrides: Sequence[str]) -> bool:

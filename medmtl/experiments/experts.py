@@ -36,7 +36,7 @@ from medmtl.bundle_layers import bundle_dir
 from medmtl.data.tasks import Task, TaskKind
 from medmtl.engines.checkpoint_io import RUN_CONFIG_KEY
 from medmtl.engines.run_config import RUN_CONFIG_FILE, RunRecord
-from medmtl.experiments.commands import option_value, run_medmtl
+from medmtl.experiments.commands import check_resume_record, option_value, run_medmtl
 from medmtl.json_file import read_json
 from medmtl.networks.router import router_state_dict
 
@@ -162,23 +162,7 @@ def _setting_args(settings: Mapping[str, Any]) -> list[str]:
 
 
 def _check_record(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    recorded = read_json(path, ExpertsError, "use a new --output_dir or delete the file")
-    if not isinstance(recorded, dict) or recorded.get("version") != EXPERTS_VERSION:
-        raise ExpertsError(
-            f"{path} is not an experts.json of this medmtl (version {EXPERTS_VERSION}); use a new --output_dir"
-        )
-    differences = [
-        f"{key}: recorded {json.dumps(recorded.get(key))}, now {json.dumps(record[key])}"
-        for key in _RECORDED
-        if recorded.get(key) != record[key]
-    ]
-    if differences:
-        raise ExpertsError(
-            f"{path.parent} holds experts trained with other settings; resuming would mix experts trained "
-            "differently:\n  " + "\n  ".join(differences) + "\nrepeat the recorded settings to resume, or use a new "
-            "--output_dir"
-        )
-    return recorded
+    return check_resume_record(path, record, _RECORDED, version=EXPERTS_VERSION, error=ExpertsError, what="experts")
 
 
 def run_experts(

@@ -24,7 +24,7 @@ from medmtl.atomic_io import atomic_write
 
 __all__ = ["PlanCache", "data_digest"]
 
-_VERSION = 1
+_VERSION = 2  # 2: trials time the bundle's trainer (handlers, loader), not bare steps
 
 
 def data_digest(root: str | os.PathLike, spec: str | os.PathLike, overrides: Mapping[str, Any]) -> str:

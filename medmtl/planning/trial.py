@@ -31,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.data import list_data_collate
+from torch.utils.data import ConcatDataset
 
 from medmtl.bundle_layers import merged_config
 from medmtl.data.datasets import TrainingCacheDataset
+from medmtl.engines.guards import GuardExit
 from medmtl.planning.plan_cache import PlanCache
 
 __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
@@ -254,53 +257,35 @@ class BundleTrial:
         An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
         """
         min_seconds = self.min_timed_seconds if min_seconds is None else min_seconds
-        parser = self.parser(overrides)
-        dataset = self._dataset(parser)
-        network = parser.get_parsed_content("network")
-        loss_function = parser.get_parsed_content("loss_function")
-        optimizer = parser.get_parsed_content("optimizer")
-        prepare = parser.get_parsed_content("train::prepare_batch")
-        amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
-        size = tuple(int(v) for v in parser.get_parsed_content("settings")["spatial_size"])
-        autocast = torch.autocast("cuda") if amp else contextlib.nullcontext()
+        dataset = self._dataset(self.parser(overrides))
         results: list[TrialResult] = []
         for batch_size in sorted(batch_sizes):
             if len(results) >= 1 and not _may_fit(results, batch_size, memory_budget):
                 break
-
-            def step(batch_size: int = batch_size) -> dict:
-                batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
-                network.train()
-                optimizer.zero_grad(set_to_none=True)
-                inputs, targets = prepare(batch, self.device)
-                with autocast:
-                    loss = loss_function(network(inputs), targets)
-                loss.mean().backward()
-                optimizer.step()
-                return batch
-
+            parser = self._trainer_parser(overrides, dataset, batch_size, 2 + 4 * steps)
+            size = tuple(int(v) for v in parser.get_parsed_content("settings")["spatial_size"])
             try:
                 if self.device.type == "cuda":
                     _reset_peak(self.device)
-                step()  # warm-up: allocator pools, optimizer state, cuDNN choices
-                batch = step()
-                times: list[float] = []
-                while len(times) < steps or (sum(times) < min_seconds and len(times) < 4 * steps):
-                    _sync(self.device)
-                    start = time.perf_counter()
-                    step()
-                    _sync(self.device)
-                    times.append(time.perf_counter() - start)
+                trainer = parser.get_parsed_content("train::trainer")
+                times = _iteration_seconds(trainer, self.device, steps, min_seconds)
                 peak = _peak(self.device)
+                network, prepare = (
+                    parser.get_parsed_content("network"),
+                    parser.get_parsed_content("train::prepare_batch"),
+                )
+                batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
+                amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
                 network.eval()
                 start = time.perf_counter()
-                with torch.no_grad(), autocast:
+                with torch.no_grad(), torch.autocast("cuda") if amp else contextlib.nullcontext():
                     network(prepare(batch, self.device)[0])
                 _sync(self.device)
                 forward_seconds = time.perf_counter() - start
+                optimizer = parser.get_parsed_content("optimizer")
                 checkpoint_seconds = _checkpoint_seconds_of(network, optimizer, self._workdir.name)
-            except torch.OutOfMemoryError:
-                logger.info("trial at %s, batch %d: out of memory on %s", size, batch_size, self.device)
+            except (torch.OutOfMemoryError, GuardExit) as err:
+                logger.info("trial at %s, batch %d: out of memory on %s (%s)", size, batch_size, self.device, err)
                 results.append(TrialResult(size, batch_size, memory_budget + 1, math.inf, math.inf, fits=False))
                 break
             finally:
@@ -319,6 +304,50 @@ class BundleTrial:
             if not result.fits:
                 break
         return results
+
+    def _trainer_parser(
+        self, overrides: Mapping[str, Any], dataset: TrainingCacheDataset, batch_size: int, iterations: int
+    ) -> ConfigParser:
+        """The bundle's config whose ``train::trainer`` runs ``iterations`` steps of ``batch_size`` on the sample.
+
+        The trainer is the bundle's own (its loader settings, iteration, loss and every training handler:
+        guards, loss logging, progress, checkpoint), so the time per step is what a run pays, not a bare
+        forward/backward. Only what would cost more than the steps is left out: the dataset is the
+        sample cases repeated, there is no validation (``val_interval`` beyond the run) and no time limit.
+        """
+        parser = self.parser(
+            {**overrides, "epochs": 1, "val_interval": 10**9, "time_limit_minutes": None, "log_mlflow_model": False}
+        )
+        parser["train::dataset"] = ConcatDataset([dataset] * math.ceil(batch_size * iterations / len(dataset)))
+        parser["train::dataloader::batch_size"] = batch_size
+        parser["train::dataloader::drop_last"] = True
+        parser["train::trainer::epoch_length"] = iterations
+        parser["validate::dataset::data"] = []
+        return parser
+
+
+def _iteration_seconds(trainer: Engine, device: torch.device, steps: int, min_seconds: float) -> list[float]:
+    """Seconds between consecutive completed iterations of ``trainer`` (batch fetch, step, handlers).
+
+    Two warm-up iterations (allocator pools, optimizer state, cuDNN choices, the memory guard's one-off
+    estimate) are not counted; the run stops after ``steps`` timed iterations once ``min_seconds`` are
+    measured (or at the epoch's end, ``4 * steps``).
+    """
+    stamps: list[float] = []
+
+    def stamp(engine: Engine) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+        times = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+        if len(times) >= steps and sum(times) >= min_seconds:
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+    trainer.run()
+    times = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+    if not times:
+        raise RuntimeError("the trial trainer ran fewer than three iterations: nothing to time")
+    return times
 
 
 def _checkpoint_seconds_of(network: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: str) -> float:
