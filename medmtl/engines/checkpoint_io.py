@@ -236,6 +236,11 @@ def check_state_dict_fits(
     ]
     if not (missing or unexpected or shapes):
         return
+    from medmtl.networks.layouts import layout_change_from_state
+
+    why = layout_change_from_state(network, state)
+    if why:
+        raise CheckpointError(f"checkpoint {path} does not fit the network {type(network).__name__}: {why}")
     parts = []
     if missing:
         parts.append(f"{len(missing)} key(s) missing ({_listed(missing)})")

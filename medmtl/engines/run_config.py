@@ -251,12 +251,15 @@ class RunRecord:
             return
         built = network_fingerprint(network)
         if built["fingerprint"] != recorded:
+            from medmtl.networks.layouts import layout_change_from_record
+
+            why = layout_change_from_record(self.record["network"], network, self.record.get("versions") or {})
+            why = why or "a setting outside the run record changed (medmtl version or the bundle's network definition)"
             raise RunConfigExit(
                 RunConfigError(
                     f"the network built here ({built['class']}, {built['parameters']:,} parameters) is not the one "
                     f"{self.source} was trained with ({self.record['network'].get('class')}, "
-                    f"{self.record['network'].get('parameters', 0):,} parameters): a setting outside the run "
-                    "record changed (medmtl version or the bundle's network definition)"
+                    f"{self.record['network'].get('parameters', 0):,} parameters): {why}"
                 )
             ) from None
 
@@ -286,15 +289,25 @@ def _tasks_text(tasks: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
 
 
 def network_fingerprint(network: Any) -> dict[str, Any]:
-    """Class, parameter count and a sha256 of the state dict's names and shapes (not values)."""
+    """Class, parameter count, a sha256 of the state dict's names and shapes (not values), and backbone layouts.
+
+    ``layouts`` (only for networks with a backbone whose layout changed, :mod:`medmtl.networks.layouts`)
+    lets a later medmtl say why an older run's weights no longer fit.
+    """
+    from medmtl.networks.layouts import network_layouts
+
     module = getattr(network, "module", network)  # DDP wraps the network in .module (public attribute)
     state = module.state_dict()
     text = "\n".join(f"{name}:{tuple(tensor.shape)}" for name, tensor in sorted(state.items()))
-    return {
+    out = {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "parameters": int(sum(p.numel() for p in module.parameters())),
         "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
     }
+    layouts = network_layouts(module)
+    if layouts:
+        out["layouts"] = layouts
+    return out
 
 
 def _versions() -> dict[str, str]:

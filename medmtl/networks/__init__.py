@@ -23,7 +23,7 @@ from medmtl.networks.backbones import (
 from medmtl.networks.cross_stitch import CrossStitchNet, CrossStitchUnit
 from medmtl.networks.ensemble import FoldEnsemble, ensemble_state_dict
 from medmtl.networks.factory import SHARING, build_multitask_network
-from medmtl.networks.heads import ClassificationHead, SegmentationHead, build_head
+from medmtl.networks.heads import ClassificationHead, SegmentationHead, UNetUpHead, build_head
 from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 from medmtl.networks.meshnet import DILATION_SCHEDULES, MeshNet, MeshNetBackbone
 from medmtl.networks.multiplane import MultiPlaneNet
@@ -56,6 +56,7 @@ __all__ = [
     "MeshNet",
     "DILATION_SCHEDULES",
     "SegmentationHead",
+    "UNetUpHead",
     "ClassificationHead",
     "build_head",
     "MultiTaskModule",

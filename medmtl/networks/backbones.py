@@ -12,6 +12,7 @@ and presets live in :mod:`medmtl.networks.registry`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.layers import Act, Norm
@@ -20,6 +21,7 @@ from monai.networks.nets import BasicUNet, DenseNet, ResNet, SegResNet, UNet
 from torch import nn
 
 from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
+from medmtl.networks.heads import SegmentationHead, UNetUpHead
 from medmtl.networks.registry import register_backbone
 
 __all__ = [
@@ -40,14 +42,19 @@ class Backbone(nn.Module):
     - ``spatial_dims`` (int), ``in_channels`` (int);
     - ``stage_channels`` (tuple of int): channels after each encoder stage; ``num_stages`` = its length;
     - ``bottleneck_channels`` (int): channels of the last stage, read by classification heads;
-    - ``dense_channels`` (int): channels of the full-resolution decoder output, 0 if there is none
-      (image classifiers), in which case segmentation tasks are refused;
+    - ``dense_channels`` (int): channels of the decoder output (the dense features), 0 if there is
+      none (image classifiers), in which case segmentation tasks are refused;
     - ``size_divisor`` (int): spatial sizes the encoder needs to be divisible by; inputs are zero-padded
-      up to it and dense outputs cropped back, so any size works.
+      up to it and dense outputs cropped back, so any size works;
+    - ``dense_stride`` (int): the dense features are at 1/``dense_stride`` of the (padded) input
+      resolution, 1 for all but ``ResUNetBackbone``; a backbone with ``dense_stride > 1`` brings them
+      to full resolution in the segmentation heads it builds (:meth:`dense_head`).
 
     and implements ``encode_stage(index, x)`` plus, when it has a decoder, ``decode_features(feats)``
-    and ``decoder_modules()``.
+    and ``decoder_modules()`` (and ``dense_head(out_channels)`` when the 1x1 convolution does not fit).
     """
+
+    dense_stride = 1  # for subclasses that predate it (Python only: TorchScript needs it set in __init__)
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Run encoder stage ``index`` (0-based) on ``x``; used stage by stage by cross-stitch networks."""
@@ -80,6 +87,14 @@ class Backbone(nn.Module):
         """Modules of the decoder (not shared by classification tasks); empty without a decoder."""
         return []
 
+    def dense_head(self, out_channels: int) -> nn.Module:
+        """A segmentation head on the dense features: ``out_channels`` logits at (padded) input resolution.
+
+        The default is a 1x1 convolution (:class:`~medmtl.networks.heads.SegmentationHead`);
+        every dense task gets its own head, so the heads are not part of the backbone.
+        """
+        return SegmentationHead(self.spatial_dims, self.dense_channels, out_channels)
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad, encode, decode, crop.
 
@@ -87,14 +102,15 @@ class Backbone(nn.Module):
             x: ``(B, in_channels, *spatial)``, any spatial size the architecture can take.
 
         Returns:
-            ``(dense, bottleneck)``: dense features ``(B, dense_channels, *spatial)`` at input
-            resolution (the bottleneck itself when ``dense_channels == 0``) and the bottleneck
-            ``(B, bottleneck_channels, *reduced_spatial)``.
+            ``(dense, bottleneck)``: dense features ``(B, dense_channels, *ceil(spatial / dense_stride))``
+            (at input resolution for all but ``dense_stride > 1``; the bottleneck itself when
+            ``dense_channels == 0``) and the bottleneck ``(B, bottleneck_channels, *reduced_spatial)``.
         """
         padded, sizes = pad_to_multiple(x, self.size_divisor)
         feats = self.encode_features(padded)
         if self.dense_channels > 0:
-            return crop_to(self.decode_features(feats), sizes), feats[-1]
+            stride = self.dense_stride
+            return crop_to(self.decode_features(feats), [-(-s // stride) for s in sizes]), feats[-1]
         return feats[-1], feats[-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +180,7 @@ class BasicUNetBackbone(Backbone, BasicUNet):
         self.bottleneck_channels = int(features[4])
         self.dense_channels = int(features[5])
         self.size_divisor = 1
+        self.dense_stride = 1
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if index == 0:
@@ -196,8 +213,27 @@ class ResUNetBackbone(Backbone):
     MONAI builds this UNet as nested ``Sequential(down, SkipConnection(subblock), up)`` blocks. This
     class builds the MONAI network and re-walks that structure into ``down`` / ``bottom`` / ``up``
     module lists (the same MONAI modules, nothing re-implemented), which gives clean access to the
-    bottleneck. The top up-layer outputs ``out_features`` channels (default ``channels[0]``): these
-    are the dense features. Inputs are padded to a multiple of the product of the strides.
+    bottleneck. Inputs are padded to a multiple of the product of the strides.
+
+    **The top level is in the heads.** MONAI's UNet does all its work below full resolution: its first
+    down layer is already strided, and only its top up-layer (a transposed convolution, then a residual
+    unit whose last convolution is bare) reaches full resolution, going straight to the classes. So
+    ``up`` stops one level short: the dense features are what MONAI's top up-layer reads, the top
+    level's skip and the level below it concatenated (``dense_channels`` = ``2 * channels[0]``, or
+    ``channels[0] + channels[1]`` with two levels), at 1/``strides[0]`` of the input resolution
+    (``dense_stride``), and each segmentation task's head is MONAI's top up-layer with that task's
+    classes as outputs (:meth:`dense_head`, :class:`~medmtl.networks.heads.UNetUpHead`).
+
+    Why: with one segmentation task the network then *is* MONAI's ``UNet`` with the same channels,
+    layer for layer (its weights load into it, and it gives the same logits), plus the classification
+    heads on the bottleneck: it costs what the MONAI UNet a user would otherwise train costs, and
+    segments as well. Each further segmentation task adds only the full-resolution layer of its own
+    classes. The earlier layout (layout 1, see :mod:`medmtl.networks.layouts`) gave the top up-layer
+    ``channels[0]`` outputs shared by 1x1 heads: a transposed convolution and a 3^d convolution of
+    ``channels[0]`` channels at full resolution, 2.4x MONAI's FLOPs in 3D and 1.75-2.2x its time
+    (issue 23). A shared full-resolution layer narrow enough to cost the same (about as many channels
+    as classes) would have squeezed multi-class tasks, and every task sharing it, through a few
+    channels.
 
     Args:
         spatial_dims: 2 or 3.
@@ -205,7 +241,6 @@ class ResUNetBackbone(Backbone):
         channels: channels per level, top first; the last one is the bottleneck.
         strides: ``len(channels) - 1`` downsampling strides.
         num_res_units: residual units per block (0: plain convolutions; 2: the usual "ResUNet").
-        out_features: channels of the dense features (default ``channels[0]``).
         kernel_size: convolution kernel size.
         up_kernel_size: transposed-convolution kernel size.
         act: MONAI activation ``("name", {kwargs})`` or name.
@@ -217,6 +252,8 @@ class ResUNetBackbone(Backbone):
     Example::
 
         backbone = ResUNetBackbone(spatial_dims=2, channels=(8, 16, 32), strides=(2, 2), num_res_units=2)
+        dense, bottleneck = backbone(torch.zeros(1, 1, 64, 64))  # (1, 16, 32, 32), (1, 32, 16, 16)
+        head = backbone.dense_head(3)  # head(dense): (1, 3, 64, 64), MONAI UNet's top up-layer
 
     See Also:
         :class:`monai.networks.nets.UNet`, :class:`BasicUNetBackbone`.
@@ -229,7 +266,6 @@ class ResUNetBackbone(Backbone):
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         strides: Sequence[int] = (2, 2, 2, 2),
         num_res_units: int = 2,
-        out_features: int | None = None,
         kernel_size: Sequence[int] | int = 3,
         up_kernel_size: Sequence[int] | int = 3,
         act: tuple | str = Act.PRELU,
@@ -246,11 +282,10 @@ class ResUNetBackbone(Backbone):
                 f"ResUNetBackbone: need at least 2 'channels' and len(strides) == len(channels) - 1, got "
                 f"channels={channels}, strides={strides}"
             )
-        out_features = channels[0] if out_features is None else int(out_features)
         net = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
-            out_channels=out_features,
+            out_channels=1,  # its top up-layer is left out: each segmentation head builds its own
             channels=channels,
             strides=strides,
             kernel_size=kernel_size,
@@ -280,17 +315,31 @@ class ResUNetBackbone(Backbone):
             )
         self.down = nn.ModuleList(downs)
         self.bottom = block
-        self.up = nn.ModuleList(ups)
+        self.up = nn.ModuleList(ups[:-1])  # the top up-layer (ups[-1]) is the segmentation heads'
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.stage_channels = channels
         self.num_stages = len(channels)
         self.bottleneck_channels = channels[-1]
-        self.dense_channels = out_features
+        self.dense_channels = channels[0] + (channels[0] if len(channels) > 2 else channels[1])
+        self.dense_stride = strides[0]
         divisor = 1
         for s in strides:
             divisor *= s
         self.size_divisor = divisor
+        self.head_kwargs: dict[str, Any] = {
+            "spatial_dims": spatial_dims,
+            "in_channels": self.dense_channels,
+            "strides": strides[0],
+            "kernel_size": kernel_size,
+            "up_kernel_size": up_kernel_size,
+            "num_res_units": num_res_units,
+            "act": act,
+            "norm": norm,
+            "dropout": dropout,
+            "bias": bias,
+            "adn_ordering": adn_ordering,
+        }
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if index == len(self.down):
@@ -309,14 +358,19 @@ class ResUNetBackbone(Backbone):
         return feats
 
     def decode_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Up to the top level: ``cat(skip, up)``, the input of MONAI's top up-layer (1/``dense_stride`` size)."""
         x = feats[-1]
         n = len(feats)
         for i, up in enumerate(self.up):
             x = up(torch.cat([feats[n - 2 - i], x], dim=1))  # SkipConnection(mode="cat") order: skip first
-        return x
+        return torch.cat([feats[0], x], dim=1)
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.up]
+
+    def dense_head(self, out_channels: int) -> nn.Module:
+        """MONAI ``UNet``'s top up-layer with ``out_channels`` outputs (:class:`~medmtl.networks.heads.UNetUpHead`)."""
+        return UNetUpHead(out_channels=out_channels, **self.head_kwargs)
 
 
 @register_backbone("segresnet")
@@ -386,6 +440,7 @@ class SegResNetBackbone(Backbone, SegResNet):
         self.bottleneck_channels = self.stage_channels[-1]
         self.dense_channels = init_filters
         self.size_divisor = 2 ** (len(blocks_down) - 1)
+        self.dense_stride = 1
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if index == 0:
@@ -487,6 +542,7 @@ class ResNetBackbone(Backbone, ResNet):
         self.bottleneck_channels = int(self.in_planes)  # MONAI leaves the last stage's output width here
         self.dense_channels = 0
         self.size_divisor = 1
+        self.dense_stride = 1
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if index == 0:
@@ -604,6 +660,7 @@ class DenseNetBackbone(Backbone, DenseNet):
         self.num_stages = len(block_config) + 1
         self.dense_channels = 0
         self.size_divisor = 1
+        self.dense_stride = 1
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         for i, module in enumerate(self.features):

@@ -137,7 +137,14 @@ class CrossStitchNet(MultiTaskModule):
         self.heads = nn.ModuleDict(
             {
                 t.name: build_head(
-                    t, first.spatial_dims, first.dense_channels, first.bottleneck_channels, pooling, head_dropout, owner
+                    t,
+                    first.spatial_dims,
+                    first.dense_channels,
+                    first.bottleneck_channels,
+                    pooling,
+                    head_dropout,
+                    owner,
+                    dense_head=first.dense_head,
                 )
                 for t in tasks
             }
@@ -146,6 +153,7 @@ class CrossStitchNet(MultiTaskModule):
         self.task_column = column_of
         self.column_dense = [any(t.is_dense for t in tasks if column_of[t.name] == i) for i in range(len(groups))]
         self.size_divisor = int(first.size_divisor)
+        self.dense_stride = int(first.dense_stride)
         self.spatial_dims = int(first.spatial_dims)
         self.in_channels = int(first.in_channels)
 
@@ -216,14 +224,15 @@ class CrossStitchNet(MultiTaskModule):
         dense: list[torch.Tensor] = []
         for j, column in enumerate(self.columns):
             if self.column_dense[j]:
-                dense.append(crop_to(column.decode_features(feats[j]), sizes))
+                decoded = column.decode_features(feats[j])
+                dense.append(crop_to(decoded, sizes) if self.dense_stride == 1 else decoded)  # 1x1 heads after a crop
             else:
                 dense.append(xs[j])
         out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             j = self.task_column[name]
             if head.is_dense:
-                out[name] = head(dense[j])
+                out[name] = crop_to(head(dense[j]), sizes)
             else:
                 out[name] = head(xs[j])
         return out

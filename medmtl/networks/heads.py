@@ -2,19 +2,32 @@
 
 Why: heads are the only task-specific part of a hard-sharing network, and their widths must come
 from the task (``Task.num_outputs``) and the backbone's reported channels, never from literals.
-:func:`build_head` is the single place that maps a task kind to a head.
+:func:`build_head` is the single place that maps a task kind to a head; a backbone whose dense
+features are below input resolution (``ResUNetBackbone``) supplies its own segmentation head
+(:class:`UNetUpHead`, MONAI ``UNet``'s top up-layer) through ``Backbone.dense_head``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
-from monai.networks.layers import Conv
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.layers import Act, Conv, Norm, Pool
 from monai.utils import look_up_option
 from torch import nn
 
 from medmtl.data.tasks import Task
+from medmtl.networks._utils import crop_to, pad_to_multiple
 
-__all__ = ["SegmentationHead", "ClassificationHead", "MaskPooledClassificationHead", "build_head", "POOLINGS"]
+__all__ = [
+    "SegmentationHead",
+    "UNetUpHead",
+    "ClassificationHead",
+    "MaskPooledClassificationHead",
+    "build_head",
+    "POOLINGS",
+]
 
 #: Global pooling choices of :class:`ClassificationHead`.
 POOLINGS = ("avgmax", "avg", "max", "none")
@@ -43,6 +56,92 @@ class SegmentationHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``."""
         return self.conv(x)
+
+
+class UNetUpHead(nn.Module):
+    """MONAI ``UNet``'s top up-layer as a segmentation head: features at 1/``strides`` -> class logits at full size.
+
+    Why: MONAI's ``UNet`` reaches full resolution only in its last layer, a transposed convolution
+    from the top level's features straight to the classes (followed, with residual units, by one
+    residual unit whose last convolution is bare). As a head, every segmentation task gets that
+    layer with its own classes, so a multi-task network on
+    :class:`~medmtl.networks.backbones.ResUNetBackbone` costs what MONAI's ``UNet`` costs. The layer
+    is built from MONAI's ``Convolution`` and ``ResidualUnit`` with the arguments MONAI's ``UNet``
+    gives its top up-layer (``_get_up_layer(..., is_top=True)``); ``up`` holds the parameters
+    under the names of MONAI's ``model.2``.
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        in_channels: channels of the dense features (``backbone.dense_channels``).
+        out_channels: classes (``task.num_outputs``).
+        strides: upsampling factor (the UNet's first stride).
+        kernel_size: kernel of the residual unit.
+        up_kernel_size: kernel of the transposed convolution.
+        num_res_units: 0 for a bare transposed convolution, else one residual unit after it.
+        act: MONAI activation ``("name", {kwargs})`` or name.
+        norm: MONAI normalisation ``("name", {kwargs})`` or name.
+        dropout: dropout ratio.
+        bias: bias in the convolutions.
+        adn_ordering: order of activation, dropout and normalisation (MONAI ``ADN``).
+
+    Example::
+
+        head = UNetUpHead(2, in_channels=32, out_channels=2, strides=2)  # (B, 32, 64, 64) -> (B, 2, 128, 128)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        strides: int = 2,
+        kernel_size: Sequence[int] | int = 3,
+        up_kernel_size: Sequence[int] | int = 3,
+        num_res_units: int = 2,
+        act: tuple | str = Act.PRELU,
+        norm: tuple | str = Norm.INSTANCE,
+        dropout: float = 0.0,
+        bias: bool = True,
+        adn_ordering: str = "NDA",
+    ) -> None:
+        super().__init__()
+        conv = Convolution(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            strides=strides,
+            kernel_size=up_kernel_size,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            bias=bias,
+            conv_only=num_res_units == 0,
+            is_transposed=True,
+            adn_ordering=adn_ordering,
+        )
+        if num_res_units > 0:
+            unit = ResidualUnit(
+                spatial_dims,
+                out_channels,
+                out_channels,
+                strides=1,
+                kernel_size=kernel_size,
+                subunits=1,
+                act=act,
+                norm=norm,
+                dropout=dropout,
+                bias=bias,
+                last_conv_only=True,
+                adn_ordering=adn_ordering,
+            )
+            self.up: nn.Module = nn.Sequential(conv, unit)
+        else:
+            self.up = conv
+        self.is_dense = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, *spatial)`` -> ``(B, out_channels, *(spatial * strides))``."""
+        return self.up(x)
 
 
 class ClassificationHead(nn.Module):
@@ -96,7 +195,10 @@ class MaskPooledClassificationHead(nn.Module):
     concatenates: the bottleneck pooled as in :class:`ClassificationHead`; the decoder features
     averaged with the predicted foreground probability as weights (``sum(p * f) / (sum(p) + 1)``,
     so an empty mask gives ~0 instead of NaN); the mean and the max of that probability (the soft
-    area and the confidence that there is a structure at all).
+    area and the confidence that there is a structure at all). When the dense features are coarser
+    than the mask (``dense_stride > 1``: ``ResUNetBackbone``'s, at 1/2 resolution), each feature
+    cell is weighted by the sum of the probability over its voxels: the same average as pooling the
+    features repeated to full resolution, without making them.
 
     Args:
         bottleneck_channels: channels of the bottleneck features.
@@ -104,6 +206,8 @@ class MaskPooledClassificationHead(nn.Module):
         out_channels: logits (``task.num_outputs``).
         pooling: global pooling of the bottleneck (``"avgmax"``, ``"avg"``, ``"max"``).
         dropout: dropout before the linear layer.
+        dense_stride: the dense features' size is the (padded) input's divided by this.
+        spatial_dims: spatial dims of the features (needed when ``dense_stride > 1``).
 
     Example::
 
@@ -118,19 +222,38 @@ class MaskPooledClassificationHead(nn.Module):
         out_channels: int,
         pooling: str = "avgmax",
         dropout: float = 0.0,
+        dense_stride: int = 1,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         self.pooling = look_up_option(pooling, tuple(p for p in POOLINGS if p != "none"))
         pooled = bottleneck_channels * 2 if self.pooling == "avgmax" else bottleneck_channels
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(pooled + dense_channels + 2, out_channels)
+        self.dense_stride = int(dense_stride)
+        self.cell_pool: nn.Module = (
+            Pool["avg", spatial_dims](kernel_size=self.dense_stride) if self.dense_stride > 1 else nn.Identity()
+        )
+        self.cell_voxels = float(self.dense_stride**spatial_dims)
         self.is_dense = False
         self.pools_under_mask = True  # MultiTaskNet passes (bottleneck, dense, foreground) to heads with it
 
     def forward(self, bottleneck: torch.Tensor, dense: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, out_channels)`` from ``(B, Cb, *s)``, ``(B, Cd, *S)`` and a probability map ``(B, 1, *S)``."""
+        """Logits ``(B, out_channels)`` from ``(B, Cb, *s)``, ``(B, Cd, *S / dense_stride)`` and ``(B, 1, *S)``.
+
+        The last is the predicted foreground probability at input resolution. With ``dense_stride > 1``
+        the dense features may extend past ``ceil(S / dense_stride)`` (padding): those cells are left out.
+        """
         weight = foreground.flatten(2)  # (B, 1, N)
-        under_mask = (dense.flatten(2) * weight).sum(dim=-1) / (weight.sum(dim=-1) + 1.0)
+        cells = weight
+        if self.dense_stride > 1:  # probability summed over each feature cell (the mask zero-padded to whole cells)
+            summed = self.cell_pool(pad_to_multiple(foreground, self.dense_stride)[0]) * self.cell_voxels
+            sizes: list[int] = []
+            for d in range(2, summed.dim()):
+                sizes.append(summed.shape[d])
+            dense = crop_to(dense, sizes)
+            cells = summed.flatten(2)
+        under_mask = (dense.flatten(2) * cells).sum(dim=-1) / (cells.sum(dim=-1) + 1.0)
         features = [global_pool(bottleneck, self.pooling), under_mask, weight.mean(dim=-1), weight.amax(dim=-1)]
         return self.fc(self.dropout(torch.cat(features, dim=1)))
 
@@ -144,6 +267,8 @@ def build_head(
     dropout: float = 0.0,
     owner: str = "network",
     mask_pooled: bool = False,
+    dense_head: Callable[[int], nn.Module] | None = None,
+    dense_stride: int = 1,
 ) -> nn.Module:
     """The head for ``task``: segmentation on the dense features, classification on the bottleneck.
 
@@ -157,9 +282,13 @@ def build_head(
         owner: name of the network, for error messages.
         mask_pooled: image-level tasks get a :class:`MaskPooledClassificationHead` (the network
             passes it the dense features and a predicted foreground map).
+        dense_head: the backbone's segmentation head builder (``backbone.dense_head``: classes ->
+            head); ``None``: a :class:`SegmentationHead` on ``dense_channels``.
+        dense_stride: the dense features' size is the input's divided by this (``backbone.dense_stride``).
 
     Returns:
-        A :class:`SegmentationHead`, :class:`ClassificationHead` or :class:`MaskPooledClassificationHead`.
+        The segmentation head (:class:`SegmentationHead`, or what ``dense_head`` builds), a
+        :class:`ClassificationHead` or a :class:`MaskPooledClassificationHead`.
 
     Raises:
         ValueError: for a segmentation task on a backbone without decoder.
@@ -170,7 +299,11 @@ def build_head(
                 f"{owner}: task '{task.name}' is a segmentation task but the backbone has no decoder "
                 "(dense_channels=0); use a UNet/ResUNet/SegResNet/MeshNet backbone or drop the task"
             )
-        return SegmentationHead(spatial_dims, dense_channels, task.num_outputs)
+        if dense_head is None:
+            return SegmentationHead(spatial_dims, dense_channels, task.num_outputs)
+        return dense_head(task.num_outputs)
     if mask_pooled:
-        return MaskPooledClassificationHead(bottleneck_channels, dense_channels, task.num_outputs, pooling, dropout)
+        return MaskPooledClassificationHead(
+            bottleneck_channels, dense_channels, task.num_outputs, pooling, dropout, dense_stride, spatial_dims
+        )
     return ClassificationHead(bottleneck_channels, task.num_outputs, pooling=pooling, dropout=dropout)

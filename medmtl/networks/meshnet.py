@@ -120,6 +120,7 @@ class MeshNetBackbone(Backbone):
         self.bottleneck_channels = int(channels)
         self.dense_channels = int(channels)
         self.size_divisor = 1
+        self.dense_stride = 1
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

@@ -120,9 +120,11 @@ class MultiTaskNet(MultiTaskModule):
     """Hard parameter sharing: one backbone, one head per task, returns ``{task_name: logits}``.
 
     Segmentation heads are 1x1 convolutions on the backbone's last decoder features (all dense
-    tasks share the decoder); classification heads pool the bottleneck (average + max) and apply a
-    linear layer. Inputs of any size are padded to what the backbone needs and dense logits are
-    cropped back to input resolution.
+    tasks share the decoder; a backbone with coarser dense features brings them to full resolution
+    in its own heads, ``Backbone.dense_head``: MONAI UNet's top up-layer for ``resunet``);
+    classification heads pool the bottleneck (average + max) and apply a linear layer. Inputs of
+    any size are padded to what the backbone needs and dense logits are cropped back to input
+    resolution.
 
     Args:
         backbone: a :class:`~medmtl.networks.backbones.Backbone` (``BasicUNetBackbone``,
@@ -196,11 +198,14 @@ class MultiTaskNet(MultiTaskModule):
                     head_dropout,
                     owner,
                     mask_pooled=mask_pooling is not None,
+                    dense_head=b.dense_head,
+                    dense_stride=b.dense_stride,
                 )
                 for t in tasks
             }
         )
         self.has_dense = any(t.is_dense for t in tasks)
+        self.dense_stride = int(b.dense_stride)
         self.spatial_dims = int(b.spatial_dims)
         self.in_channels = int(b.in_channels)
         if not self.has_dense and b.decoder_modules():
@@ -225,13 +230,15 @@ class MultiTaskNet(MultiTaskModule):
         bottleneck = feats[-1]
         dense = bottleneck
         if self.has_dense:
-            dense = crop_to(self.backbone.decode_features(feats), sizes)
+            dense = self.backbone.decode_features(feats)
+            if self.dense_stride == 1:  # full-resolution features: crop before the (1x1) heads
+                dense = crop_to(dense, sizes)
         dense_out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             if hasattr(head, "pools_under_mask"):  # compile-time branch: keeps TorchScript off head(dense)
                 pass
             elif head.is_dense:
-                dense_out[name] = head(dense)
+                dense_out[name] = crop_to(head(dense), sizes)  # a no-op when cropped before
         foreground = bottleneck  # TorchScript needs a tensor here; replaced when mask pooling is on
         mask_task = self.mask_pooling
         if mask_task is not None:

@@ -33,8 +33,8 @@ Each fits one backbone class (:data:`LAYOUT_BACKBONES`). Mapping rules:
   :class:`~medmtl.networks.backbones.ResUNetBackbone` re-walks it. Other layouts keep their names.
 - Left out (the file's classes, not ours): ResNet ``fc.*`` (and MedicalNet ``conv_seg.*``),
   DenseNet ``classifier.*`` / ``class_layers.*``, BasicUNet ``final_conv.*``, SegResNet
-  ``conv_final.2.*``, and MONAI UNet's top up-layer ``model.2.*`` (it outputs the file's classes:
-  the backbone's top up-layer keeps its initial weights).
+  ``conv_final.2.*``, and MONAI UNet's top up-layer ``model.2.*`` (it outputs the file's classes;
+  in medmtl that layer is each segmentation head, which keeps its initial weights).
 - First convolution, from the file's ``c`` input channels to the network's ``n``: ``n == 1`` sums
   the weights over ``c`` (a grey image then gives the response the RGB network gave to that image
   repeated on every channel); otherwise the channels are repeated cyclically and scaled by ``c / n``
@@ -158,17 +158,12 @@ def _unet_key(key: str, backbone: Backbone) -> str:
     return f"bottom.{rest}"
 
 
-def _unet_top(backbone: Backbone) -> str:
-    return rf"^up\.{len(backbone.up) - 1}\."  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class _Layout:
     backbone: type[Backbone]
     left_out: str  # file keys that are its classifier / output layer (regex, searched)
     first_conv: str  # backbone keys of the convolutions that read the image
     rename: Callable[[str, Backbone], str] = _same
-    own_only: Callable[[Backbone], str] | None = None  # backbone keys the file is not expected to hold
 
 
 _LAYOUTS: dict[str, _Layout] = {
@@ -185,7 +180,6 @@ _LAYOUTS: dict[str, _Layout] = {
         r"^model\.2\.",
         r"^down\.0\.(?:conv\.unit0\.conv|residual|conv)\.weight$",
         _unet_key,
-        _unet_top,
     ),
     "SegResNet (MONAI)": _Layout(SegResNetBackbone, r"^conv_final\.2\.", r"^convInit\.conv\.weight$"),
 }
@@ -418,12 +412,9 @@ def _plan(layout: _Layout, backbone: Backbone, state: Mapping[str, torch.Tensor]
             plan.dims = (tensor.dim() - 2, mine.dim() - 2)
         other_shape.add(name)
         plan.shape.append(f"{shown} {list(tensor.shape)} in the file vs {list(mine.shape)}")
-    own_only = re.compile(layout.own_only(backbone)) if layout.own_only else None
     modules = dict(backbone.named_modules())
     for name, mine in own.items():
         if name in plan.state or name in other_shape or name.endswith("num_batches_tracked"):
-            continue
-        if own_only is not None and own_only.search(name):
             continue
         owner, _, leaf = name.rpartition(".")
         if leaf == "bias" and f"{owner}.weight" in other_shape:

@@ -172,11 +172,13 @@ class SaliencyBridgeNet(MultiTaskNet):
         bottleneck = feats[n - 1]
         guide = F.interpolate(torch.cat([padded.detach(), saliency], dim=1), size=bottleneck.shape[2:], mode="area")
         feats[n - 1] = self.bridge(torch.cat([bottleneck, guide], dim=1))
-        dense = crop_to(self.backbone.decode_features(feats), sizes)
+        dense = self.backbone.decode_features(feats)
+        if self.dense_stride == 1:  # full-resolution features: crop before the (1x1) heads
+            dense = crop_to(dense, sizes)
         out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             if head.is_dense:
-                out[name] = head(dense)
+                out[name] = crop_to(head(dense), sizes)
             else:
                 out[name] = image_out[name]
         if self.return_saliency:

@@ -43,8 +43,9 @@ def test_features_at_odd_sizes(name, dims):
         dense, bottleneck = backbone(x)
     assert bottleneck.shape[:2] == (2, backbone.bottleneck_channels)
     assert bottleneck.dim() == dims + 2
-    if backbone.dense_channels:
-        assert dense.shape == (2, backbone.dense_channels, *SHAPES[dims])
+    if backbone.dense_channels:  # at 1/dense_stride of the input (resunet: 1/2, its heads upsample)
+        stride = backbone.dense_stride
+        assert dense.shape == (2, backbone.dense_channels, *(-(-s // stride) for s in SHAPES[dims]))
     else:
         assert dense is bottleneck
 
@@ -78,9 +79,11 @@ def test_reported_channels_of_named_presets():
     assert (unet.dense_channels, unet.bottleneck_channels, unet.size_divisor) == (12, 64, 1)
     assert not hasattr(unet, "final_conv")  # MONAI's 1x1 output conv is replaced by the heads
     res = ResUNetBackbone(spatial_dims=3, channels=(4, 8, 16, 32), strides=(2, 2, 2))
-    assert (res.dense_channels, res.bottleneck_channels, res.size_divisor) == (4, 32, 8)
+    assert (res.dense_channels, res.bottleneck_channels, res.size_divisor, res.dense_stride) == (8, 32, 8, 2)
+    assert ResUNetBackbone(spatial_dims=2, channels=(4, 8), strides=(3,)).dense_channels == 12  # skip + bottom
     seg = SegResNetBackbone(spatial_dims=2, init_filters=8, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
     assert (seg.dense_channels, seg.bottleneck_channels, seg.size_divisor) == (8, 64, 8)
+    assert unet.dense_stride == seg.dense_stride == MeshNetBackbone(channels=7).dense_stride == 1  # full resolution
     assert ResNetBackbone(layers=(1, 1, 1, 1), block_inplanes=(4, 8, 16, 32)).dense_channels == 0
     assert DenseNetBackbone(init_features=4, growth_rate=4, block_config=(1, 1)).dense_channels == 0
     assert MeshNetBackbone(channels=7).dense_channels == 7

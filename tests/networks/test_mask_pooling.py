@@ -32,8 +32,9 @@ def test_output_contract_is_unchanged(tasks3, dims):
     for name in ("malignant", "diagnosis"):
         head = net.heads[name]
         assert isinstance(head, MaskPooledClassificationHead)
-        # avg + max of the 16-channel bottleneck, the 4 decoder channels under the mask, area and peak
-        assert head.fc.in_features == 2 * 16 + 4 + 2
+        # avg + max of the 16-channel bottleneck, the 8 decoder channels (resunet: 2 x 4 at 1/2 size) under
+        # the mask, area and peak
+        assert head.fc.in_features == 2 * 16 + net.backbone.dense_channels + 2 == 2 * 16 + 8 + 2
     plain = MultiTaskNet("resunet", tasks3, backbone_kwargs={"spatial_dims": dims, **RESUNET})
     assert isinstance(plain.heads["diagnosis"], ClassificationHead)
 
@@ -66,16 +67,35 @@ def test_head_features_follow_the_mask():
     assert torch.isfinite(empty).all() and empty.abs().max().item() == 0.0  # an empty mask pools ~0, never NaN
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_coarse_features_pool_as_if_repeated_to_full_resolution(dims):
+    """dense_stride 2 (resunet): each feature cell weighs the mask's sum over its voxels; padded cells are left out."""
+    torch.manual_seed(0)
+    coarse = MaskPooledClassificationHead(3, 2, 1, pooling="avg", dense_stride=2, spatial_dims=dims)
+    fine = MaskPooledClassificationHead(3, 2, 1, pooling="avg")
+    fine.load_state_dict(coarse.state_dict())
+    size = (5, 7, 3)[:dims]  # odd: the last cells are half outside the image
+    cells = tuple((s + 1) // 2 + 1 for s in size)  # one more cell of padding, as the backbone's padded input gives
+    dense = torch.randn(2, 2, *cells)
+    mask = torch.rand(2, 1, *size)
+    bottleneck = torch.randn(2, 3, *([1] * dims))
+    repeated = dense
+    for d in range(dims):
+        repeated = repeated.repeat_interleave(2, dim=2 + d)
+    repeated = repeated[(slice(None), slice(None), *(slice(0, s) for s in size))]
+    torch.testing.assert_close(coarse(bottleneck, dense, mask), fine(bottleneck, repeated, mask))
+
+
 @pytest.mark.parametrize("detach", [True, False])
 def test_detach_mask_keeps_classification_gradients_out_of_the_segmentation_head(tasks3, detach):
     net = _net(tasks3, detach_mask=detach)
     out = net(torch.randn(2, 1, *SHAPES[2]))
     out["diagnosis"].square().sum().backward()
-    seg_grad = net.heads["lesion"].conv.weight.grad
+    seg_grads = [p.grad for p in net.heads["lesion"].parameters()]  # resunet: MONAI UNet's top up-layer
     if detach:
-        assert seg_grad is None or seg_grad.abs().max().item() == 0.0
+        assert all(g is None or g.abs().max().item() == 0.0 for g in seg_grads)
     else:
-        assert seg_grad is not None and seg_grad.abs().max().item() > 0.0
+        assert any(g is not None and g.abs().max().item() > 0.0 for g in seg_grads)
     decoder_grads = [p.grad for m in net.backbone.decoder_modules() for p in m.parameters()]
     assert any(g is not None and g.abs().max().item() > 0 for g in decoder_grads)  # the decoder is shared
 
