@@ -14,6 +14,11 @@ ones after, :class:`~medmtl.transforms.dictionary.EnsureTaskLabelsd` last::
     [train: RandFlipd per axis -> RandAffined -> RandGaussianNoised -> RandAdjustContrastd]
     -> EnsureTaskLabelsd
 
+With ``resize="resize"`` (2D) ``MergeMasksd`` runs right after the resize instead (per-pixel steps
+commute exactly with the masks' nearest-neighbour resize, and cost less at the output size), and
+the percentile scaling and anti-aliased resize are :mod:`medmtl.transforms.fast_preprocess`'s
+(MONAI's values, computed more cheaply).
+
 With ``batch_augment=True`` the bracketed random steps are left out of the chain and run on whole
 batches instead (:class:`~medmtl.transforms.batch_augment.BatchAugment`, same distributions): the
 dataset then caches every step, and the augmentation runs on the training device.
@@ -43,17 +48,16 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
-    Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityd,
     ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
 )
 
 from medmtl.data.readers import MedmtlLoadImaged
 from medmtl.data.spec import DatasetSpec, load_spec
 from medmtl.data.tasks import LabelQuality, TaskKind
 from medmtl.transforms.dictionary import EnsureTaskLabelsd, FlagSafeSpacingd, MergeMasksd, ToGreyd
+from medmtl.transforms.fast_preprocess import FastPercentileScaled, FastResized
 
 __all__ = ["TransformKeys", "transform_keys", "build_transforms", "INTENSITY_MODES", "RESIZE_MODES"]
 
@@ -183,12 +187,15 @@ def build_transforms(
     ]
     if grey and dims == 2:
         steps.append(ToGreyd(images, allow_missing_keys=True))
+    merge_masks = []
     for task in spec.tasks:
         if task.kind != TaskKind.SEGMENTATION:
             continue
         source = task.weak_label if quality == LabelQuality.WEAK and task.weak_label is not None else task.label
         binarize, values = (source.binarize, source.values) if source is not None else (False, None)
-        steps.append(MergeMasksd(task.name, binarize=binarize, values=values, allow_missing_keys=True))
+        merge_masks.append(MergeMasksd(task.name, binarize=binarize, values=values, allow_missing_keys=True))
+    if resize != "resize":
+        steps += merge_masks
     if dims == 3 and orientation:
         steps.append(Orientationd(spatial, axcodes=orientation, labels=None, allow_missing_keys=True))
     if dims == 3 and pixdim is not None:
@@ -198,8 +205,11 @@ def build_transforms(
     if resize == "resize":
         anti_aliasing = [True] * len(images) + [False] * len(keys.masks)
         steps.append(
-            Resized(spatial, spatial_size=size, mode=modes, anti_aliasing=anti_aliasing, allow_missing_keys=True)
+            FastResized(spatial, spatial_size=size, mode=modes, anti_aliasing=anti_aliasing, allow_missing_keys=True)
         )
+        # merging, binarizing and mapping mask values are per pixel, so they commute exactly with the masks'
+        # nearest-neighbour resize: done after it, on the output size instead of the full resolution
+        steps += merge_masks
     elif resize == "pad_crop":
         steps.append(ResizeWithPadOrCropd(spatial, spatial_size=size, allow_missing_keys=True))
 
@@ -281,7 +291,7 @@ def _intensity(images: list[str], mode: str, stats: Mapping[str, float] | None =
         ]
     if mode == "percentile":
         return [
-            ScaleIntensityRangePercentilesd(
+            FastPercentileScaled(
                 images,
                 lower=0.5,
                 upper=99.5,

@@ -130,9 +130,9 @@ def test_clean_png_label_table(tmp_path):
 
 def test_process_pool_matches_in_process(tmp_path, monkeypatch):
     dataset = vf.nifti_dataset(tmp_path, faults=True)
-    serial = validate_dataset(dataset.spec, workers=1)
+    serial = validate_dataset(dataset.spec, workers=1, cache=False)
     monkeypatch.setattr(validate_pool, "_ADAPTIVE", False)  # every case through the spawned worker
-    pooled = validate_dataset(dataset.spec, workers=2)
+    pooled = validate_dataset(dataset.spec, workers=2, cache=False)  # none from the result cache
     assert pooled.workers == 2
     assert _keys(pooled) == _keys(serial)
     assert pooled.files_checked == serial.files_checked

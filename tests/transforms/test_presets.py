@@ -70,13 +70,15 @@ def test_batch_augment_leaves_a_fully_deterministic_chain(spec2d):
     """With batch_augment the train chain is the eval chain: TrainingCacheDataset caches all of it."""
     from monai.transforms import Randomizable
 
-    from medmtl.data.datasets import TrainingCacheDataset
+    from medmtl.data.datasets import TrainingCacheDataset, unpack
 
     chain = build_transforms(spec2d, 32, train=True, batch_augment=True)
     assert [type(t) for t in chain.transforms] == [type(t) for t in build_transforms(spec2d, 32).transforms]
     assert not any(isinstance(t, Randomizable) for t in chain.transforms)
-    ds = TrainingCacheDataset(spec2d.datalist("train")[:3], chain, cache_rate=1.0, progress=False)
+    ds = TrainingCacheDataset(spec2d.datalist("train")[:3], chain, cache_rate=1.0, progress=False, compact=False)
     assert ds[0]["image"] is ds._cache[0]["image"]  # served from the cache, no transform runs per item
+    packed = TrainingCacheDataset(spec2d.datalist("train")[:3], chain, cache_rate=1.0, progress=False)
+    assert torch.equal(packed[0]["image"], unpack(packed._cache[0])["image"])  # only unpacked
     with pytest.raises(ValueError, match="flip_axes has axis 2"):  # the options are still checked
         build_transforms(spec2d, 64, train=True, batch_augment=True, flip_axes=(2,))
 

@@ -26,6 +26,7 @@ from medmtl.data.validate.jobs import (
 )
 from medmtl.data.validate.pool import _run_jobs
 from medmtl.data.validate.report import ValidationReport
+from medmtl.data.validate.result_cache import ResultCache
 from medmtl.data.validate.studies import mixed_label_studies
 
 __all__ = ["validate_dataset", "DatasetInvalidError", "DatasetExit", "require_valid_dataset"]
@@ -48,6 +49,7 @@ def validate_dataset(
     max_image_bytes: int | str | None = None,
     file_timeout_s: float | None = None,
     duplicates: bool = True,
+    cache: bool = True,
 ) -> ValidationReport:
     """Check a dataset spec, its case table and every file it names; collect every problem.
 
@@ -70,6 +72,9 @@ def validate_dataset(
         duplicates: look for duplicate images once the files have no error (:mod:`medmtl.data.duplicates`):
             each pair is a warning (``duplicate_image``, ``duplicate_label_conflict``,
             ``duplicate_across_splits``) and ``report.duplicates`` holds them all.
+        cache: reuse the error-free results of cases whose files have the same bytes as at an earlier
+            validation with the same settings (:mod:`medmtl.data.validate.result_cache`); ``False``
+            opens every file.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is ``False`` when any problem is an error.
@@ -100,7 +105,9 @@ def validate_dataset(
             report.problems.extend(err.problems)
     if loaded is not None:
         report.dataset = loaded.name
-        _validate_spec(loaded, root, workers, tolerance or GeometryTolerance(), progress, report, limits, duplicates)
+        _validate_spec(
+            loaded, root, workers, tolerance or GeometryTolerance(), progress, report, limits, duplicates, cache
+        )
     report.duration_s = time.perf_counter() - start
     logger.debug(
         "validated %s: %d errors, %d warnings in %.1f s",
@@ -121,6 +128,7 @@ def _validate_spec(
     report: ValidationReport,
     limits: tuple[int | None, float] = (None, DEFAULT_FILE_TIMEOUT_S),
     duplicates: bool = True,
+    cache: bool = True,
 ) -> None:
     try:
         table = spec.build_cases(root=root)
@@ -139,7 +147,7 @@ def _validate_spec(
         return
     jobs = [_job(spec, case, tolerance, weak_masks.get(case["case_id"], {})) for case in table.cases]
     jobs = [dataclasses.replace(j, max_image_bytes=limits[0], file_timeout_s=limits[1]) for j in jobs]
-    results = _run_jobs(jobs, workers, progress, report)
+    results = _checked(jobs, workers, progress, report, ResultCache(report.root, enabled=cache))
     present_by_case: dict[str, dict[str, tuple[int, ...]]] = {}
     for result in results:
         report.problems.extend(result.problems)
@@ -167,6 +175,23 @@ def _validate_spec(
         )
     if duplicates and report.ok:
         _add_duplicates(spec, table, progress, report)
+
+
+def _checked(
+    jobs: list[_CaseJob], workers: int, progress: bool | None, report: ValidationReport, cache: ResultCache
+) -> list:
+    """Every job's result in job order: from the cache where the files are unchanged, else checked now."""
+    keys, results, todo = cache.split(jobs)
+    if todo:
+        fresh = _run_jobs([jobs[i] for i in todo], workers, progress, report)
+        results.update(zip(todo, fresh, strict=True))
+    if results and len(todo) < len(jobs):
+        logger.info(
+            "validation: %d of %d cases unchanged since their last check, not opened", len(jobs) - len(todo), len(jobs)
+        )
+    ordered = [results[i] for i in range(len(jobs))]
+    cache.store(keys, ordered)
+    return ordered
 
 
 def _add_duplicates(spec: DatasetSpec, table: Any, progress: bool | None, report: ValidationReport) -> None:
@@ -329,6 +354,7 @@ def require_valid_dataset(
     max_image_bytes: int | str | None = None,
     file_timeout_s: float | None = None,
     check_files: bool = True,
+    cache: bool = True,
 ) -> ValidationReport:
     """Validate before a run starts: stop with the whole report on any error, else log the warnings.
 
@@ -349,6 +375,7 @@ def require_valid_dataset(
         check_files: open every file (``False``: only the spec and the case table, which still stops a
             run on a missing file or a bad table without a traceback; an inference bundle's
             ``--validate_data false``).
+        cache: skip cases whose files are unchanged since they last passed (see :func:`validate_dataset`).
 
     Returns:
         The report, when it has no error.
@@ -375,6 +402,7 @@ def require_valid_dataset(
         max_image_bytes=max_image_bytes,
         file_timeout_s=file_timeout_s,
         duplicates=False,  # a run's splits keep duplicates together already; `medmtl validate` reports them
+        cache=cache,
     )
     if not report.ok:
         if exit_on_error:
