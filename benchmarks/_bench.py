@@ -101,6 +101,37 @@ def summary(times: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def ratio_spread(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
+    """Per-round ratios ``numerator[i] / denominator[i]``: median, interquartile range and round count.
+
+    Why per round: candidates timed in the same round share that round's load from other processes,
+    so the ratio of each round is steadier than the ratio of two medians; the spread says how far a
+    verdict can be trusted on this machine.
+    """
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) >= 2 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q1": q1, "q3": q3, "rounds": len(ratios), "ratios": ratios}
+
+
+def verdict(spread: Mapping[str, Any], goal: float, at_most: bool = True) -> str:
+    """``met`` only when the whole interquartile range clears ``goal``; ``missed`` when it lies wholly past it.
+
+    ``at_most``: the goal is an upper limit (a time ratio <= goal); else a lower limit (a speed-up >= goal).
+    An interval that straddles the goal is ``unclear``: more rounds or a quieter machine are needed.
+    """
+    low, high = spread["q1"], spread["q3"]
+    if (high <= goal) if at_most else (low >= goal):
+        return "met"
+    if (low > goal) if at_most else (high < goal):
+        return "missed"
+    return "unclear"
+
+
+def spread_text(spread: Mapping[str, Any]) -> str:
+    """``1.02 (IQR 0.98-1.05, 7 rounds)``: how the reports print a per-round ratio."""
+    return f"{spread['median']:.3f} (IQR {spread['q1']:.3f}-{spread['q3']:.3f}, {spread['rounds']} rounds)"
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A plain text table; floats are printed with 4 significant digits."""
 

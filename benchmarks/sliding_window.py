@@ -9,8 +9,8 @@ binary task:
 
 - **Inferer overhead** on the 1 mm volume, ROI 96^3, overlap 0.25, Gaussian blending: medmtl's
   inferer vs MONAI ``sliding_window_inference`` of a wrapper returning the segmentation logits only
-  (goal: ratio <= 1.02), the naive alternative (class logits returned to MONAI as a 1x1x1 map and
-  blended), and medmtl's whole-volume pass (``whole_volume_budget_mb`` large: one forward pass).
+  (goal: ratio <= 1.02, per round; ``met`` only when the whole interquartile range is <= 1.02),
+  the naive alternative (class logits returned to MONAI as a 1x1x1 map and blended), and medmtl's whole-volume pass (``whole_volume_budget_mb`` large: one forward pass).
   The stitched masks of medmtl and MONAI are compared (they should be equal).
 - **Throughput** (voxels/s of the input) of medmtl's inferer with UNet, ResUNet and MeshNet
   backbones on the volume resampled to 2 mm (91x109x91, ROI 64^3: 2 mm keeps the 4x volumes of
@@ -42,7 +42,18 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import SHARED_DATA, interleaved, machine, missing_data, print_table, summary, write_results
+from _bench import (
+    SHARED_DATA,
+    interleaved,
+    machine,
+    missing_data,
+    print_table,
+    ratio_spread,
+    spread_text,
+    summary,
+    verdict,
+    write_results,
+)
 from monai.inferers import sliding_window_inference
 
 from medmtl.data import Task
@@ -187,10 +198,15 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"expected a whole and a sliding pass, got {whole.last_pass} and {medmtl.last_pass}")
     base = statistics.median(times[names[1]])
     rows = [
-        {"method": name, "time": summary(values), "ratio_vs_monai_seg_only": statistics.median(values) / base}
+        {
+            "method": name,
+            "time": summary(values),
+            "ratio_vs_monai_seg_only": statistics.median(values) / base,  # ratio of the medians
+            "ratio_vs_monai_seg_only_spread": ratio_spread(values, times[names[1]]),  # per round
+        }
         for name, values in times.items()
     ]
-    ratio = rows[0]["ratio_vs_monai_seg_only"]
+    spread = rows[0]["ratio_vs_monai_seg_only_spread"]
     return {
         "volume": VOLUME.name,
         "voxel_mm": voxel_mm,
@@ -203,7 +219,14 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
         "network": f"MultiTaskNet unet features {BACKBONES['unet']['features']}, tasks: {SEG.name} (segmentation), "
         f"{CLS.name} (binary)",
         "methods": rows,
-        "goal": {"ratio_medmtl_vs_monai_seg_only": {"goal": "<= 1.02", "measured": ratio}},
+        "goal": {
+            "ratio_medmtl_vs_monai_seg_only": {
+                "goal": "<= 1.02",
+                "measured": spread["median"],
+                "spread": spread,
+                "verdict": verdict(spread, 1.02),
+            }
+        },
         "whole_vs_sliding_ratio": statistics.median(times[names[3]]) / statistics.median(times[names[0]]),
         "whole_volume_estimated_activation_mb": max(whole._bytes_per_voxel.values()) * volume[0, 0].numel() / 2**20,
         "checks": {
@@ -296,15 +319,18 @@ def main() -> None:
     elapsed = time.perf_counter() - start
 
     print_table(
-        ["method", "median s", "x MONAI seg-only"],
-        [[r["method"], r["time"]["median_s"], r["ratio_vs_monai_seg_only"]] for r in overhead["methods"]],
+        ["method", "median s", "x MONAI seg-only (per-round median, IQR)"],
+        [
+            [r["method"], r["time"]["median_s"], spread_text(r["ratio_vs_monai_seg_only_spread"])]
+            for r in overhead["methods"]
+        ],
         f"inference on {overhead['volume']} {tuple(overhead['shape'])} at {overhead['voxel_mm']:g} mm, "
         f"ROI {overhead['roi_size']}^3, overlap 0.25, gaussian, sw_batch_size {overhead['sw_batch_size']}, "
         f"windows on {args.device}{' (AMP)' if args.amp else ''}, buffer on {args.buffer_device}",
     )
-    checks = overhead["checks"]
+    checks, goal = overhead["checks"], overhead["goal"]["ratio_medmtl_vs_monai_seg_only"]
     print(
-        f"goal medmtl / MONAI seg-only {overhead['goal']['ratio_medmtl_vs_monai_seg_only']['measured']:.3f} (<= 1.02); "
+        f"goal medmtl / MONAI seg-only {spread_text(goal['spread'])} (<= 1.02): {goal['verdict']}; "
         f"whole / sliding {overhead['whole_vs_sliding_ratio']:.3f}; seg max |medmtl - MONAI| "
         f"{checks['seg_max_abs_diff_medmtl_vs_monai']:.2g}; whole vs sliding argmax agreement "
         f"{checks['seg_argmax_agreement_whole_vs_sliding']:.4f}"
