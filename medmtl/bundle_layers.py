@@ -13,6 +13,9 @@ a workflow is the list :func:`config_layers` returns::
 
 ``medmtl run NAME WORKFLOW --key value ...`` runs exactly that ``python -m monai.bundle run``
 command, and ``medmtl export-bundle NAME OUT`` writes a self-contained, model-zoo style copy.
+
+MONAI is imported only by the functions that read config files: ``import monai`` loads every MONAI
+module, ignite and MLflow included (seconds), and ``medmtl --help`` imports this module for its names.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from monai.bundle import ConfigParser
 
 from medmtl.bundle_zoo import DATA_LICENSE, data_license_text, zoo_inference_config
 from medmtl.resources import resolve_resource, resources_root
@@ -107,6 +108,8 @@ def config_layers(bundle: str | os.PathLike, *workflows: str) -> list[Path]:
 
 def merged_config(bundle: str | os.PathLike, *workflows: str) -> dict[str, Any]:
     """The raw configuration MONAI builds from :func:`config_layers` (nothing evaluated)."""
+    from monai.bundle import ConfigParser  # here, not on top: see the module's last paragraph
+
     return ConfigParser.load_config_files([str(f) for f in config_layers(bundle, *workflows)])
 
 
@@ -133,6 +136,8 @@ def _write_json(path: Path, config: Mapping[str, Any]) -> None:
 
 def _concatenated_layers(files: Sequence[Path]) -> dict[str, Any]:
     """Layer files as one layer: their ids in merge order (a layer cannot be merged without its base)."""
+    from monai.bundle import ConfigParser
+
     layer: dict[str, Any] = {}
     for file in files:
         for key, value in ConfigParser.load_config_file(str(file)).items():
@@ -160,6 +165,8 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, data_spec: 
     Returns:
         ``out``.
     """
+    from monai.bundle import ConfigParser
+
     source = bundle_dir(bundle)
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -33,11 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from medmtl.data.duplicates import Duplicates, find_duplicates
 from medmtl.data.problems import DataError, Problem, Severity
-from medmtl.data.readers import diagnose_unreadable, load_array
 from medmtl.data.selection import select_cases
 from medmtl.data.spec_model import (
     STUDY_KEY,
@@ -175,6 +173,8 @@ class CaseTable:
                 raise ValueError(
                     f"class_weights 'auto' is counted for multiclass tasks; task '{task.name}' is {task.kind.value}"
                 )
+            from sklearn.utils.class_weight import compute_class_weight  # here: scikit-learn imports pandas
+
             labels = np.array([int(c[task.name]) for c in rows if c[present_key(task.name)]], dtype=np.int64)
             seen, k = np.unique(labels), task.num_outputs
             # scikit-learn divides by the classes seen (it refuses absent ones); rescaled to all K classes
@@ -1111,6 +1111,8 @@ def _label_value(
         paths = resolver.paths(source.mask_nonempty, fields, case_id)
         if not paths:
             return None
+        from medmtl.data.readers import diagnose_unreadable, load_array  # here: MONAI only when masks are read
+
         for path in paths:
             try:
                 if np.any(load_array(str(path))):
