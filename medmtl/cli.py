@@ -21,15 +21,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import monai.bundle
-
 from medmtl.bundle_layers import WORKFLOWS, bundle_command, export_bundle
 from medmtl.data.problems import DataError
 from medmtl.data.splits import NEW_CASES_OPTIONS
-from medmtl.engines.start_checks import cli_overrides, none_override_problems, unknown_override_problems
 from medmtl.experiments.learning_curve import MODES as LEARNING_CURVE_MODES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_here"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -188,7 +185,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-#: exit status of ``medmtl predict`` when some inputs were not predicted (listed in failed.csv).
+#: exit status of ``medmtl predict`` when some inputs were not predicted (listed in failed.csv) or some DICOM
+#: SEG / SR outputs were not written (dicom_failed.csv).
 PREDICT_SOME_FAILED = 3
 
 
@@ -209,12 +207,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         data_spec=args.data_spec,
         overrides=args.overrides,
+        runner=run_here,  # this process ends after the inference: run it here, not in a new Python
     )
     print(f"predicted {len(result.predicted)} input(s) into {result.output_dir} (predictions.csv)")
     if result.failed:
         print(f"{len(result.failed)} input(s) not predicted: see {result.output_dir / 'failed.csv'}", file=sys.stderr)
-        return PREDICT_SOME_FAILED
-    return 0
+    if result.dicom_failed:
+        where = result.output_dir / "dicom_failed.csv"
+        print(f"{len(result.dicom_failed)} DICOM SEG/SR output(s) not written: see {where}", file=sys.stderr)
+    return PREDICT_SOME_FAILED if result.failed or result.dicom_failed else 0
 
 
 def _alpha(text: str) -> float:
@@ -356,6 +357,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overrides = [*overrides, *ensemble_overrides(run_dir, workflows, overrides)]
         elif is_experts_run(run_dir):  # medmtl experts: evaluates / infers as its ExpertRouter (router.pt)
             overrides = [*overrides, *router_overrides(run_dir, overrides)]
+    import monai.bundle
+
+    from medmtl.engines.start_checks import cli_overrides, none_override_problems, unknown_override_problems
+
     cmd = bundle_command(args.bundle, workflows, overrides)
     monai_argv = [str(Path(monai.bundle.__file__).with_name("__main__.py")), *cmd[3:]]
     problems = none_override_problems(overrides)  # MONAI would drop them without a word
@@ -367,12 +372,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(" ".join(f'"{t}"' if "'" in t and '"' not in t else shlex.quote(t) for t in cmd))
         return 0
     sys.stdout.flush()
+    if getattr(args, "bundle_in_process", False):  # medmtl predict: no second start of Python, torch and MONAI
+        from medmtl.bundle_in_process import run_bundle_in_process
+
+        return run_bundle_in_process(cmd[3:])
     if os.name == "posix":  # MONAI's own process: its signals, exit status and command line (read by the start checks)
         os.execv(cmd[0], cmd)
     return subprocess.call(cmd)
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
+    from medmtl.engines.start_checks import none_override_problems
     from medmtl.experiments.cross_validation import run_cv
     from medmtl.experiments.cv_report import write_cv_report
 
@@ -402,6 +412,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_experts(args: argparse.Namespace) -> int:
+    from medmtl.engines.start_checks import none_override_problems
     from medmtl.experiments.experts import run_experts
 
     overrides = list(args.overrides)
@@ -761,14 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict new images (a file or a folder) with a trained run or cross-validation: no spec, no labels",
         description="Predict every image of INPUT (a file, or a folder searched recursively: PNG/JPEG/TIFF/BMP, "
-        "NIfTI, .npy, DICOM files) with MODEL (a training run folder, or a medmtl cv folder: its fold ensemble). "
+        "NIfTI, .npy, raw .img/.raw (JSRT), DICOM files) with MODEL (a training run folder, a medmtl cv folder: its "
+        "fold ensemble, an MLflow model, or a file written by medmtl export: it carries the run record and spec). "
         "The run's own preprocessing, network, decisions, temperatures and postprocessing are used. Writes masks "
         "in each input's geometry, predictions.csv, inputs.json, and failed.csv for inputs that cannot be read "
         f"(exit status {PREDICT_SOME_FAILED} when some failed). DICOM files are grouped into studies and series, "
         "the series chosen by the spec's dicom_series rules (series.csv), and each DICOM case also gets a DICOM "
-        "SEG per mask and a DICOM SR of its findings. Further bundle overrides may follow, e.g. "
+        "SEG per mask and a DICOM SR of its findings (those that cannot be written: dicom_failed.csv, exit status "
+        f"{PREDICT_SOME_FAILED}). Further bundle overrides may follow, e.g. "
         '--tta_axes "[0]".',
-        epilog="example:\n  medmtl predict -i new_scans/ -o predictions/ -m runs/busi_cv",
+        epilog="examples:\n  medmtl predict -i new_scans/ -o predictions/ -m runs/busi_cv\n"
+        "  medmtl predict -i new_scans/ -o predictions/ -m model.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
@@ -777,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         "--model",
         required=True,
-        help="a training run folder, a medmtl cv folder, or an MLflow model (models:/NAME@ALIAS, runs:/ID/model)",
+        help="a training run folder, a medmtl cv folder, an MLflow model (models:/NAME@ALIAS, runs:/ID/model), or a "
+        "file written by medmtl export (model.onnx, model.pt2, TorchScript)",
     )
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prediction in the output folder")
@@ -788,13 +803,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, bundle_in_process: bool = False) -> int:
+    """Run ``medmtl ARGV``; its exit status. ``bundle_in_process``: ``medmtl run`` runs MONAI's bundle in this
+    process (:mod:`medmtl.bundle_in_process`) instead of replacing it with ``python -m monai.bundle``."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if unknown:
         args.overrides = [*args.overrides, *unknown]
+    args.bundle_in_process = bundle_in_process
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -815,6 +833,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(_error_line(err), file=sys.stderr)
         return 1
+
+
+def run_here(argv: Sequence[str]) -> int:
+    """``medmtl ARGV`` in this process, a bundle workflow included: the runner of ``medmtl predict``, whose
+    process ends with the inference (a library caller of :func:`medmtl.deploy.predict.predict` keeps the
+    subprocess, since a workflow changes process-wide settings)."""
+    return main(argv, bundle_in_process=True)
 
 
 _PLAIN_ERRORS = (OSError, ValueError, KeyError)

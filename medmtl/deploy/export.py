@@ -5,7 +5,9 @@ Why: a hospital deployment runs the model without medmtl's training stack (onnxr
 program, a JSON description (:func:`build_metadata`): the tasks in output order (name, kind,
 classes), the inputs (names, channels, spatial size, which axes are dynamic), the run's recorded
 settings (preprocessing), its decision thresholds and temperatures when the run folder has them,
-the medmtl version and a digest of the run record. The exported file is checked against PyTorch
+the medmtl version and a digest of the run record; for a run exported with :func:`export_run`, also
+the run record itself, the data spec's text and the choice files its inference applies, so
+``medmtl predict -m FILE`` needs nothing else (:mod:`medmtl.deploy.exported_run`). The exported file is checked against PyTorch
 before it is put in place (:data:`PARITY_TOLERANCE`, on a second spatial size where the spatial
 axes are dynamic); a file that fails is never left behind.
 
@@ -366,11 +368,14 @@ def export_run(
 
     The network is rebuilt from the run's record (:func:`~medmtl.deploy.load_run_network`); the
     description holds the run's model settings, its ``decisions.json`` / ``calibration.json`` when
-    the folder has them, and the run record's digest.
+    the folder has them, and the run record's digest; under ``deploy``, what ``medmtl predict -m FILE``
+    needs to run the bundle's inference with the file alone: the run record, the data spec's text and
+    the choice files its inference applies (:func:`medmtl.deploy.exported_run.deploy_entry`).
 
     Raises:
         ExportError / RunNetworkError: see :func:`export_network` and :func:`~medmtl.deploy.load_run_network`.
     """
+    from medmtl.deploy.exported_run import DEPLOY_KEY, deploy_entry
     from medmtl.deploy.run_network import load_run_network, record_digest
     from medmtl.metrics.calibration import read_calibration
     from medmtl.metrics.decisions import Decisions
@@ -400,6 +405,7 @@ def export_run(
         extra["decisions"] = Decisions.load(run.choices["decisions"], run.tasks).to_json()
     if "calibration" in run.choices:
         extra["calibration"] = read_calibration(run.choices["calibration"], run.tasks).to_dict()
+    extra[DEPLOY_KEY] = deploy_entry(record, run.run_dir)  # medmtl predict -m FILE: the run folder again
     return export_network(
         run.network, run.tasks, layout, export_format, path, extra_metadata=extra, overwrite=overwrite
     )

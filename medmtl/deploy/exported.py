@@ -28,6 +28,7 @@ __all__ = [
     "METADATA_KEY",
     "ExportedInputError",
     "ExportedModel",
+    "exported_tasks",
     "load_exported",
     "read_export_metadata",
 ]
@@ -189,6 +190,14 @@ class ExportedModel:
         return {t.name: np.asarray(o) for t, o in zip(self.tasks, outputs, strict=True)}
 
 
+def exported_tasks(metadata: Mapping[str, Any], path: str | os.PathLike) -> tuple[Task, ...]:
+    """The tasks of an exported file's description, in output order."""
+    return as_tasks(
+        [{k: v for k, v in t.items() if k in ("name", "kind", "classes")} for t in metadata["tasks"]],
+        owner=str(path),
+    )
+
+
 def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> ExportedModel:
     """Load a file written by ``medmtl export`` (any of the three formats).
 
@@ -201,10 +210,7 @@ def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> Exp
     """
     path = Path(path)
     metadata = read_export_metadata(path)
-    tasks = as_tasks(
-        [{k: v for k, v in t.items() if k in ("name", "kind", "classes")} for t in metadata["tasks"]],
-        owner=str(path),
-    )
+    tasks = exported_tasks(metadata, path)
     export_format = str(metadata.get("export_format"))
     run = _runner(path, export_format, list(metadata["input"]["names"]), list(metadata["outputs"]), threads)
     return ExportedModel(path, metadata, tasks, export_format, run)

@@ -35,8 +35,11 @@ __all__ = [
     "write_input_list",
 ]
 
-#: suffixes read as images (lower case); DICOM files are also found by their ``DICM`` preamble.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".dcm")
+#: suffixes read as images (lower case); DICOM files are also found by their ``DICM`` preamble. ``.img`` /
+#: ``.raw``: headerless raw files as JSRT ships them, read as the bundles read them (medmtl's reader picks
+#: :class:`~medmtl.data.raw_reader.RawImageReader` by the suffix, nibabel for an Analyze ``.img`` + ``.hdr``
+#: pair); a file whose size is not the reader's goes to ``failed.csv`` with both sizes.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".dcm", ".img", ".raw")
 #: suffixes never read as images, not even looked into for a DICOM preamble.
 _NOT_IMAGES = (".txt", ".csv", ".json", ".xml", ".html", ".pdf", ".md", ".yaml", ".yml", ".zip", ".gz", ".npz")
 #: the list of predicted inputs, written into the output folder.

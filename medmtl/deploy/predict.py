@@ -6,8 +6,11 @@ images, checks each (:mod:`medmtl.deploy.inputs`), and runs the bundle's own inf
 them (``--infer_files``), so the preprocessing, network, fold ensemble, decisions, temperatures and
 postprocessing are exactly those the run recorded: one source of truth, nothing restated here.
 
-MODEL is a training run folder (``run_config.json``, ``models/best.pt``) or a ``medmtl cv`` folder
-(its fold ensemble with the out-of-fold choices). Outputs in OUT: masks in each input's own geometry
+MODEL is a training run folder (``run_config.json``, ``models/best.pt``), a ``medmtl cv`` folder
+(its fold ensemble with the out-of-fold choices), an MLflow model URI, or a file written by
+``medmtl export`` (ONNX, torch.export, TorchScript): its description carries the run record, the data
+spec and the applied choices, written back into a temporary run folder whose inference runs the
+exported program (:mod:`medmtl.deploy.exported_run`). Outputs in OUT: masks in each input's own geometry
 (NIfTI for volumes, PNG for 2D), ``predictions.csv``, ``inputs.json`` (what was predicted) and
 ``failed.csv`` (what was not, with the reason).
 
@@ -16,7 +19,9 @@ from their headers; the series the model takes are chosen by the rules stored wi
 ``dicom_series``, :mod:`medmtl.deploy.series_choice`) and the choice is written to ``series.csv``.
 For DICOM cases the bundle also writes a DICOM SEG per mask and a DICOM SR of the findings
 (``dicom_seg`` and ``dicom_sr``, with highdicom); those two carry the patient's identity, as the
-standard requires (case ids and every other output do not).
+standard requires (case ids and every other output do not). A SEG or SR that cannot be written for
+a case is listed in ``dicom_failed.csv`` (the case's mask and row are kept), and predict reports it
+as it reports failed inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medmtl.deploy.inputs import (
     FAILED_FILE,
@@ -47,7 +52,11 @@ from medmtl.deploy.series_choice import (
     unmatched_reason,
     write_series_table,
 )
-from medmtl.experiments.commands import run_medmtl
+from medmtl.experiments.commands import option_value, run_medmtl
+
+if TYPE_CHECKING:
+    from medmtl.deploy.exported_run import ExportedRun
+    from medmtl.inference.dicom_failures import DicomFailure
 
 __all__ = ["PredictError", "PredictResult", "TrainedModel", "predict", "predict_with_folder", "resolve_model"]
 
@@ -55,8 +64,10 @@ logger = logging.getLogger(__name__)
 
 #: folder of OUT holding links to the files of DICOM series that share a folder with others.
 SERIES_LINKS = "dicom_series"
-#: what a previous prediction leaves in OUT: refused without ``overwrite``.
+#: what a previous prediction leaves in OUT: refused without ``overwrite`` (and the inference's ``dicom_failed.csv``).
 _OUTPUT_FILES = ("predictions.csv", INPUTS_FILE, FAILED_FILE, SERIES_FILE, SERIES_LINKS)
+#: bundle options an exported program cannot serve (it has the task outputs only, in eval mode).
+_NOT_EXPORTED = {"--save_saliency": "saliency maps", "--mc_dropout_samples": "MC dropout"}
 
 
 class PredictError(ValueError):
@@ -84,12 +95,14 @@ class TrainedModel:
 
 @dataclass
 class PredictResult:
-    """What a prediction wrote: the cases predicted, the inputs that failed, the output folder, the DICOM cases."""
+    """What a prediction wrote: the cases predicted, the inputs that failed, the output folder, the DICOM
+    cases, and the DICOM SEG / SR outputs that could not be written (``dicom_failed.csv``)."""
 
     output_dir: Path
     predicted: list[InputCase] = field(default_factory=list)
     failed: list[tuple[InputCase, str]] = field(default_factory=list)
     dicom: list[InputCase] = field(default_factory=list)
+    dicom_failed: list[DicomFailure] = field(default_factory=list)
 
 
 def resolve_model(model: str | os.PathLike) -> TrainedModel:
@@ -133,7 +146,9 @@ def _spec_of(model: TrainedModel, data_spec: str | None) -> Any:
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
-    found = [name for name in _OUTPUT_FILES if (out / name).exists()]
+    from medmtl.inference.dicom_failures import DICOM_FAILED_FILE
+
+    found = [name for name in (*_OUTPUT_FILES, DICOM_FAILED_FILE) if (out / name).exists()]
     if found and not overwrite:
         raise PredictError(
             f"{out} already holds a prediction ({', '.join(found)}): give another -o folder, or --overwrite to "
@@ -143,9 +158,11 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 def _remove_previous(out: Path) -> None:
     """What an earlier prediction into ``out`` left that this one may not write again (``overwrite`` given)."""
+    from medmtl.inference.dicom_failures import DICOM_FAILED_FILE
+
     if (out / SERIES_LINKS).is_dir() and not (out / SERIES_LINKS).is_symlink():
         shutil.rmtree(out / SERIES_LINKS)  # links and copies made by medmtl predict only
-    for name in ("predictions.csv", FAILED_FILE, SERIES_FILE):  # a failed run must not leave the old table
+    for name in ("predictions.csv", FAILED_FILE, SERIES_FILE, DICOM_FAILED_FILE):  # a failed run leaves no old table
         if (out / name).is_file():
             (out / name).unlink()
 
@@ -196,9 +213,16 @@ def predict(
     model: str | os.PathLike,
     **kwargs: Any,
 ) -> PredictResult:
-    """Predict every image of ``inputs`` with ``model``: a run or CV folder, or an MLflow model URI
+    """Predict every image of ``inputs`` with ``model``: a run or CV folder, an MLflow model URI
     (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/ID/model``: downloaded into a temporary run
-    folder first, :func:`medmtl.tracking.model_files.download_model_folder`). See :func:`predict_with_folder`."""
+    folder first, :func:`medmtl.tracking.model_files.download_model_folder`), or a file written by
+    ``medmtl export`` (written back into a temporary run folder whose inference runs the exported program,
+    :func:`medmtl.deploy.exported_run.exported_run_folder`). See :func:`predict_with_folder`.
+
+    Raises:
+        PredictError: see :func:`predict_with_folder`; also an exported file without its run record and
+            spec (exported before files carried them: the message names the export command to run again).
+    """
     if ":/" in str(model):  # the MLflow import only for a URI: predict on a folder stays light
         from medmtl.tracking.model_files import download_model_folder, is_model_uri
 
@@ -206,7 +230,47 @@ def predict(
             with tempfile.TemporaryDirectory(prefix="medmtl_model_") as tmp:
                 folder = download_model_folder(str(model), Path(tmp) / "run")
                 return predict_with_folder(inputs, output_dir, folder, **kwargs)
+    if Path(model).is_file():
+        from medmtl.deploy.exported_run import ExportedRunError, exported_run_folder
+
+        with tempfile.TemporaryDirectory(prefix="medmtl_exported_") as tmp:
+            try:
+                exported = exported_run_folder(model, Path(tmp) / "run")
+            except ExportedRunError as err:
+                raise PredictError(str(err)) from None
+            return predict_with_folder(inputs, output_dir, exported.folder, exported=exported, **kwargs)
     return predict_with_folder(inputs, output_dir, model, **kwargs)
+
+
+def _refuse_for_exported(model: Path, overrides: Sequence[str]) -> None:
+    """Saliency maps and MC dropout need the PyTorch network: one line naming the option, for an exported file."""
+    for option, what in _NOT_EXPORTED.items():
+        value = option_value(overrides, option)
+        if value is not None and value.strip().lower() not in ("false", "0", "none", ""):
+            raise PredictError(
+                f"{option} {value}: {what} need the PyTorch network, and {model.name} is an exported program "
+                "(task outputs only); give the training run folder as -m, or leave the option out"
+            )
+
+
+def _check_exported_tasks(exported: ExportedRun, spec: Any, data_spec: str | None) -> None:
+    """Refuse a spec whose tasks are not those the file was exported for, naming both lists."""
+    from medmtl.deploy.exported_run import tasks_text
+
+    def summary(tasks: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(t.name, t.kind.value, tuple(t.class_names)) for t in tasks]
+
+    if summary(spec.task_list) != summary(exported.tasks):
+        where = f"--data_spec {data_spec}" if data_spec else f"the spec inside {exported.model.name}"
+        fix = (
+            "give the spec the model was trained with (or leave --data_spec out: the file carries it)"
+            if data_spec
+            else "export the run again with medmtl export"
+        )
+        raise PredictError(
+            f"{exported.model.name} was exported for the tasks {tasks_text(exported.tasks)}; {where} declares "
+            f"{tasks_text(spec.task_list)}: {fix}"
+        )
 
 
 def predict_with_folder(
@@ -219,6 +283,7 @@ def predict_with_folder(
     data_spec: str | None = None,
     overrides: Sequence[str] = (),
     runner: Callable[[list[str]], int] | None = None,
+    exported: ExportedRun | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` with ``model`` into ``output_dir``.
 
@@ -233,13 +298,19 @@ def predict_with_folder(
         data_spec: the spec the model was trained with, when its recorded path is not on this machine.
         overrides: further bundle overrides (e.g. ``--tta_axes "[0]"``).
         runner: runs one ``medmtl`` argv and returns its exit status (default: a subprocess).
+        exported: the :class:`~medmtl.deploy.exported_run.ExportedRun` whose run folder ``model`` is:
+            the inference runs its exported program (on the CPU unless ``device`` says otherwise).
 
     Raises:
-        PredictError: an unusable model, input or output folder; every input failing its check;
-            the bundle's inference failing.
+        PredictError: an unusable model, input or output folder; a spec whose tasks are not the
+            exported file's; every input failing its check; the bundle's inference failing.
     """
     trained = resolve_model(model)
     spec = _spec_of(trained, data_spec)
+    if exported is not None:
+        _refuse_for_exported(exported.model, overrides)
+        _check_exported_tasks(exported, spec, data_spec)
+        device = device or "cpu"  # the program runs on the CPU: no GPU round trip by default
     keys = list(spec.inputs)
     if len(keys) != 1:
         raise PredictError(
@@ -284,8 +355,15 @@ def predict_with_folder(
         argv += ["--data_spec", str(data_spec)]
     if device:
         argv += ["--device", f"$torch.device('{device}')"]
-    logger.info("predicting %d input(s) with %s into %s", len(result.predicted), trained.folder, out)
+    if exported is not None:
+        argv += exported.overrides()
+    shown = exported.model if exported is not None else trained.folder
+    logger.info("predicting %d input(s) with %s into %s", len(result.predicted), shown, out)
     status = (runner or run_medmtl)([*argv, *overrides])
     if status != 0:
         raise PredictError(f"the inference of {trained.bundle} failed (exit status {status}; its log is above)")
+    from medmtl.inference.dicom_failures import DICOM_FAILED_FILE, read_dicom_failures
+
+    if (out / DICOM_FAILED_FILE).is_file():  # SEG / SR outputs the inference could not write; the rest was
+        result.dicom_failed = read_dicom_failures(out / DICOM_FAILED_FILE)
     return result

@@ -11,6 +11,7 @@ cross-validation folder gives its fold ensemble (:class:`~medmtl.networks.FoldEn
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -90,9 +91,13 @@ def _no_record(run_dir: Path) -> RunNetworkError:
 
 
 def recorded_config(record: dict[str, Any], source: str) -> dict[str, Any]:
-    """The merged bundle configuration the run trained with (re-read from its layers if not recorded)."""
+    """The merged bundle configuration the run trained with (re-read from its layers if not recorded).
+
+    A copy: the parser built on it sets ids (``run_record``, ``output_dir``) that must not land in the
+    record, which exports and MLflow models carry and digest.
+    """
     if isinstance(record.get("config"), dict):
-        return record["config"]
+        return copy.deepcopy(record["config"])
     files = record.get("config_files")
     if not files:
         raise RunNetworkError(f"{source}: the run record holds no bundle configuration and names no config files")

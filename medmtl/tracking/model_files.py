@@ -22,8 +22,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "mlflow_settings",
     "run_folder",
     "stage_model_files",
+    "write_run_folder",
 ]
 
 #: the weights inside the model's files and inside a run folder.
@@ -126,27 +128,70 @@ def run_folder(files: str | os.PathLike, dst: str | os.PathLike, link_weights: b
     """
     from medmtl.engines.run_config import read_run_config_file
 
-    files, dst = Path(files), Path(dst)
+    files = Path(files)
     spec = _spec_file(files)
+    _require_empty(Path(dst))  # before the record is read: the folder given is the first thing to fix
+    weights = (files / WEIGHTS).resolve()
+
+    def place_weights(target: Path) -> None:
+        try:
+            if not link_weights:
+                raise OSError("copy asked")
+            os.symlink(weights, target)
+        except OSError:
+            shutil.copy2(weights, target)
+
+    choices = {name: (files / name).read_bytes() for name in CHOICE_FILES if (files / name).is_file()}
+    record = read_run_config_file(files / "run_config.json")
+    return write_run_folder(dst, record, spec.name, spec.read_bytes(), place_weights, choices)
+
+
+def _require_empty(dst: Path) -> None:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ModelFilesError(f"{dst} exists and is not an empty folder: give a new folder for the model's run")
-    record = read_run_config_file(files / "run_config.json")
+
+
+def write_run_folder(
+    dst: str | os.PathLike,
+    record: dict[str, Any],
+    spec_name: str,
+    spec_text: bytes,
+    write_weights: Callable[[Path], None],
+    files: Mapping[str, bytes] = MappingProxyType({}),
+) -> Path:
+    """A run folder in ``dst`` (new or empty) that the bundles read as any training run.
+
+    Why one writer: an MLflow model (:func:`run_folder`) and an exported file (its description,
+    :mod:`medmtl.deploy.exported_run`) both carry a run record and the spec it trained with, and
+    become a run folder the same way: the spec copy in ``spec/``, the record naming it, the weights
+    in ``models/best.pt``, the run's choice files beside them.
+
+    Args:
+        dst: where the run folder goes.
+        record: the run record (its ``data_spec`` is replaced by the spec copy's path).
+        spec_name: the spec's file name (no folders).
+        spec_text: the spec's content.
+        write_weights: writes ``models/best.pt`` at the path it is given.
+        files: further files of the run by name (``decisions.json`` ...; plain names, no folders).
+
+    Raises:
+        ModelFilesError: ``dst`` is not empty, or a name is not a plain file name.
+    """
+    dst = Path(dst)
+    names = [spec_name, *files]
+    if any(Path(name).name != name or name in ("", ".", "..") for name in names):
+        raise ModelFilesError(f"the model's files are named {names}: expected plain file names, no folders")
+    _require_empty(dst)
     (dst / WEIGHTS).parent.mkdir(parents=True)
     (dst / SPEC_FOLDER).mkdir()
-    local_spec = dst / SPEC_FOLDER / spec.name
-    shutil.copy2(spec, local_spec)
+    local_spec = dst / SPEC_FOLDER / spec_name
+    local_spec.write_bytes(spec_text)
+    record = json.loads(json.dumps(record))  # the caller's record stays as it is
     record["settings"]["data"]["data_spec"] = str(local_spec.resolve())
     (dst / "run_config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    weights = (files / WEIGHTS).resolve()
-    try:
-        if not link_weights:
-            raise OSError("copy asked")
-        os.symlink(weights, dst / WEIGHTS)
-    except OSError:
-        shutil.copy2(weights, dst / WEIGHTS)
-    for name in CHOICE_FILES:
-        if (files / name).is_file():
-            shutil.copy2(files / name, dst / name)
+    write_weights(dst / WEIGHTS)
+    for name, content in files.items():
+        (dst / name).write_bytes(content)
     return dst
 
 

@@ -104,6 +104,23 @@ def test_mlflow_run_has_task_metrics_params_and_artifacts(demo_run) -> None:
     assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
 
 
+def test_batched_mlflow_iteration_losses_keep_every_step_and_value(demo_run) -> None:
+    """The per-iteration losses MONAI's ``MLFlowHandler`` logs reach the store batched (one ``log_batch`` per
+    epoch, ``TrackingGuard``) with every step, and each epoch's values average to the engine's epoch loss."""
+    import mlflow
+
+    client = mlflow.MlflowClient(demo_run["env"]["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("medmtl_demo").experiment_id])
+    iterations = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    epochs = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss_epoch"))
+    assert [step for step, _ in epochs] == [1, 2, 3]
+    per_epoch = len(iterations) // 3
+    assert per_epoch >= 1 and [step for step, _ in iterations] == list(range(1, 3 * per_epoch + 1))
+    for epoch, epoch_loss in epochs:
+        values = [value for step, value in iterations[(epoch - 1) * per_epoch : epoch * per_epoch]]
+        assert sum(values) / per_epoch == pytest.approx(epoch_loss, rel=1e-6)
+
+
 def test_restart_resumes_from_last_checkpoint(demo_run) -> None:
     log = _bundle("train", cwd=demo_run["work"], env=demo_run["env"], epochs=4, **demo_run["common"])
     text = log.stdout + log.stderr
@@ -467,7 +484,22 @@ def test_a_run_without_a_record_still_works_with_explicit_overrides(explicit_run
     assert json.loads((old / "eval" / "summary.json").read_text())["mean"]
 
 
-def test_export_round_trip_matches_pytorch(demo_run, tmp_path, capsys) -> None:
+@pytest.fixture(scope="module")
+def demo_onnx(demo_run, tmp_path_factory) -> tuple[Path, str]:
+    """``medmtl export`` of the trained run to ONNX (once per module: the export test checks it, predict runs it):
+    the file and what the command printed."""
+    import contextlib
+    import io
+
+    from medmtl.cli import main
+
+    path, printed = tmp_path_factory.mktemp("export") / "demo.onnx", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(demo_run["work"] / "run"), "--format", "onnx", "-o", str(path)]) == 0
+    return path, printed.getvalue()
+
+
+def test_export_round_trip_matches_pytorch(demo_run, demo_onnx, capsys) -> None:
     """``medmtl export`` of the trained run to ONNX gives PyTorch's outputs for the run's weights (torch.export:
     tests/deploy/test_export.py)."""
     import numpy as np
@@ -479,22 +511,72 @@ def test_export_round_trip_matches_pytorch(demo_run, tmp_path, capsys) -> None:
 
     run = demo_run["work"] / "run"
     parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_layers("demo", "train")]))
-    for key, value in {**_explicit(demo_run), "output_dir": tmp_path / "none"}.items():
+    for key, value in {**_explicit(demo_run), "output_dir": demo_onnx[0].parent / "none"}.items():
         parser[key.replace("#", "::")] = json.loads(value) if str(value).startswith("[") else str(value)
     network = parser.get_parsed_content("network_def")  # built here from the training's overrides, not the record
     network.load_state_dict(torch.load(run / "models" / "best.pt", weights_only=True, map_location="cpu")["network"])
     x = np.random.default_rng(0).random((2, 1, 48, 64), dtype=np.float32)  # another width than trained: dynamic
     with torch.no_grad():
         expected = network.eval()(torch.from_numpy(x))
-    for export_format, name in (("onnx", "demo.onnx"),):
-        assert main(["export", str(run), "--format", export_format, "-o", str(tmp_path / name)]) == 0
-        assert f"wrote {tmp_path / name} ({export_format}; outputs lesion, malignant;" in capsys.readouterr().out
-        model = load_exported(tmp_path / name)
-        meta = model.metadata
-        assert meta["settings"]["spatial_size"] == [48, 48] and meta["run"]["checkpoint"] == "best.pt"
-        assert [t["name"] for t in meta["tasks"]] == ["lesion", "malignant"] and meta["input"]["dynamic_spatial"]
-        got = model(x)
-        for task in ("lesion", "malignant"):
-            np.testing.assert_allclose(got[task], expected[task].numpy(), atol=1e-4, rtol=0)
-    assert main(["export", str(run), "--format", "onnx", "-o", str(tmp_path / "demo.onnx")]) == 1
+    path, printed = demo_onnx
+    assert f"wrote {path} (onnx; outputs lesion, malignant;" in printed
+    model = load_exported(path)
+    meta = model.metadata
+    assert meta["settings"]["spatial_size"] == [48, 48] and meta["run"]["checkpoint"] == "best.pt"
+    assert [t["name"] for t in meta["tasks"]] == ["lesion", "malignant"] and meta["input"]["dynamic_spatial"]
+    assert meta["deploy"]["record"] == torch.load(run / "models" / "best.pt", weights_only=True)["run_config"]
+    assert meta["deploy"]["spec"]["text"] == (REPO / "data_specs" / "demo.yaml").read_text()
+    got = model(x)
+    for task in ("lesion", "malignant"):
+        np.testing.assert_allclose(got[task], expected[task].numpy(), atol=1e-4, rtol=0)
+    assert main(["export", str(run), "--format", "onnx", "-o", str(path)]) == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_predict_with_the_exported_file_gives_the_run_folders_results(demo_run, demo_onnx, tmp_path) -> None:
+    """A hospital gets only the ONNX file: ``medmtl predict -m demo.onnx`` (its description carries the run
+    record and the spec; the bundle's inference runs the program) gives the masks and the probabilities of
+    ``medmtl predict -m RUN`` (within the export's 1e-4). A truncated JSRT raw ``.IMG`` among the inputs is
+    taken as an image and listed in failed.csv with both sizes; a folder in JSRT's layout is predicted, its
+    masks in the raw images' geometry. The bundle runs in this process (MONAI is imported already)."""
+    import numpy as np
+    from bundle_cli import run_in_process
+    from PIL import Image
+
+    from medmtl.deploy.predict import predict
+
+    run, model = demo_run["work"] / "run", demo_onnx[0]
+    inputs = tmp_path / "new"
+    (inputs / "All247images").mkdir(parents=True)
+    for case in ("case_000", "case_001", "case_002"):
+        shutil.copy(demo_run["common"]["dataset_dir"] / "images" / f"{case}.png", inputs / f"{case}.png")
+    (inputs / "All247images" / "JPCNN002.IMG").write_bytes(bytes(1000))  # JSRT's are 2048 x 2048 x 2 bytes
+    outputs = {"run": tmp_path / "from_run", "onnx": tmp_path / "from_onnx"}
+    tables, commands = {}, []
+    for key, source in (("run", run), ("onnx", model)):
+        result = predict(
+            inputs, outputs[key], source, runner=lambda argv: commands.append(argv) or run_in_process(argv)
+        )
+        ((failed, reason),) = result.failed  # medmtl predict exits with status 3
+        assert failed.case_id == "All247images/JPCNN002" and "1000 bytes" in reason and "has 8388608" in reason
+        with open(outputs[key] / "predictions.csv", newline="") as handle:
+            tables[key] = {row["case_id"]: row for row in csv.DictReader(handle)}
+    assert sorted(tables["onnx"]) == sorted(tables["run"]) == ["case_000", "case_001", "case_002"]
+    for case, row in tables["onnx"].items():
+        reference = tables["run"][case]
+        assert float(row["malignant_probability"]) == pytest.approx(float(reference["malignant_probability"]), abs=1e-4)
+        assert row["malignant"] == reference["malignant"] and row["lesion_voxels"] == reference["lesion_voxels"]
+        mask = np.asarray(Image.open(outputs["onnx"] / row["lesion_file"]))
+        np.testing.assert_array_equal(mask, np.asarray(Image.open(outputs["run"] / reference["lesion_file"])))
+    network = commands[1][commands[1].index("--network") + 1]  # the exported program, not the run's weights
+    assert "--network" not in commands[0] and network.startswith("$medmtl.deploy.ExportedNetwork(")
+
+    jsrt = tmp_path / "jsrt" / "All247images"  # headerless 2048 x 2048 big-endian 12-bit words
+    jsrt.mkdir(parents=True)
+    np.random.default_rng(0).integers(0, 4096, (2048, 2048)).astype(">u2").tofile(jsrt / "JPCLN001.IMG")
+    shutil.copy(inputs / "All247images" / "JPCNN002.IMG", jsrt)
+    result = predict(jsrt.parent, tmp_path / "from_jsrt", model, runner=run_in_process)
+    assert [c.case_id for c in result.predicted] == ["All247images/JPCLN001"] and len(result.failed) == 1
+    with open(tmp_path / "from_jsrt" / "predictions.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert np.asarray(Image.open(tmp_path / "from_jsrt" / row["lesion_file"])).shape == (2048, 2048)

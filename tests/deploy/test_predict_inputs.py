@@ -117,3 +117,47 @@ def test_a_model_with_several_images_per_case_is_refused(folder, tmp_path) -> No
     with pytest.raises(PredictError, match="takes 3 inputs per case .*predict takes one image per case"):
         predict(folder, tmp_path / "out", run, runner=calls.append)
     assert not calls and not (tmp_path / "out").exists()
+
+
+def test_jsrt_raw_files_are_inputs_read_by_the_raw_reader_and_checked_by_size(tmp_path) -> None:
+    """JSRT's layout (All247images/JPC*.IMG: headerless 2048 x 2048 big-endian 12-bit words): found as
+    images, read by the reader the bundles use; a truncated download fails with both sizes named."""
+    from medmtl.data.readers import load_image
+
+    images = tmp_path / "jsrt" / "All247images"
+    images.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 4096, (2048, 2048)).astype(">u2")
+    pixels.tofile(images / "JPCLN001.IMG")
+    (images / "JPCNN002.IMG").write_bytes(pixels.tobytes()[:4096])
+    (images / "JPCNN002.hdr.txt").write_text("not an image")
+    found = {c.case_id: c.path.name for c in find_inputs(tmp_path / "jsrt")}
+    assert found == {"All247images/JPCLN001": "JPCLN001.IMG", "All247images/JPCNN002": "JPCNN002.IMG"}
+    assert check_input(images / "JPCLN001.IMG", 2) is None
+    np.testing.assert_array_equal(np.asarray(load_image(images / "JPCLN001.IMG")), pixels.T)  # as PIL lays out
+    reason = check_input(images / "JPCNN002.IMG", 2)
+    assert "4096 bytes" in reason and "has 8388608" in reason
+    assert "takes a 3D volume" in check_input(images / "JPCLN001.IMG", 3)
+
+
+def test_dicom_outputs_the_inference_could_not_write_are_reported(folder, tmp_path) -> None:
+    """The inference's dicom_failed.csv (written by the prediction writer's own function) is read into the
+    result (the CLI then exits with status 3); a later prediction into the folder does not keep it."""
+    from medmtl.inference.dicom_failures import DICOM_FAILED_FILE, DicomFailure, write_dicom_failures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = str(resolve_resource("data_specs/demo.yaml"))
+    record = {"format": "medmtl.run_config/1", "bundle": "demo", "settings": {"data": {"data_spec": spec}, "model": {}}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    failure = DicomFailure("site_a/case1", "lesion DICOM SEG", "ValueError: the mask's affine differs")
+
+    def inference(argv: list[str]) -> int:
+        out = argv[argv.index("--infer_dir") + 1]
+        write_dicom_failures([failure], f"{out}/{DICOM_FAILED_FILE}")
+        return 0
+
+    out = tmp_path / "out"
+    result = predict(folder / "site_a", out, run, runner=inference)
+    assert result.dicom_failed == [failure] and not result.failed
+    again = predict(folder / "site_a", out, run, runner=lambda argv: 0, overwrite=True)
+    assert again.dicom_failed == [] and not (out / DICOM_FAILED_FILE).exists()

@@ -23,6 +23,7 @@ from medmtl.data.readers import MedmtlLoadImaged, make_loader  # noqa: E402
 from medmtl.data.task_keys import pred_key  # noqa: E402
 from medmtl.data.tasks import Task  # noqa: E402
 from medmtl.inference import MultiTaskPredictionWriter, write_dicom_seg  # noqa: E402
+from medmtl.inference.dicom_failures import DICOM_FAILED_FILE, read_dicom_failures  # noqa: E402
 
 ROWS, COLS, SLICES = 16, 20, 6
 TASK = Task(name="lesion", kind="segmentation", classes=["background", "lesion", "edema"])
@@ -176,15 +177,38 @@ def test_prediction_writer_option(tmp_path, caplog):
         np.testing.assert_array_equal(frame, mask[:, :, slice_of[uid]].T)
 
 
-def test_prediction_writer_refuses_a_mask_off_the_source_grid(tmp_path):
-    """Without invert_transform, a reoriented image's mask is not on the series' grid: no silent misplaced SEG."""
+def test_prediction_writer_refuses_a_mask_off_the_source_grid(tmp_path, caplog):
+    """Without invert_transform, a reoriented image's mask is not on the series' grid: no silent misplaced SEG.
+    The case's mask, SR and row are still written, the next case too; the SEG's failure is logged with the
+    case id and listed in dicom_failed.csv (which medmtl predict reads)."""
     folder, _ = _series(tmp_path)
-    image = make_loader(ensure_channel_first=True)(folder)
+    good = make_loader(ensure_channel_first=True)(folder)
+    image = good.clone()
     image.affine = image.affine @ torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=image.affine.dtype))
     logits = torch.zeros((3, *image.shape[1:]))
-    writer = MultiTaskPredictionWriter([TASK], tmp_path / "pred", dicom_seg=True)
-    with pytest.raises(ValueError, match="affine differs"):
-        writer.write_sample({"case_id": "c1", "image": image, pred_key("lesion"): logits})
+    logits[1, 2:5, 3:6, 1:3] = 5.0
+    writer = MultiTaskPredictionWriter([TASK], tmp_path / "pred", dicom_seg=True, dicom_sr=True)
+    with caplog.at_level(logging.ERROR):
+        writer.rows.append(writer.write_sample({"case_id": "c1", "image": image, pred_key("lesion"): logits}))
+    writer.rows.append(writer.write_sample({"case_id": "c2", "image": good, pred_key("lesion"): logits}))
+    table = writer.write_table()
+
+    with open(table, newline="") as handle:
+        rows = {r["case_id"]: r for r in csv.DictReader(handle)}
+    assert rows["c1"]["lesion_dicom_seg"] == "" and rows["c1"]["lesion_voxels"] == "18"
+    assert (tmp_path / "pred" / rows["c1"]["lesion_file"]).is_file()  # the mask, in the input's geometry
+    assert pydicom.dcmread(tmp_path / "pred" / rows["c1"]["dicom_sr"]).Modality == "SR"  # its findings still
+    assert not (tmp_path / "pred" / "lesion" / "c1_seg.dcm").exists()
+    assert rows["c2"]["lesion_dicom_seg"] == "lesion/c2_seg.dcm" and rows["c2"]["dicom_sr"]  # the next case
+    (failure,) = read_dicom_failures(tmp_path / "pred" / DICOM_FAILED_FILE)
+    assert (failure.case_id, failure.output) == ("c1", "lesion DICOM SEG")
+    assert failure.reason.startswith("ValueError: ") and "affine differs" in failure.reason
+    assert "case c1: lesion DICOM SEG not written (ValueError: " in caplog.text
+
+    writer = MultiTaskPredictionWriter([TASK], tmp_path / "pred", dicom_seg=True)  # again, nothing failing:
+    writer.rows.append(writer.write_sample({"case_id": "c2", "image": good, pred_key("lesion"): logits}))
+    writer.write_table()
+    assert not (tmp_path / "pred" / DICOM_FAILED_FILE).exists()  # no stale table of failures
 
 
 def test_prediction_writer_inverts_the_preprocessing_first(tmp_path):
