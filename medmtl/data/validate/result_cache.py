@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 import medmtl
@@ -37,6 +38,8 @@ RESULT_VERSION = 1
 def _job_key(job: _CaseJob) -> str | None:
     """sha256 of the job's description and of the bytes of every file it names; ``None`` if one is unreadable."""
     paths = [p for _, files in job.inputs for p in files] + [p for _, files in job.masks for p in files]
+    if not all(os.path.isfile(p) or os.path.isdir(p) for p in paths):
+        return None  # missing, or not a regular file (a FIFO would block the read): the checks report it
     try:
         digests = [content_digest(p) for p in paths]
     except OSError:  # missing or unreadable: the checks report it, nothing to reuse
