@@ -41,8 +41,11 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 # pytest exit code 5 means "no tests collected": not a failure of the setup.
+# Two pytest workers, each test file on one worker (its trained fixtures built once), one torch thread
+# each (two workers on two cores; more threads would only contend); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q --timeout=600 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --timeout=600 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # each script prints a table and writes benchmarks/results/<name>.json; full runs want a quiet machine
 BENCH_SCRIPTS := multitask_vs_single resunet_cost data_pipeline sliding_window compute_efficiency engine_handlers host_allocator ddp_scaling
