@@ -150,7 +150,10 @@ class RawImageReader(ImageReader):
         if self.reverse_indexing:
             arrays = [np.transpose(a) for a in arrays]
             spacing = spacing[::-1]
-        affine = np.diag([*spacing, 1.0])
+        # MONAI's 4x4 convention for 2D too (a PNG read by PILReader gets eye(4)): a 3x3 affine would
+        # not collate with other 2D images in one batch
+        affine = np.eye(max(len(spacing), 3) + 1)
+        affine[range(len(spacing)), range(len(spacing))] = spacing
         meta: dict[str, Any] = {
             MetaKeys.AFFINE: affine,
             MetaKeys.ORIGINAL_AFFINE: affine.copy(),

@@ -139,6 +139,31 @@ def test_jsrt_raw_files_are_inputs_read_by_the_raw_reader_and_checked_by_size(tm
     assert "takes a 3D volume" in check_input(images / "JPCLN001.IMG", 3)
 
 
+def test_raw_files_and_pngs_in_one_folder_batch_together(tmp_path) -> None:
+    """A JSRT .IMG and a PNG radiograph in one predict folder end up in one batch: both carry MONAI's 4x4
+    affine (the raw reader's spacing kept on its diagonal), so collating them does not fail."""
+    from monai.data import list_data_collate
+    from monai.transforms import Compose, EnsureChannelFirstd, Resized
+
+    from medmtl.data.readers import make_loader
+
+    pixels = np.random.default_rng(1).integers(0, 4096, (2048, 2048)).astype(">u2")
+    pixels.tofile(tmp_path / "JPCLN001.IMG")
+    Image.fromarray(np.arange(48 * 40, dtype=np.uint16).reshape(48, 40)).save(tmp_path / "cxr.png")
+    chain = Compose(
+        [
+            make_loader(keys="image"),
+            EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+            Resized(keys="image", spatial_size=(16, 16)),
+        ]
+    )
+    raw, png = (chain({"image": str(tmp_path / name)}) for name in ("JPCLN001.IMG", "cxr.png"))
+    np.testing.assert_allclose(np.diag(raw["image"].meta["original_affine"])[:3], [0.175, 0.175, 1.0])
+    batch = list_data_collate([raw, png])
+    assert batch["image"].shape == (2, 1, 16, 16)
+    assert batch["image"].affine.shape == (2, 4, 4)
+
+
 def test_dicom_outputs_the_inference_could_not_write_are_reported(folder, tmp_path) -> None:
     """The inference's dicom_failed.csv (written by the prediction writer's own function) is read into the
     result (the CLI then exits with status 3); a later prediction into the folder does not keep it."""
