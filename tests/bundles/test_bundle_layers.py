@@ -187,3 +187,14 @@ def test_no_bundle_layer_restates_what_it_inherits(bundle: str) -> None:
             for key, value in _load(path).items():
                 problems += [f"{path.name}: {p}" for p in _restated(value, _at(base, key), key)]
     assert not problems, f"bundle {bundle} restates inherited values (delete them): {sorted(set(problems))}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_each_bundle_requires_this_medmtl_and_names_its_version_in_the_changelog(bundle: str) -> None:
+    """A bundle shipped with medmtl X says it needs medmtl X (the zoo reads ``required_packages_version``) and its own
+    version has a changelog entry: a release that forgets either fails here, not in a user's model-zoo CI."""
+    import medmtl
+
+    meta = json.loads((bundles_root() / bundle / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["medmtl"] == medmtl.__version__
+    assert meta["version"] in meta["changelog"]

@@ -99,12 +99,12 @@ def test_a_version_missing_from_the_changelog_fails_the_version_row(demo_bundle,
     bundle = _broken(demo_bundle, tmp_path)
     meta_file = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
-    meta["version"] = "0.2.0"
+    meta["version"] = "0.3.0"
     meta_file.write_text(json.dumps(meta))
     report = verify_bundle(bundle)
     version = report.check("version")
     assert not report.ok and [c.name for c in report.checks if c.status == "fail"] == ["version"]
-    assert "0.2.0 is not in the changelog (it names 0.1.0)" in version.detail and '"0.2.0"' in version.fix
+    assert "0.3.0 is not in the changelog (it names 0.2.0, 0.1.0)" in version.detail and '"0.3.0"' in version.fix
 
 
 def test_a_training_checkpoint_as_model_pt_fails_the_weights_row(demo_bundle, tmp_path, capsys) -> None:
