@@ -229,25 +229,49 @@ class TrainingPersistentDataset(PersistentDataset):
     The deterministic prefix of every item is written once to ``cache_dir`` (``torch.save``, read back
     with ``weights_only=True``: nothing executable) and read back at every access, so the memory holds
     only the batches in flight. Cache files are named by the datalist entry, the size and modification
-    time of its files and the names of the cached transforms, so an edited image is transformed again;
-    keep one ``cache_dir`` per transform setting (the bundles use the run's output folder).
+    time of its files, the names of the cached transforms and ``settings``: an edited image, or a run
+    with another spatial size in the same ``cache_dir``, is transformed again instead of read stale.
+    MONAI's ``hash_transform`` sees only the transforms' class names (their parameters are not JSON),
+    hence ``settings``: the values the transforms were built from.
 
     Args:
         data: the datalist.
         transform: a ``Compose`` (its deterministic prefix is what goes to disk).
         cache_dir: folder of the cache files (created).
+        settings: JSON values that define the cached preprocessing (the bundles pass the run's
+            recorded ``@settings``: spatial size, intensity, data spec...); ``None``: keep one
+            ``cache_dir`` per transform setting yourself.
         kwargs: the other ``PersistentDataset`` arguments.
+
+    Raises:
+        TypeError: ``settings`` is not JSON (its digest names the cache files).
     """
 
     def __init__(
-        self, data: Sequence[Any], transform: Sequence[Callable] | Callable, cache_dir: str | os.PathLike, **kwargs: Any
+        self,
+        data: Sequence[Any],
+        transform: Sequence[Callable] | Callable,
+        cache_dir: str | os.PathLike,
+        settings: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(transform, Compose) and any(isinstance(t, Compose) for t in transform.transforms):
             transform = transform.flatten()
+        try:
+            self.settings_hash = json_hashing(dict(settings or {})).decode()
+        except TypeError as err:
+            raise TypeError(
+                f"TrainingPersistentDataset: settings must be JSON values (they key the cache): {err}"
+            ) from None
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("hash_func", _item_hash)
         kwargs.setdefault("hash_transform", json_hashing)
         super().__init__(data, transform, cache_dir=cache_dir, track_meta=False, weights_only=True, **kwargs)
+
+    def set_transform_hash(self, hash_xform_func: Callable[..., bytes]) -> None:
+        """MONAI's hash of the cached transforms (their names), combined with the digest of ``settings``."""
+        super().set_transform_hash(hash_xform_func)
+        self.transform_hash = json_hashing([self.transform_hash, self.settings_hash]).decode()
 
     def _post_transform(self, item_transformed: Any) -> Any:
         # the cached prefix runs with metadata (readers, orientation need it); what follows does not
@@ -276,6 +300,7 @@ def training_dataset(
     cache: str = "memory",
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
+    settings: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> TrainingCacheDataset | TrainingPersistentDataset:
     """The training dataset a bundle's ``cache`` key asks for.
@@ -286,6 +311,8 @@ def training_dataset(
             (:class:`TrainingPersistentDataset`: datasets larger than the memory).
         cache_dir: where ``disk`` writes its files (required for it).
         num_workers: threads building the ``memory`` cache (``None``: one per core).
+        settings: what defines the preprocessing, part of the ``disk`` cache's file names
+            (:class:`TrainingPersistentDataset`); the ``memory`` cache lives one run and needs none.
         kwargs: further arguments of the chosen class (``cache_rate``, ``progress``, ``compact``... for
             ``memory``).
 
@@ -299,5 +326,5 @@ def training_dataset(
             raise ValueError("cache='disk' needs a cache_dir (a folder for one file per item), e.g. runs/x/cache")
         for key in ("cache_rate", "progress", "compact", "float16_rtol", "copy_cache"):
             kwargs.pop(key, None)  # memory-cache options, meaningless on disk
-        return TrainingPersistentDataset(data, transform, cache_dir, **kwargs)
+        return TrainingPersistentDataset(data, transform, cache_dir, settings=settings, **kwargs)
     return TrainingCacheDataset(data, transform, num_workers=num_workers, **kwargs)

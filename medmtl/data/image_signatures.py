@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "Signature",
     "cache_dir",
     "content_digest",
+    "file_sha256",
     "image_signatures",
     "signature_of_array",
     "to_grid",
@@ -87,16 +88,29 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "medmtl"
 
 
-def content_digest(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
-    """sha256 of a file's bytes; of the (name, digest) list of a folder's files or of a list of files."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes (hex)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def content_digest(
+    path: str | os.PathLike | Sequence[str | os.PathLike], file_digest: Callable[[Path], str] = file_sha256
+) -> str:
+    """sha256 of a file's bytes; of the (name, digest) list of a folder's files or of a list of files.
+
+    Args:
+        path: a file, a folder or a list of them.
+        file_digest: the digest of one file (:class:`~medmtl.data.file_digests.FileDigests` reuses
+            those of unchanged files).
+    """
     if not isinstance(path, str | os.PathLike):
-        return _combine([content_digest(p) for p in path])
+        return _combine([content_digest(p, file_digest) for p in path])
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return _combine([f"{p.relative_to(path).as_posix()}:{content_digest(p)}" for p in files])
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        return _combine([f"{p.relative_to(path).as_posix()}:{file_digest(p)}" for p in files])
+    return file_digest(path)
 
 
 def _combine(parts: list[str]) -> str:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from torch import nn
 from medmtl.atomic_io import atomic_write_with
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.deploy.exported import EXPORTED_FORMAT, EXTRA_FILE, METADATA_KEY, load_exported
+
+if TYPE_CHECKING:
+    from medmtl.networks.backbones import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +107,24 @@ class InputLayout:
         return arrays[self.names[0]] if len(self.names) == 1 else arrays
 
 
-def _backbones(network: nn.Module) -> list[nn.Module]:
-    from medmtl.networks.backbones import Backbone
+def _backbones(network: nn.Module) -> list[Backbone]:
+    """The backbones ``network`` lists; none for a network that lists none.
 
-    return [m for m in network.modules() if isinstance(m, Backbone)]
+    A network that is not a medmtl one (a custom module returning ``{task: logits}``) may be
+    exported too; its downsampling is unknown, so it keeps the spatial size it was trained at.
+    """
+    from medmtl.networks.backbone_holders import holds_backbones, network_backbones
+
+    return list(network_backbones(network).values()) if holds_backbones(network) else []
 
 
-def _downsampling(backbone: nn.Module, spatial_dims: int) -> int:
+def _downsampling(backbone: Backbone, spatial_dims: int) -> int:
     """Total downsampling factor of ``backbone``'s encoder, measured on a small input."""
-    size = max(_PROBE_SIZE, int(getattr(backbone, "size_divisor", 1)))
+    size = max(_PROBE_SIZE, int(backbone.size_divisor))
     with torch.no_grad():
         feats = backbone.encode_features(torch.zeros(1, int(backbone.in_channels), *[size] * spatial_dims))
     smallest = min(int(f.shape[-1]) for f in feats)
-    return math.lcm(max(1, size // max(smallest, 1)), int(getattr(backbone, "size_divisor", 1)))
+    return math.lcm(max(1, size // max(smallest, 1)), int(backbone.size_divisor))
 
 
 def input_layout(

@@ -12,6 +12,7 @@ sends each sample to one expert network per group chosen by a prediction.
 
 from __future__ import annotations
 
+from medmtl.networks.backbone_holders import HoldsBackbones, holds_backbones, network_backbones
 from medmtl.networks.backbones import (
     Backbone,
     BasicUNetBackbone,
@@ -47,6 +48,9 @@ __all__ = [
     "TaskOutput",
     "build_multitask_network",
     "Backbone",
+    "HoldsBackbones",
+    "holds_backbones",
+    "network_backbones",
     "BasicUNetBackbone",
     "ResUNetBackbone",
     "SegResNetBackbone",

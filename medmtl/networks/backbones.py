@@ -55,6 +55,10 @@ class Backbone(nn.Module):
     """
 
     dense_stride = 1  # for subclasses that predate it (Python only: TorchScript needs it set in __init__)
+    size_divisor = 1
+    """Declared here so every backbone has it (no padding needed); each subclass sets its own in ``__init__``
+    (TorchScript reads instance attributes). Not a bare annotation: under ``from __future__ import annotations``
+    it is a string TorchScript cannot read, and TorchScript applies a base's annotations to its subclasses."""
 
     def encode_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Run encoder stage ``index`` (0-based) on ``x``; used stage by stage by cross-stitch networks."""

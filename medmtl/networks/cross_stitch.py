@@ -157,6 +157,10 @@ class CrossStitchNet(MultiTaskModule):
         self.spatial_dims = int(first.spatial_dims)
         self.in_channels = int(first.in_channels)
 
+    def backbones(self) -> dict[str, Backbone]:
+        """``{"columns.<i>": column}``: one backbone per column."""
+        return {f"columns.{i}": column for i, column in enumerate(self.columns)}
+
     def cross_stitch_parameters(self) -> list[nn.Parameter]:
         """The mixing matrices of all cross-stitch units."""
         return list(self.stitches.parameters())

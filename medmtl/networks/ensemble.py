@@ -19,6 +19,8 @@ from torch import nn
 
 from medmtl.data.task_keys import FOLD_MEMBERS_KEY
 from medmtl.data.tasks import Task, TaskKind
+from medmtl.networks.backbone_holders import HoldsBackbones, prefixed_backbones
+from medmtl.networks.backbones import Backbone
 
 __all__ = ["FoldEnsemble", "average_probabilities", "ensemble_state_dict", "stack_members"]
 
@@ -62,7 +64,7 @@ def stack_members(outputs: Sequence[Mapping[str, torch.Tensor]], tasks: Sequence
     return {name: torch.stack([o[name].float() for o in outputs], dim=1) for name in image_level if name in outputs[0]}
 
 
-class FoldEnsemble(nn.Module):
+class FoldEnsemble(nn.Module, HoldsBackbones):
     """Average the probabilities of ``members`` per task.
 
     Args:
@@ -92,6 +94,10 @@ class FoldEnsemble(nn.Module):
     ) -> FoldEnsemble:
         """``members`` copies of ``network`` (weights loaded afterwards, e.g. by the bundle's checkpoint loader)."""
         return cls([copy.deepcopy(network) for _ in range(int(members))], tasks, return_members)
+
+    def backbones(self) -> dict[str, Backbone]:
+        """Every member's backbones, under ``members.<i>.``."""
+        return {k: b for i, m in enumerate(self.members) for k, b in prefixed_backbones(f"members.{i}", m).items()}
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = [member(x) for member in self.members]

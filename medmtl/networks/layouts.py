@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from medmtl.networks.backbone_holders import holds_backbones, network_backbones
 from medmtl.networks.backbones import ResUNetBackbone
 
 __all__ = ["RESUNET_LAYOUT", "network_layouts", "layout_change_from_record", "layout_change_from_state"]
@@ -34,7 +35,15 @@ RESUNET_LAYOUT = 2
 
 
 def _resunets(network: nn.Module) -> list[tuple[str, ResUNetBackbone]]:
-    return [(name, m) for name, m in network.named_modules() if isinstance(m, ResUNetBackbone)]
+    """The ResUNet backbones ``network`` lists, by state-dict prefix.
+
+    A module that lists none (a torch / MONAI network, or another module of a checkpoint, e.g. a
+    loss) holds no medmtl backbone, hence no layout: these reach the run record and the checkpoint
+    checks too.
+    """
+    if not holds_backbones(network):
+        return []
+    return [(name, b) for name, b in network_backbones(network).items() if isinstance(b, ResUNetBackbone)]
 
 
 def network_layouts(network: nn.Module) -> dict[str, int]:

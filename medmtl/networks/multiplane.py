@@ -107,6 +107,10 @@ class MultiPlaneNet(MultiTaskModule):
             {t.name: ClassificationHead(fused, t.num_outputs, pooling="none", dropout=head_dropout) for t in tasks}
         )
 
+    def backbones(self) -> dict[str, Backbone]:
+        """``{"encoders.<i>": encoder}``: one per view, or one shared by all views."""
+        return {f"encoders.{i}": encoder for i, encoder in enumerate(self.encoders)}
+
     def _shared_parameter_list(self) -> list[nn.Parameter]:
         return list(self.encoders.parameters())
 

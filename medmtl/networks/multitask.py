@@ -20,6 +20,7 @@ from torch import nn
 
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
+from medmtl.networks.backbone_holders import HoldsBackbones
 from medmtl.networks.backbones import Backbone
 from medmtl.networks.heads import build_head
 from medmtl.networks.registry import build_backbone
@@ -62,11 +63,12 @@ def resolve_backbone(backbone: Backbone | str, backbone_kwargs: Mapping[str, Any
     )
 
 
-class MultiTaskModule(nn.Module):
+class MultiTaskModule(nn.Module, HoldsBackbones):
     """Base of medmtl multi-task networks: the tasks, a ``heads`` ModuleDict, and parameter groups.
 
     Subclasses set ``self.tasks`` / ``self.task_names`` (with :meth:`_set_tasks`), ``self.heads``
-    (``nn.ModuleDict`` keyed by task name) and override :meth:`_shared_parameter_list`.
+    (``nn.ModuleDict`` keyed by task name) and override :meth:`_shared_parameter_list` and
+    :meth:`~medmtl.networks.HoldsBackbones.backbones` (their backbones by state-dict prefix).
     """
 
     def _set_tasks(self, tasks: Iterable[Task | Mapping[str, Any]]) -> tuple[Task, ...]:
@@ -215,6 +217,10 @@ class MultiTaskNet(MultiTaskModule):
                 owner,
                 type(b).__name__,
             )
+
+    def backbones(self) -> dict[str, Backbone]:
+        """``{"backbone": the backbone}``."""
+        return {"backbone": self.backbone}
 
     def _shared_parameter_list(self) -> list[nn.Parameter]:
         decoder = {id(p) for m in self.backbone.decoder_modules() for p in m.parameters()}

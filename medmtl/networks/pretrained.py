@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmtl.networks.backbone_holders import holds_backbones, network_backbones
 from medmtl.networks.backbones import (
     Backbone,
     BasicUNetBackbone,
@@ -447,14 +448,8 @@ def _fix(layout_name: str, backbone: Backbone, plan: _Plan) -> str:
 
 
 def _backbones(network: nn.Module) -> list[tuple[str, Backbone]]:
-    """The outermost medmtl backbones of ``network`` with their module names (``""`` for the network itself)."""
-    if isinstance(network, Backbone):
-        return [("", network)]
-    found: list[tuple[str, Backbone]] = []
-    for name, module in network.named_modules():
-        if isinstance(module, Backbone) and not any(name.startswith(f"{outer}.") for outer, _ in found):
-            found.append((name, module))
-    return found
+    """The backbones ``network`` lists, by state-dict prefix (``""`` for a backbone itself); none for a plain module."""
+    return list(network_backbones(network).items()) if holds_backbones(network) else []
 
 
 def load_backbone_weights(

@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medmtl.networks.backbone_holders import HoldsBackbones, prefixed_backbones
+from medmtl.networks.backbones import Backbone
+
 __all__ = ["ExpertRouter", "router_state_dict"]
 
 
-class ExpertRouter(nn.Module):
+class ExpertRouter(nn.Module, HoldsBackbones):
     """Per-sample routing to one expert network per group, chosen by an auxiliary task's prediction.
 
     E.g. radiographs of seven body parts: a router network predicts ``body_part`` (and possibly
@@ -110,6 +113,13 @@ class ExpertRouter(nn.Module):
                 )
             classes = list(task.class_names)
         return cls(network, [copy.deepcopy(network) for _ in classes], router_task, classes)
+
+    def backbones(self) -> dict[str, Backbone]:
+        """The router's backbones under ``router.``, each expert's under ``experts.<i>.``."""
+        held = prefixed_backbones("router", self.router)
+        for i, expert in enumerate(self.experts):
+            held.update(prefixed_backbones(f"experts.{i}", expert))
+        return held
 
     def route(self, router_logits: torch.Tensor) -> torch.Tensor:
         """Expert index per sample ``(B,)`` from the router task's logits ``(B, K)``."""

@@ -14,10 +14,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medmtl.networks.backbone_holders import HoldsBackbones, prefixed_backbones
+from medmtl.networks.backbones import Backbone
+
 __all__ = ["TaskOutput"]
 
 
-class TaskOutput(nn.Module):
+class TaskOutput(nn.Module, HoldsBackbones):
     """``image -> logits of one task`` around a ``{task: logits}`` network.
 
     Args:
@@ -36,6 +39,10 @@ class TaskOutput(nn.Module):
         self.network = network
         self.task = str(task)
         self.views = None if views is None else [str(v) for v in views]
+
+    def backbones(self) -> dict[str, Backbone]:
+        """The wrapped network's backbones under ``network.``."""
+        return prefixed_backbones("network", self.network)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = x if self.views is None else {v: x for v in self.views}

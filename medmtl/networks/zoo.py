@@ -19,12 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmtl.networks.backbone_holders import HoldsBackbones, prefixed_backbones
+from medmtl.networks.backbones import Backbone
+
 __all__ = ["ZooNetwork", "ZooViewsNetwork", "zoo_network"]
 
 _PREFIX = "network."
 
 
-class ZooNetwork(nn.Module):
+class ZooNetwork(nn.Module, HoldsBackbones):
     """``image -> logits of one task`` around a ``{task: logits}`` network, with the network's state dict keys.
 
     Args:
@@ -43,6 +46,10 @@ class ZooNetwork(nn.Module):
         self.task = str(task)
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
+
+    def backbones(self) -> dict[str, Backbone]:
+        """The wrapped network's backbones, under its own prefixes: the state dict keeps the network's names."""
+        return prefixed_backbones("", self.network)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` -> the task's logits (``(B, classes, *spatial)`` or ``(B, classes)``)."""

@@ -207,3 +207,34 @@ def test_bundle_cache_key_picks_memory_or_disk(tmp_path) -> None:
         assert type(dataset) is kind
         assert dataset[0]["image"].dtype == torch.float32
     assert len(list((tmp_path / "disk" / "cache").glob("*.pt"))) == 1
+
+
+def test_disk_cache_is_rebuilt_when_the_spatial_size_changes(tmp_path) -> None:
+    """The bundle's ``--cache disk`` keys items by the run's settings: a new size in the same folder is not read stale."""
+    from monai.bundle import ConfigParser
+
+    from medmtl.bundle_layers import config_layers
+
+    generate_demo2d(tmp_path / "demo2d", 10, 0)
+    cache = tmp_path / "run" / "cache"
+
+    def first_item(size: int) -> dict:
+        parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_layers("demo", "train")]))
+        parser["data_spec"] = "data_specs/demo.yaml"
+        parser["output_dir"] = str(tmp_path / "run")
+        parser["dataset_dir"] = str(tmp_path / "demo2d")
+        parser["cache"] = "disk"
+        parser["spatial_size"] = [size, size]
+        return parser.get_parsed_content("train::dataset")[0]
+
+    def files() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
+
+    assert first_item(32)["image"].shape[-2:] == (32, 32)
+    written = files()
+    assert len(written) == 1
+    assert first_item(48)["image"].shape[-2:] == (48, 48)  # transformed again, not the 32 px item
+    assert len(files()) == 2 and {k: v for k, v in files().items() if k in written} == written
+    again = files()
+    assert first_item(48)["image"].shape[-2:] == (48, 48)
+    assert files() == again  # unchanged settings: the cached item is read, nothing written

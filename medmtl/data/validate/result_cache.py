@@ -7,8 +7,10 @@ its files and on how they are checked (the job: paths, label rules, tolerances, 
 kept under a sha256 of exactly those (file bytes hashed with
 :func:`~medmtl.data.image_signatures.content_digest`, as the duplicate search does) in
 ``$MEDMTL_CACHE_DIR/validation`` (see :func:`~medmtl.data.image_signatures.cache_dir`), one JSON per
-dataset folder; nothing is pickled. A changed, added or renamed file changes the key and is read
-again. Only results without errors are kept: an error may come from the moment (a stalled mount, a
+dataset folder; nothing is pickled. A file whose path, size, modification time and inode are
+unchanged since it was hashed is not read again (:class:`~medmtl.data.file_digests.FileDigests`,
+its records next to the results), so validating unchanged data reads no image at all. A changed,
+added or renamed file changes the key and is read again. Only results without errors are kept: an error may come from the moment (a stalled mount, a
 crashed reader) and is checked afresh each time; :data:`RESULT_VERSION` changes drop every entry.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import medmtl
 from medmtl.atomic_io import atomic_write
-from medmtl.data.image_signatures import CACHE_ENV, cache_dir, content_digest
+from medmtl.data.file_digests import FileDigests
+from medmtl.data.image_signatures import CACHE_ENV, cache_dir
 from medmtl.data.problems import Problem, Severity
 from medmtl.data.validate.jobs import _CaseJob, _CaseResult
 
@@ -35,13 +38,13 @@ RESULT_VERSION = 1
 """Bumped whenever a check changes what it finds: older entries are then ignored."""
 
 
-def _job_key(job: _CaseJob) -> str | None:
+def _job_key(job: _CaseJob, files: FileDigests) -> str | None:
     """sha256 of the job's description and of the bytes of every file it names; ``None`` if one is unreadable."""
-    paths = [p for _, files in job.inputs for p in files] + [p for _, files in job.masks for p in files]
+    paths = [p for _, names in job.inputs for p in names] + [p for _, names in job.masks for p in names]
     if not all(os.path.isfile(p) or os.path.isdir(p) for p in paths):
         return None  # missing, or not a regular file (a FIFO would block the read): the checks report it
     try:
-        digests = [content_digest(p) for p in paths]
+        digests = [files.digest(p) for p in paths]
     except OSError:  # missing or unreadable: the checks report it, nothing to reuse
         return None
     description = json.dumps(
@@ -85,6 +88,7 @@ class ResultCache:
         self.enabled = enabled
         name = hashlib.sha256(str(root).encode()).hexdigest()[:16]
         self.path = cache_dir() / "validation" / f"v{RESULT_VERSION}-{name}.json"
+        self.files = FileDigests(self.path.with_name(f"v{RESULT_VERSION}-{name}.files.json") if enabled else None)
         self._entries: dict[str, Any] = {}
         if enabled and self.path.is_file():
             try:
@@ -95,7 +99,7 @@ class ResultCache:
 
     def split(self, jobs: list[_CaseJob]) -> tuple[list[str | None], dict[int, _CaseResult], list[int]]:
         """``(key per job, cached results by job index, indices of the jobs still to check)``."""
-        keys = [_job_key(job) for job in jobs] if self.enabled else [None] * len(jobs)
+        keys = [_job_key(job, self.files) for job in jobs] if self.enabled else [None] * len(jobs)
         cached: dict[int, _CaseResult] = {}
         for index, key in enumerate(keys):
             entry = self._entries.get(key) if key is not None else None
@@ -110,6 +114,7 @@ class ResultCache:
         """Keep the error-free results of this run's jobs (entries of files no longer named are dropped)."""
         if not self.enabled:
             return
+        self.files.save()
         entries = {
             key: _to_json(result)
             for key, result in zip(keys, results, strict=True)
