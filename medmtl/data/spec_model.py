@@ -308,6 +308,10 @@ class DicomSeriesRules(BaseModel):
     """Regular expression searched in ``SeriesDescription``, ignoring case (``"t1|mprage"``)."""
     choose: Literal["all", "one"] = "all"
     """``all``: every matching series of a study is a case; ``one``: the one with the most images."""
+    inputs: dict[str, DicomSeriesRules] | None = None
+    """Rules per input of a spec with several (MRNet: ``{sagittal: {orientation: sagittal}, ...}``): the series
+    of an input meets the rules above with its own replacing them; a study is one case, one series per input
+    (the one with the most images). A spec with one input needs none."""
 
     @field_validator("modality", "image_type")
     @classmethod
@@ -326,9 +330,25 @@ class DicomSeriesRules(BaseModel):
 
     @model_validator(mode="after")
     def _range(self) -> DicomSeriesRules:
-        if self.min_slices is not None and self.max_slices is not None and self.min_slices > self.max_slices:
-            raise ValueError(f"min_slices {self.min_slices} is above max_slices {self.max_slices}: no series fits")
+        for rules in (self, *(self.inputs or {}).values()):
+            low, high = rules.min_slices, rules.max_slices
+            if rules is not self:
+                low = low if "min_slices" in rules.model_fields_set else self.min_slices
+                high = high if "max_slices" in rules.model_fields_set else self.max_slices
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_slices {low} is above max_slices {high}: no series fits")
+        nested = sorted(name for name, rules in (self.inputs or {}).items() if rules.inputs is not None)
+        if nested:
+            raise ValueError(
+                f"the rules of input(s) {nested} hold inputs of their own: give inputs at the top level only"
+            )
         return self
+
+    def for_input(self, name: str) -> DicomSeriesRules:
+        """The rules of input ``name``: these, with the ones ``inputs[name]`` sets replacing them."""
+        own = (self.inputs or {}).get(name)
+        update = {key: getattr(own, key) for key in own.model_fields_set} if own is not None else {}
+        return self.model_copy(update={**update, "inputs": None})
 
 
 def _input_name(name: str) -> str:
@@ -436,6 +456,12 @@ class DatasetSpecModel(BaseModel):
         clash = sorted(set(self.inputs) & set(names))
         if clash:
             raise PydanticCustomError("name_clash", clash_message(clash).replace("{", "{{").replace("}", "}}"))
+        series_inputs = None if self.dicom_series is None else self.dicom_series.inputs
+        if series_inputs is not None and set(series_inputs) != set(self.inputs):
+            raise ValueError(
+                f"dicom_series.inputs gives rules for {sorted(series_inputs)}; the spec's inputs are "
+                f"{sorted(self.inputs)}: give rules for each input, under its name"
+            )
         if self.splits.stratify is not None and self.splits.stratify not in names:
             raise ValueError(f"splits.stratify names task '{self.splits.stratify}', which is not one of {names}")
         if self.splits.stratify is not None:

@@ -30,6 +30,7 @@ __all__ = [
     "InputCase",
     "check_input",
     "find_inputs",
+    "image_stem",
     "read_input_list",
     "write_failed",
     "write_input_list",
@@ -50,10 +51,19 @@ FAILED_FILE = "failed.csv"
 
 @dataclass(frozen=True)
 class InputCase:
-    """One input image: its case id (the path under the input folder, without the suffix) and path."""
+    """One input case: its case id (the path under the input folder, without the suffix) and its image.
+
+    ``inputs`` holds ``(input name, path)`` per input of a model that takes several images per case
+    (MRNet's planes, :mod:`medmtl.deploy.input_sets`; ``path`` is then the first); empty for one image.
+    """
 
     case_id: str
     path: Path
+    inputs: tuple[tuple[str, Path], ...] = ()
+
+    def files(self, input_keys: Sequence[str]) -> dict[str, Path]:
+        """The case's image per input name (one image: ``path`` under the first of ``input_keys``)."""
+        return dict(self.inputs) if self.inputs else {input_keys[0]: self.path}
 
 
 def _suffix(path: Path) -> str:
@@ -72,7 +82,8 @@ def _is_image(path: Path) -> bool:
     return _suffix(path) not in _NOT_IMAGES and is_dicom_file(path)
 
 
-def _stem(relative: Path) -> str:
+def image_stem(relative: Path) -> str:
+    """``relative`` as text without its image suffix (``site_a/case07.nii.gz`` -> ``site_a/case07``)."""
     suffix = _suffix(relative)
     text = relative.as_posix()
     return text[: len(text) - len(suffix)] if suffix else text
@@ -92,7 +103,7 @@ def find_inputs(path: str | os.PathLike) -> list[InputCase]:
     if not root.exists():
         raise FileNotFoundError(f"input {root} does not exist: give an image file or a folder of images")
     if root.is_file():
-        return [InputCase(_stem(Path(root.name)), root)]
+        return [InputCase(image_stem(Path(root.name)), root)]
     files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
     if not files:
         raise ValueError(
@@ -100,7 +111,7 @@ def find_inputs(path: str | os.PathLike) -> list[InputCase]:
             "without a suffix, in every subfolder)"
         )
     relative = [p.relative_to(root) for p in files]
-    stems = [_stem(r) for r in relative]
+    stems = [image_stem(r) for r in relative]
     taken = {s for s in stems if stems.count(s) > 1}
     return [InputCase(r.as_posix() if s in taken else s, p) for r, s, p in zip(relative, stems, files, strict=True)]
 
@@ -144,9 +155,13 @@ def check_input(path: str | os.PathLike, spatial_dims: int, *, series_folder: bo
     return None
 
 
-def write_input_list(cases: Iterable[InputCase], input_key: str, path: str | os.PathLike) -> Path:
-    """The bundle's datalist for ``cases``: ``[{"case_id": ..., input_key: absolute path}]`` as JSON."""
-    entries = [{"case_id": c.case_id, input_key: str(Path(c.path).resolve())} for c in cases]
+def write_input_list(cases: Iterable[InputCase], input_keys: str | Sequence[str], path: str | os.PathLike) -> Path:
+    """The bundle's datalist for ``cases``: ``[{"case_id": ..., <input>: absolute path, ...}]`` as JSON.
+
+    ``input_keys``: the spec's input names (one name: each case's ``path`` under it).
+    """
+    keys = [input_keys] if isinstance(input_keys, str) else list(input_keys)
+    entries = [{"case_id": c.case_id, **{k: str(Path(f).resolve()) for k, f in c.files(keys).items()}} for c in cases]
     return atomic_write(Path(path), json.dumps(entries, indent=1) + "\n")
 
 

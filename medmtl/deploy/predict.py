@@ -14,9 +14,14 @@ exported program (:mod:`medmtl.deploy.exported_run`). Outputs in OUT: masks in e
 (NIfTI for volumes, PNG for 2D), ``predictions.csv``, ``inputs.json`` (what was predicted) and
 ``failed.csv`` (what was not, with the reason).
 
+A model taking several images per case (the spec's ``inputs``: MRNet's three planes) gets them from one
+sub-folder per input, paired by their path (``INPUT/axial/0001.npy`` with ``INPUT/coronal/0001.npy``...,
+:mod:`medmtl.deploy.input_sets`); a case lacking an input is a row of ``failed.csv``.
+
 DICOM files in INPUT (a PACS export, a study folder, one series) are grouped by study and series
 from their headers; the series the model takes are chosen by the rules stored with it (the spec's
-``dicom_series``, :mod:`medmtl.deploy.series_choice`) and the choice is written to ``series.csv``.
+``dicom_series``, :mod:`medmtl.deploy.series_choice`; per input for a model with several,
+:mod:`medmtl.deploy.input_series`) and the choice is written to ``series.csv``.
 For DICOM cases the bundle also writes a DICOM SEG per mask and a DICOM SR of the findings
 (``dicom_seg`` and ``dicom_sr``, with highdicom); those two carry the patient's identity, as the
 standard requires (case ids and every other output do not). A SEG or SR that cannot be written for
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medmtl.deploy.input_sets import group_by_input, layout_hint
 from medmtl.deploy.inputs import (
     FAILED_FILE,
     INPUTS_FILE,
@@ -55,6 +61,7 @@ from medmtl.deploy.series_choice import (
 from medmtl.experiments.commands import option_value, run_medmtl
 
 if TYPE_CHECKING:
+    from medmtl.data.dicom.studies import DicomStudy
     from medmtl.deploy.exported_run import ExportedRun
     from medmtl.inference.dicom_failures import DicomFailure
 
@@ -184,7 +191,11 @@ def _dicom_inputs(files: list[InputCase], spec: Any, out: Path) -> tuple[list[In
     by_path = {str(c.path): c for c in files}
     studies, problems = group_studies(by_path)
     failed = [(by_path[str(p.path)], f"{p.message} ({p.fix})") for p in problems]
-    rules = effective_rules(spec.dicom_series, spec.modality)
+    if len(spec.inputs) > 1:
+        cases, unmatched = _dicom_input_sets(studies, spec, out)
+        return cases, failed + unmatched
+    own = spec.dicom_series.for_input(next(iter(spec.inputs))) if spec.dicom_series is not None else None
+    rules = effective_rules(own, spec.modality)
     choices = choose_series(studies, rules, spec.spatial_dims)
     write_series_table(choices, out / SERIES_FILE)
     for choice in choices:
@@ -195,6 +206,55 @@ def _dicom_inputs(files: list[InputCase], spec: Any, out: Path) -> tuple[list[In
     cases = dicom_cases(choices, spec.spatial_dims, out / SERIES_LINKS)
     logger.info("DICOM: %d stud(ies), %d case(s) chosen (%s)", len(studies), len(cases), out / SERIES_FILE)
     return cases, failed
+
+
+def _dicom_input_sets(
+    studies: list[DicomStudy], spec: Any, out: Path
+) -> tuple[list[InputCase], list[tuple[InputCase, str]]]:
+    """A model with several inputs: each study one case, one series per input (:mod:`medmtl.deploy.input_series`)."""
+    from medmtl.deploy.input_series import choose_input_series, input_series_cases
+
+    try:
+        by_input = choose_input_series(studies, spec.dicom_series, spec.modality, list(spec.inputs), spec.spatial_dims)
+    except ValueError as err:
+        return [], [(InputCase(f"study{k:02d}", s.folder), str(err)) for k, s in enumerate(studies, start=1)]
+    write_series_table(by_input, out / SERIES_FILE)
+    cases, failed = input_series_cases(
+        by_input, spec.dicom_series, spec.modality, spec.spatial_dims, out / SERIES_LINKS
+    )
+    for case, reason in failed:
+        logger.warning("%s (%s): not predicted: %s", case.case_id, case.path, reason)
+    logger.info("DICOM: %d stud(ies), %d case(s) chosen (%s)", len(studies), len(cases), out / SERIES_FILE)
+    return cases, failed
+
+
+def _input_sets(
+    found: list[InputCase], root: Path, keys: list[str], *, refuse: bool
+) -> tuple[list[InputCase], list[tuple[InputCase, str]]]:
+    """``found`` as the model's cases: each image one case, or for several inputs the images paired by
+    their input folders (:func:`~medmtl.deploy.input_sets.group_by_input`), with the images that pair into no case.
+
+    Raises:
+        PredictError: several inputs, no image in an input's folder, and ``refuse`` (no DICOM file to predict either).
+    """
+    if len(keys) == 1 or not found:
+        return found, []
+    try:
+        return group_by_input(found, root, keys)
+    except ValueError as err:
+        if refuse:
+            raise PredictError(str(err)) from None
+        return [], [(case, str(err)) for case in found]
+
+
+def _check_case(case: InputCase, keys: list[str], spatial_dims: int, *, series_folder: bool) -> str | None:
+    """Why ``case`` cannot be predicted (``None``: it can): :func:`~medmtl.deploy.inputs.check_input` on each image."""
+    files = case.files(keys)
+    found = {key: check_input(path, spatial_dims, series_folder=series_folder) for key, path in files.items()}
+    reasons = [(key, reason) for key, reason in found.items() if reason is not None]
+    if len(files) == 1 or not reasons:
+        return reasons[0][1] if reasons else None
+    return "; ".join(f"{key} ({files[key]}): {reason}" for key, reason in reasons)
 
 
 def _dicom_outputs() -> list[str]:
@@ -288,8 +348,9 @@ def predict_with_folder(
     """Predict every image of ``inputs`` with ``model`` into ``output_dir``.
 
     Args:
-        inputs: an image file or a folder of images (searched recursively); DICOM files are grouped
-            into studies and series, and the series chosen by the spec's ``dicom_series`` rules.
+        inputs: an image file or a folder of images (searched recursively; for a model with several
+            inputs, one sub-folder per input); DICOM files are grouped into studies and series, and the
+            series chosen by the spec's ``dicom_series`` rules.
         output_dir: where masks, ``predictions.csv``, ``inputs.json``, ``failed.csv`` (and for DICOM
             input ``series.csv``, DICOM SEG and SR files) go.
         model: a training run or ``medmtl cv`` folder.
@@ -312,10 +373,10 @@ def predict_with_folder(
         _check_exported_tasks(exported, spec, data_spec)
         device = device or "cpu"  # the program runs on the CPU: no GPU round trip by default
     keys = list(spec.inputs)
-    if len(keys) != 1:
+    if len(keys) > 1 and Path(inputs).is_file():
         raise PredictError(
-            f"the model's spec '{spec.name}' takes {len(keys)} inputs per case ({', '.join(keys)}); predict takes one "
-            f"image per case: use medmtl run {trained.bundle} inference with a data spec for such data"
+            f"the model's spec '{spec.name}' takes {len(keys)} images per case ({', '.join(keys)}) and {inputs} is "
+            f"one file: give a folder with {layout_hint(keys)}"
         )
     try:
         found = find_inputs(inputs)
@@ -325,18 +386,21 @@ def predict_with_folder(
     found = [c for c in found if not c.path.resolve().is_relative_to(out.resolve())]  # OUT inside INPUT
     if not found:
         raise PredictError(f"every image of {inputs} is inside the output folder {out}: give another -o folder")
+    is_dicom = [_is_dicom(c.path) for c in found]
+    candidates = [c for c, d in zip(found, is_dicom, strict=True) if not d]
+    dicom_files = [c for c, d in zip(found, is_dicom, strict=True) if d]
+    candidates, failed = _input_sets(candidates, Path(inputs), keys, refuse=not dicom_files)
     _check_output(out, overwrite)
     _remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = PredictResult(out)
-    candidates = [c for c in found if not _is_dicom(c.path)]
-    if len(candidates) < len(found):
-        result.dicom, failed = _dicom_inputs([c for c in found if _is_dicom(c.path)], spec, out)
+    result = PredictResult(out, failed=failed)
+    if dicom_files:
+        result.dicom, failed = _dicom_inputs(dicom_files, spec, out)
         result.failed += failed
         candidates += result.dicom
     dicom = set(result.dicom)
     for case in candidates:
-        reason = check_input(case.path, spec.spatial_dims, series_folder=case in dicom)
+        reason = _check_case(case, keys, spec.spatial_dims, series_folder=case in dicom)
         if reason is None:
             result.predicted.append(case)
         else:
@@ -346,7 +410,7 @@ def predict_with_folder(
         write_failed(result.failed, out / FAILED_FILE)
     if not result.predicted:
         raise PredictError(f"none of the {len(found)} inputs can be predicted: see {out / FAILED_FILE}")
-    listed = write_input_list(result.predicted, keys[0], out / INPUTS_FILE)
+    listed = write_input_list(result.predicted, keys, out / INPUTS_FILE)
     argv = ["run", trained.bundle, "inference", "--output_dir", str(trained.folder), "--infer_dir", str(out)]
     argv += ["--infer_files", str(listed), "--validate_data", "False"]
     if any(case in dicom for case in result.predicted):

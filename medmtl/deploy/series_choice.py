@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,8 +195,13 @@ def dicom_cases(choices: Sequence[StudyChoice], spatial_dims: int, link_dir: Pat
     return cases
 
 
-def unmatched_reason(choice: StudyChoice, rules: DicomSeriesRules, spatial_dims: int) -> str:
-    """Why no series of ``choice``'s study was chosen: what the model expects, what each series is (``failed.csv``)."""
+def unmatched_reason(
+    choice: StudyChoice, rules: DicomSeriesRules, spatial_dims: int, rule: str = "dicom_series"
+) -> str:
+    """Why no series of ``choice``'s study was chosen: what the model expects, what each series is (``failed.csv``).
+
+    ``rule``: where the rules are in the data spec (``dicom_series.inputs.sagittal`` for one input's).
+    """
     found = " | ".join(
         f"series {s.series.number if s.series.number is not None else '?'} {s.series.modality or '?'}"
         + (f" '{s.series.description}'" if s.series.description else "")
@@ -204,35 +209,46 @@ def unmatched_reason(choice: StudyChoice, rules: DicomSeriesRules, spatial_dims:
         for s in choice.scores
     )
     return (
-        f"no series of this study matches the model's series rules (the data spec's dicom_series): expected "
+        f"no series of this study matches the model's series rules (the data spec's {rule}): expected "
         f"{expected_text(rules, spatial_dims)}; found {found} (see {SERIES_FILE})"
     )
 
 
-def write_series_table(choices: Sequence[StudyChoice], path: str | os.PathLike) -> Path:
-    """``series.csv``: one row per series of every study, chosen or not and why; UIDs, no patient data."""
-    columns = ["study", "study_uid", "series_uid", "series_number", "modality", "description", "orientation"]
+def write_series_table(
+    choices: Sequence[StudyChoice] | Mapping[str, Sequence[StudyChoice]], path: str | os.PathLike
+) -> Path:
+    """``series.csv``: one row per series of every study, chosen or not and why; UIDs, no patient data.
+
+    ``choices`` per input name (a model with several inputs, :mod:`medmtl.deploy.input_series`): an ``input``
+    column first, one row per input and series, the study's name as the chosen series' case id.
+    """
+    by_input = choices if isinstance(choices, Mapping) else {"": choices}
+    columns = ["input"] if isinstance(choices, Mapping) else []
+    columns += ["study", "study_uid", "series_uid", "series_number", "modality", "description", "orientation"]
     columns += ["images", "image_type", "score", "chosen", "case_id", "reason"]
     rows = []
-    for choice in choices:
-        for index, score in enumerate(choice.scores):
-            series, chosen = score.series, index in choice.chosen
-            reason = "; ".join(score.reasons) or ("" if chosen else "another matching series has more images")
-            rows.append(
-                [
-                    choice.name,
-                    series.study_uid,
-                    series.series_uid,
-                    "" if series.number is None else series.number,
-                    series.modality,
-                    series.description,
-                    series.orientation,
-                    series.slices,
-                    "\\".join(series.image_type),
-                    round(score.score, 3),
-                    "yes" if chosen else "no",
-                    choice.series_id(index) if chosen else "",
-                    reason,
-                ]
-            )
+    for name, choice, index, score in (
+        (name, c, i, s) for name, listed in by_input.items() for c in listed for i, s in enumerate(c.scores)
+    ):
+        series, chosen = score.series, index in choice.chosen
+        reason = "; ".join(score.reasons) or ("" if chosen else "another matching series has more images")
+        case_id = (choice.name if name else choice.series_id(index)) if chosen else ""
+        rows.append(
+            ([name] if isinstance(choices, Mapping) else [])
+            + [
+                choice.name,
+                series.study_uid,
+                series.series_uid,
+                "" if series.number is None else series.number,
+                series.modality,
+                series.description,
+                series.orientation,
+                series.slices,
+                "\\".join(series.image_type),
+                round(score.score, 3),
+                "yes" if chosen else "no",
+                case_id,
+                reason,
+            ]
+        )
     return atomic_write(Path(path), csv_text(columns, rows))

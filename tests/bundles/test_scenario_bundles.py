@@ -147,9 +147,9 @@ def test_the_chosen_training_options_took_effect(trained) -> None:
 
 # the 3D bundle whose prediction on a DICOM study folder is checked (SEG and SR need a DICOM source)
 DICOM_BUNDLE = "brain_mri_mtl"
-# medmtl predict on a folder of new images: PNG (2D) and NIfTI (3D); chest's headerless .IMG needs the spec's
-# raw reader and the knee takes three planes per case, which predict refuses (tests/deploy/test_predict_inputs.py)
-PREDICTED = ("ultrasound_mtl", "brain_mri_mtl")
+# medmtl predict on a folder of new images: PNG (2D), NIfTI (3D) and the knee's three .npy planes per case (one
+# sub-folder per input); chest's headerless .IMG needs the spec's raw reader
+PREDICTED = ("ultrasound_mtl", "brain_mri_mtl", "knee_mri_mtl")
 # the chest layout's raw images are 2048 px: each predicted case costs seconds (three full-size masks
 # resampled and written), and no check below depends on how many cases are predicted
 INFER_SPLIT = {"chest_xray_mtl": "test"}
@@ -186,18 +186,23 @@ def _first_volume(trained: dict) -> np.ndarray:
 
 
 def _new_images(trained: dict, split: str) -> Path:
-    """Three images of ``split`` copied into a new folder as a user would bring them (another layout, no
-    labels, no spec), with an unreadable file beside them: what ``medmtl predict`` is given."""
+    """Three cases of ``split`` copied into a new folder as a user would bring them (another layout, no
+    labels, no spec), with an unreadable file beside them: what ``medmtl predict`` is given. A spec with
+    several inputs (the knee's planes) gets one sub-folder per input, and a fourth case lacking its last input
+    instead of the unreadable file."""
     spec = load_spec(trained["common"]["data_spec"], **trained["common"].get("spec_overrides", {}))
     run_dir = trained["common"]["output_dir"]
-    cases = spec.build_cases(root=trained["root"], splits_file=run_dir / "splits.json").datalist(split)[:3]
-    folder = trained["work"] / "new_images"
-    (folder / "site_a").mkdir(parents=True)
-    for case in cases:
-        source = Path(case["image"])
-        suffix = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
-        shutil.copy(source, folder / "site_a" / f"{case['case_id']}{suffix}")
-    (folder / "broken.png").write_bytes(b"not an image")
+    cases = spec.build_cases(root=trained["root"], splits_file=run_dir / "splits.json").datalist(split)[:4]
+    folder, keys = trained["work"] / "new_images", list(spec.inputs)
+    for index, case in enumerate(cases):
+        for key in keys[:-1] if index == 3 else keys:
+            source = Path(case[key])
+            suffix = ".nii.gz" if source.name.endswith(".nii.gz") else source.suffix
+            target = folder / "site_a" / (key if len(keys) > 1 else "") / f"{case['case_id']}{suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    if len(keys) == 1:
+        (folder / "broken.png").write_bytes(b"not an image")
     return folder
 
 
@@ -212,15 +217,23 @@ def test_evaluate_writes_a_report_for_every_task(trained, evaluated) -> None:
 
 
 def test_predict_on_a_folder_of_new_images_gives_what_inference_gives(trained, evaluated) -> None:
-    """``medmtl predict`` on copies of three inferred images in another folder: the same probabilities and
-    masks as the bundle's inference of those cases; the unreadable file listed in failed.csv, exit status 3."""
+    """``medmtl predict`` on copies of three inferred cases in another folder: the same probabilities and
+    masks as the bundle's inference of those cases; the unreadable file (the knee: the case lacking a plane)
+    listed in failed.csv, exit status 3."""
     result, out = trained["predict"], trained["work"] / "predicted"
     if result is None:
-        pytest.skip(f"predict is run for {PREDICTED} (PNG, NIfTI)")
+        pytest.skip(f"predict is run for {PREDICTED} (PNG, NIfTI, .npy planes)")
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-4000:]
     with open(out / "failed.csv", newline="") as handle:
         (failed,) = list(csv.DictReader(handle))
-    assert failed["case_id"] == "broken" and "not a PNG file" in failed["reason"]
+    keys = list(load_spec(trained["common"]["data_spec"]).inputs)
+    if len(keys) == 1:
+        assert failed["case_id"] == "broken" and "not a PNG file" in failed["reason"]
+    else:  # the fourth case, its last plane left out: named with the path expected
+        expected = Path(failed["path"])
+        assert expected.parent.name == keys[-1] and not expected.exists()
+        assert f"no {keys[-1]} image for this case: expected {expected}" in failed["reason"]
+        assert failed["case_id"] == f"site_a/{expected.name.removesuffix('.npy')}"
     with open(out / "predictions.csv", newline="") as handle:
         predicted = {r["case_id"]: r for r in csv.DictReader(handle)}
     with open(evaluated / "predictions" / "predictions.csv", newline="") as handle:
@@ -374,9 +387,10 @@ def test_verify_net_in_out_and_ckpt_export(trained, tmp_path) -> None:
     torch.testing.assert_close(view, expected[zoo_task(parser.get_parsed_content("tasks"))], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["ultrasound_mtl", "chest_xray_mtl"])
-def test_semi_supervised_option_trains_on_a_label_budget(name: str, tmp_path) -> None:
-    """The ``semi_supervised`` workflow on half the labels: the unlabelled stream runs and its losses are logged."""
+@pytest.mark.parametrize(("name", "cache"), [("ultrasound_mtl", "disk"), ("chest_xray_mtl", "memory")])
+def test_semi_supervised_option_trains_on_a_label_budget(name: str, cache: str, tmp_path) -> None:
+    """The ``semi_supervised`` workflow on half the labels: the unlabelled stream runs and its losses are logged;
+    its cache follows the bundle's ``cache`` key like the labelled one (``disk``: files under the run folder)."""
     writer, tiny = SCENARIOS[name]
     root = writer(tmp_path / "data")
     spec = merged_config(name)["data_spec"]
@@ -394,9 +408,11 @@ def test_semi_supervised_option_trains_on_a_label_budget(name: str, tmp_path) ->
         val_interval=1,
         label_fraction=0.5,
         rampup_epochs=0,
+        cache=cache,
         **tiny,
     )
     assert "semi-supervised: loss_consistency=" in log
+    assert any((tmp_path / "run" / "cache_unlabelled").glob("*.pt")) == (cache == "disk")
     assert "pseudo_label_fraction/" in log or name == "chest_xray_mtl"
     assert (tmp_path / "run" / "models" / "best.pt").is_file()
 

@@ -45,19 +45,24 @@ def write_volume_series(
     spacing: tuple[float, float, float] = (0.9, 1.1, 2.0),
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"),
     prefix: str = "IM",
+    plane: str = "axial",
 ) -> list[Path]:
-    """``volume`` (columns, rows, slices; float) as an axial series of int16 slices with a 0.01 rescale slope.
+    """``volume`` (columns, rows, slices; float) as a series of int16 slices with a 0.01 rescale slope.
 
-    ``spacing``: (between columns, between rows, between slices) in mm.
+    ``spacing``: (between columns, between rows, between slices) in mm; ``plane``: axial, sagittal or coronal
+    slices (positions along the slice normal).
     """
     files = []
+    orientation = np.array(_PLANES[plane], dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
     for k in range(volume.shape[2]):
         pixels = np.round(volume[:, :, k].T * 100).astype(np.int16)  # (rows, columns)
         ds = make_dataset(
             pixels,
             series_uid=series_uid,
             instance=k + 1,
-            position=(-20.0, -30.0, 10.0 + k * spacing[2]),
+            position=tuple(np.array((-20.0, -30.0, 10.0)) + k * spacing[2] * normal),
+            orientation=_PLANES[plane],
             pixel_spacing=(spacing[1], spacing[0]),
             thickness=spacing[2],
             sop_class=MR_IMAGE if modality == "MR" else CT_IMAGE,

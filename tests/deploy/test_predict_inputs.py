@@ -3,6 +3,7 @@ models and output folders it cannot use refused with the fix."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import nibabel as nib
@@ -107,14 +108,64 @@ def test_unusable_models_and_output_folders_are_refused(folder, tmp_path, capsys
     assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
-def test_a_model_with_several_images_per_case_is_refused(folder, tmp_path) -> None:
+def _knee_run(tmp_path):
+    """A run folder recording the knee bundle and its spec (three inputs per case): enough for predict's
+    input handling; the runner given in place of the bundle's inference never reads the weights."""
     run = tmp_path / "knee_run"
     run.mkdir()
     spec = str(resolve_resource("data_specs/mrnet.yaml"))
-    record = {"format": "medmtl.run_config/1", "bundle": "knee_mri_mtl", "settings": {"data": {"data_spec": spec}}}
-    (run / "run_config.json").write_text(json.dumps({**record, "settings": {**record["settings"], "model": {}}}))
-    calls = []
-    with pytest.raises(PredictError, match="takes 3 inputs per case .*predict takes one image per case"):
+    settings = {"data": {"data_spec": spec}, "model": {}}
+    (run / "run_config.json").write_text(
+        json.dumps({"format": "medmtl.run_config/1", "bundle": "knee_mri_mtl", "settings": settings})
+    )
+    return run
+
+
+def _planes(root, stem, planes, shape=(3, 8, 8)):
+    for plane in planes:
+        path = root / plane / f"{stem}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.random.default_rng(len(path.parts)).integers(0, 255, shape, dtype=np.uint8))
+
+
+def test_a_model_with_several_inputs_gets_the_images_of_each_case_paired_by_input_folder(tmp_path) -> None:
+    """MRNet's layout (valid/<plane>/<id>.npy) with the spec's input names: complete cases listed for the
+    bundle with one path per input; a case lacking a plane, an image in no plane's folder and an unreadable
+    plane are rows of failed.csv naming the input and the path expected."""
+    run, root = _knee_run(tmp_path), tmp_path / "exams"
+    _planes(root / "valid", "1130", ("axial", "coronal", "sagittal"))
+    _planes(root / "valid", "1131", ("axial", "sagittal"))  # no coronal
+    _planes(root / "other" / "site", "7", ("sagittal", "axial", "coronal"))
+    (root / "valid" / "coronal" / "1132.npy").write_bytes(b"truncated")
+    _planes(root / "valid", "1132", ("axial", "sagittal"))
+    np.save(root / "stray.npy", np.zeros((3, 8, 8), dtype=np.uint8))
+    argvs = []
+    result = predict(root, tmp_path / "out", run, runner=lambda argv: argvs.append(argv) or 0)
+    entries = read_input_list(tmp_path / "out" / "inputs.json")
+    assert [e["case_id"] for e in entries] == ["other/site/7", "valid/1130"]
+    assert entries[1] == {"case_id": "valid/1130"} | {
+        p: str((root / "valid" / p / "1130.npy").resolve()) for p in ("axial", "coronal", "sagittal")
+    }
+    assert entries[0]["coronal"] == str((root / "other" / "site" / "coronal" / "7.npy").resolve())
+    (argv,) = argvs
+    assert argv[argv.index("--infer_files") + 1] == str(tmp_path / "out" / "inputs.json")
+    with open(tmp_path / "out" / FAILED_FILE, newline="") as handle:
+        failed = {row["case_id"]: row for row in csv.DictReader(handle)}
+    assert set(failed) == {"valid/1131", "valid/1132", "stray"} == {c.case_id for c, _ in result.failed}
+    expected = root / "valid" / "coronal" / "1131.npy"
+    assert failed["valid/1131"]["path"] == str(expected)
+    assert (
+        f"no coronal image for this case: expected {expected} (found axial, sagittal)" in failed["valid/1131"]["reason"]
+    )
+    assert failed["valid/1132"]["reason"].startswith(f"coronal ({root / 'valid' / 'coronal' / '1132.npy'}): ")
+    assert "in no folder named after one of the model's inputs" in failed["stray"]["reason"]
+
+
+def test_a_model_with_several_inputs_refuses_one_file_and_a_folder_without_input_folders(folder, tmp_path) -> None:
+    run, calls = _knee_run(tmp_path), []
+    with pytest.raises(PredictError, match="takes 3 images per case .*one sub-folder per input named axial"):
+        predict(folder / "vol.npy", tmp_path / "out", run, runner=calls.append)
+    with pytest.raises(PredictError, match="no image of .* is in a folder named after one of the model's inputs"):
         predict(folder, tmp_path / "out", run, runner=calls.append)
     assert not calls and not (tmp_path / "out").exists()
 

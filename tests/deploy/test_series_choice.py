@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from dicom_factory import PLANTED_STRINGS, make_dataset, save
-from dicom_study_factory import write_pacs_export
+from dicom_study_factory import write_pacs_export, write_volume_series
 from pydicom.uid import generate_uid
 
 from medmtl.data.dicom import read_dicom, scan_dicom
@@ -26,6 +26,8 @@ from medmtl.deploy.series_choice import (
     write_series_table,
 )
 from medmtl.resources import resolve_resource
+
+PLANES = ("axial", "coronal", "sagittal")  # the inputs of data_specs/mrnet.yaml
 
 VOLUME = np.random.default_rng(0).uniform(0, 50, (10, 8, 6)).round(2)  # (columns, rows, slices)
 
@@ -189,3 +191,63 @@ def test_predict_on_a_pacs_export_chooses_series_and_lists_the_rest(export, tmp_
         runner=lambda argv: 0,
     )
     assert [c.case_id for c in again.predicted] == ["study01_series2"]
+
+
+def test_a_model_with_several_inputs_gets_one_series_per_input_of_each_study(tmp_path) -> None:
+    """Rules per input (``dicom_series.inputs``, here the knee spec's planes by orientation): a study with the
+    three planes is one case with a series per input; a study lacking the coronal one is a row of failed.csv
+    naming that input's rules; series.csv gives the choice per input. Up to the bundle's inference."""
+    root, planes = tmp_path / "in", {"sagittal": 3, "coronal": 4, "axial": 5}  # plane: series number
+    studies = [generate_uid(), generate_uid()]
+    for k, (study, present) in enumerate(zip(studies, [planes, {"sagittal": 3, "axial": 5}], strict=True), start=1):
+        for plane, number in present.items():
+            write_volume_series(
+                root / f"S{k}" / f"SE{number}", VOLUME, study_uid=study, series_uid=generate_uid(), number=number,
+                plane=plane, description=f"PD {plane}",
+            )  # fmt: skip
+    rules = {"modality": ["MR"], "inputs": {plane: {"orientation": plane} for plane in planes}}
+    spec = str(resolve_resource("data_specs/mrnet.yaml"))
+    settings = {"data": {"data_spec": spec, "spec_overrides": {"dicom_series": rules}}, "model": {}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(
+        json.dumps({"format": "medmtl.run_config/1", "bundle": "knee_mri_mtl", "settings": settings})
+    )
+    out, calls = tmp_path / "out", []
+    result = predict(root, out, run, runner=lambda argv: calls.append(argv) or 0)
+    assert [c.case_id for c in result.predicted] == ["study01"] and len(calls) == 1
+    (entry,) = read_input_list(out / "inputs.json")
+    assert entry == {"case_id": "study01"} | {
+        plane: str((root / "S1" / f"SE{number}").resolve()) for plane, number in planes.items()
+    }
+    with open(out / "failed.csv", newline="") as handle:
+        (failed,) = list(csv.DictReader(handle))
+    assert failed["case_id"] == "study02" and failed["path"] == str(root / "S2")
+    assert failed["reason"].startswith(
+        "input coronal: no series of this study matches the model's series rules (the data spec's "
+        "dicom_series.inputs.coronal): expected a 3D volume (2 or more slices in one orientation), modality MR, "
+        "coronal slices; found series 3 MR 'PD sagittal': orientation sagittal, expected coronal"
+    )
+    with open(out / "series.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = {(r["input"], r["study"]): r["description"] for r in rows if r["chosen"] == "yes"}
+    assert chosen == {
+        **{(plane, "study01"): f"PD {plane}" for plane in planes},
+        ("sagittal", "study02"): "PD sagittal",
+        ("axial", "study02"): "PD axial",
+    }
+    texts = [(out / n).read_text() for n in ("series.csv", "failed.csv", "inputs.json")]
+    assert not [s for s in PLANTED_STRINGS if any(s.lower() in t.lower() for t in texts)]
+
+
+def test_rules_per_input_are_checked_against_the_spec_inputs() -> None:
+    mrnet = resolve_resource("data_specs/mrnet.yaml")
+    rules = DicomSeriesRules(min_slices=20, inputs={"axial": {"orientation": "axial", "max_slices": 40}})
+    assert rules.for_input("axial").model_dump() == {
+        **DicomSeriesRules().model_dump(), "min_slices": 20, "max_slices": 40, "orientation": "axial"
+    }  # fmt: skip
+    assert rules.for_input("coronal") == DicomSeriesRules(min_slices=20)
+    with pytest.raises(SpecError, match=r"dicom_series.inputs gives rules for \['axial'\]; the spec's inputs are"):
+        load_spec(mrnet, dicom_series=rules.model_dump(exclude_unset=True))
+    with pytest.raises(SpecError, match="min_slices 20 is above max_slices 10"):
+        load_spec(mrnet, dicom_series={"min_slices": 20, "inputs": {p: {"max_slices": 10} for p in PLANES}})
