@@ -12,7 +12,7 @@ Input: a DataFrame (or dict / list of rows) with a ``path`` column (an image fil
 folder on the machine that predicts) or an ``image`` column (an array as medmtl reads image files,
 :func:`medmtl.data.readers.load_array`: MONAI's layout, 2D ``(W, H)``, colour channels last; no
 geometry, so 1 mm voxels in RAS are assumed). Output: one row per input with the columns of the
-inference bundle's ``predictions.csv`` (:func:`image_level_columns`; ``<task>_voxels`` for
+inference bundle's ``predictions.csv`` (:func:`~medmtl.metrics.task_columns.image_level_columns`; ``<task>_voxels`` for
 segmentation, per class too when a task has several), and with ``params={"return_masks": True}``
 each segmentation's label map on the input's grid (``<task>_mask``, MONAI's layout).
 """
@@ -33,13 +33,13 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from medmtl.data.tasks import Task, TaskKind
-from medmtl.metrics.calibration import CalibrationRecord, apply_temperature
+from medmtl.metrics.calibration import CalibrationRecord
 from medmtl.metrics.decisions import Decisions
-from medmtl.metrics.uncertainty import predictive_entropy
+from medmtl.metrics.task_columns import image_level_columns
 from medmtl.tracking.model_files import RUN_ARTIFACT, run_folder
 from medmtl.tracking.model_logging import IMAGE_COLUMN, PATH_COLUMN, RETURN_MASKS
 
-__all__ = ["MedmtlModel", "ModelInputError", "RunPredictor", "image_level_columns", "model_inputs"]
+__all__ = ["MedmtlModel", "ModelInputError", "RunPredictor", "model_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,52 +97,6 @@ def model_inputs(model_input: Any) -> list[str | np.ndarray]:
     if problems:
         raise ModelInputError("; ".join(problems))
     return found
-
-
-def image_level_columns(
-    task: Task,
-    logits: torch.Tensor,
-    decisions: Decisions | None = None,
-    calibration: CalibrationRecord | None = None,
-    threshold: float = 0.5,
-) -> dict[str, Any]:
-    """One case's columns of an image-level task, named as in ``predictions.csv``.
-
-    Probabilities after the temperature of ``calibration``; decisions as the inference writer makes
-    them (:class:`~medmtl.inference.MultiTaskPredictionWriter`): binary / multilabel at the
-    thresholds of ``decisions`` (else ``threshold``) on the uncalibrated probability, the threshold
-    shown on the calibrated scale; multiclass the argmax after the prior correction of ``decisions``.
-
-    Args:
-        task: a binary, multilabel or multiclass task.
-        logits: the case's ``(C,)`` logits of the task.
-    """
-    kind = task.kind
-    multiclass = kind == TaskKind.MULTICLASS
-    logits = torch.as_tensor(logits).detach().float().cpu()
-    raw = (torch.softmax(logits, 0) if multiclass else torch.sigmoid(logits).reshape(-1)).double().numpy()
-    temperature = calibration.tasks.get(task.name) if calibration is not None else None
-    shown = apply_temperature(raw[None], temperature.temperature, kind)[0] if temperature else raw
-    decision = decisions.tasks.get(task.name) if decisions is not None else None
-    row: dict[str, Any] = {}
-    if multiclass:
-        index = int(decision.decide(raw[None])[0]) if decision is not None else int(raw.argmax())
-        row[task.name] = task.class_names[index]
-        row.update({f"{task.name}_p_{name}": float(p) for name, p in zip(task.class_names, shown, strict=True)})
-    else:
-        names = task.class_names[1:] if kind == TaskKind.BINARY else task.class_names
-        chosen = decision is not None and decision.thresholds is not None
-        thresholds = np.asarray(decision.thresholds if chosen else [threshold] * len(names), dtype=np.float64)
-        shown_thresholds = (
-            apply_temperature(thresholds[None], temperature.temperature, kind)[0] if temperature else thresholds
-        )
-        for i, name in enumerate(names):
-            key = task.name if kind == TaskKind.BINARY else f"{task.name}_{name}"
-            row[f"{key}_probability"] = float(shown[i])
-            row[key] = int(raw[i] >= thresholds[i])
-            row[f"{key}_threshold"] = float(shown_thresholds[i])
-    row[f"{task.name}_entropy"] = float(predictive_entropy(shown[None], kind)[0])
-    return row
 
 
 def _array_meta(array: np.ndarray, spatial_dims: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
@@ -39,17 +38,19 @@ from medmtl.inference.case_files import CaseFileNames
 from medmtl.inference.dicom_failures import DICOM_FAILED_FILE, DicomFailure, write_dicom_failures
 from medmtl.inference.dicom_seg import has_highdicom, write_dicom_seg
 from medmtl.inference.dicom_sr import SegmentFinding, image_level_finding, write_dicom_sr
-from medmtl.metrics.calibration import CalibrationRecord, apply_temperature, read_calibration
+from medmtl.metrics.calibration import CalibrationRecord, read_calibration
 from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.postprocessing import Postprocessing, as_postprocessing
-from medmtl.metrics.uncertainty import predictive_entropy
+from medmtl.metrics.task_columns import image_level_columns, output_names
 
-__all__ = ["MultiTaskPredictionWriter"]
+__all__ = ["MASK_RESAMPLING", "MultiTaskPredictionWriter"]
 
 logger = logging.getLogger(__name__)
 _PRED = "_medmtl_pred"
 _SR_FOLDER = "dicom_sr"  # the SR files' folder and the table's column
 _PNG_COMPRESS_LEVEL = 1  # zlib level of PNG masks and maps (PIL's default 6 only makes smaller files)
+MASK_RESAMPLING = ("interpolate", "nearest")
+"""How segmentation outputs are mapped back to the input grid (``MultiTaskPredictionWriter(mask_resampling=...)``)."""
 
 
 class MultiTaskPredictionWriter:
@@ -97,6 +98,22 @@ class MultiTaskPredictionWriter:
             whose operation per segmentation task (chosen on out-of-fold Dice) is applied to each mask
             on the input grid before it is written; the table gets a ``<task>_postprocessing`` column.
             ``None`` (default): the argmax as is.
+        mask_resampling: how segmentation outputs go back to the input grid when ``invert_transform``
+            resamples. ``"interpolate"`` (default, exact): every class channel is interpolated as
+            logits (bilinear), then the argmax is taken on the input grid. ``"nearest"``: the argmax
+            is taken on the network's (preprocessed) grid and only the label map is mapped back, by
+            nearest neighbour (``Invertd(nearest_interp=True)``); one channel instead of every class,
+            much faster for large 3D volumes, but borders follow the network's voxels (masks differ
+            from the default near borders). ``<task>_voxels``, the DICOM SEG and the SR volumes count
+            the mask written; what needs every class channel is computed on the network's grid
+            instead of the input's: ``<task>_mean_entropy`` is the mean voxel entropy inside the
+            argmax mask there (after the task's postprocessing; ``None`` when the written mask is
+            empty), and the ``uncertainty_maps`` are the network grid's entropy, mapped back with the
+            label map (one more channel, only when asked for). ``maps`` are interpolated in both
+            modes. Without ``invert_transform`` nothing is resampled and both modes write the same.
+
+    Raises:
+        ValueError: ``mask_resampling`` not in :data:`MASK_RESAMPLING`; ``maps`` naming a task.
     """
 
     def __init__(
@@ -116,6 +133,7 @@ class MultiTaskPredictionWriter:
         uncertainty_maps: bool = False,
         dicom_sr: bool = False,
         model_name: str = "medmtl model",
+        mask_resampling: str = "interpolate",
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)
@@ -127,6 +145,18 @@ class MultiTaskPredictionWriter:
         self.invert = (
             Invertd(_PRED, transform=invert_transform, orig_keys=image_key, nearest_interp=False, to_tensor=True)
             if invert_transform is not None
+            else None
+        )
+        if mask_resampling not in MASK_RESAMPLING:
+            raise ValueError(
+                f"mask_resampling {mask_resampling!r}: expected one of {', '.join(MASK_RESAMPLING)} "
+                "(bundle key mask_resampling, e.g. --mask_resampling nearest)"
+            )
+        self.mask_resampling = mask_resampling
+        # "nearest": the label maps (and their voxel entropy) go back by nearest neighbour instead of the logits
+        self.invert_labels = (
+            Invertd(_PRED, transform=invert_transform, orig_keys=image_key, nearest_interp=True, to_tensor=True)
+            if invert_transform is not None and mask_resampling == "nearest"
             else None
         )
         self.dicom_seg = dicom_seg
@@ -197,29 +227,27 @@ class MultiTaskPredictionWriter:
                 continue
             logits = torch.as_tensor(logits).detach().float().cpu()
             if task.kind == TaskKind.SEGMENTATION:
-                logits = on_grid[task.name]
-                mask = self._mask(task, logits)
-                row[f"{task.name}_file"] = self._relative(self._save_mask(task, logits, image, case_id, mask))
+                grid = on_grid[task.name]  # the logits, or ("nearest") the label map and entropy, on the input grid
+                mask = self._mask(task, grid)
+                row[f"{task.name}_file"] = self._relative(self._save_mask(task, grid, image, case_id, mask))
                 found = mask[0] > 0
                 row[f"{task.name}_voxels"] = int(found.sum())
                 if self.postprocessing is not None:
                     row[f"{task.name}_postprocessing"] = self.postprocessing[task.name].op.name
-                # the entropy map only when it is written; the column needs the voxels inside the mask
-                entropy = _voxel_entropy(logits) if self.uncertainty_maps else None
-                inside = entropy[found] if entropy is not None else _voxel_entropy(_voxels(logits, found))
-                row[f"{task.name}_mean_entropy"] = round(float(inside.mean()), 6) if found.any() else None
+                entropy, inside = self._entropy(task, grid, logits, found)
+                row[f"{task.name}_mean_entropy"] = round(inside, 6) if inside is not None else None
                 if entropy is not None:
                     name = _entropy_folder(task.name)
                     entropy_map = (
-                        MetaTensor(entropy[None], meta=dict(logits.meta))
-                        if isinstance(logits, MetaTensor)
+                        MetaTensor(entropy[None], meta=dict(grid.meta))
+                        if isinstance(grid, MetaTensor)
                         else entropy[None]
                     )
                     row[f"{name}_file"] = self._relative(self._save_map(name, entropy_map, image, case_id))
                 seg_path = None
                 if dicom_source is not None and self.dicom_seg:
                     seg_path = self._dicom_output(
-                        case_id, f"{task.name} DICOM SEG", self._save_dicom_seg, task, logits, image, dicom_source,
+                        case_id, f"{task.name} DICOM SEG", self._save_dicom_seg, task, grid, image, dicom_source,
                         case_id, mask,
                     )  # fmt: skip
                     row[f"{task.name}_dicom_seg"] = self._relative(seg_path) if seg_path is not None else None
@@ -255,36 +283,10 @@ class MultiTaskPredictionWriter:
             return None
 
     def _image_level_columns(self, task: Task, logits: torch.Tensor, preds: Any) -> dict[str, Any]:
-        """Probabilities, decision, entropy and spread columns of one image-level task of one case."""
-        kind = task.kind
-        multiclass = kind == TaskKind.MULTICLASS
-        raw = (torch.softmax(logits, 0) if multiclass else torch.sigmoid(logits).reshape(-1)).double().numpy()
-        temperature = self.calibration.tasks.get(task.name) if self.calibration is not None else None
-        shown = apply_temperature(raw[None], temperature.temperature, kind)[0] if temperature else raw
-        decision = self.decisions.tasks.get(task.name) if self.decisions is not None else None
-        row: dict[str, Any] = {}
-        if multiclass:
-            index = int(decision.decide(raw[None])[0]) if decision is not None else int(raw.argmax())
-            row[task.name] = task.class_names[index]
-            for name, p in zip(task.class_names, shown.tolist(), strict=True):
-                row[f"{task.name}_p_{name}"] = round(p, 6)
-            spread_of = [index]
-        else:
-            names = task.class_names[1:] if kind == TaskKind.BINARY else task.class_names
-            if decision is not None and decision.thresholds is not None:
-                thresholds = np.asarray(decision.thresholds, dtype=np.float64)
-            else:
-                thresholds = np.full(len(names), float(self.threshold))
-            shown_thresholds = (
-                apply_temperature(thresholds[None], temperature.temperature, kind)[0] if temperature else thresholds
-            )
-            for i, name in enumerate(names):
-                key = task.name if kind == TaskKind.BINARY else f"{task.name}_{name}"
-                row[f"{key}_probability"] = round(float(shown[i]), 6)
-                row[key] = int(raw[i] >= thresholds[i])
-                row[f"{key}_threshold"] = round(float(shown_thresholds[i]), 6)
-            spread_of = list(range(len(names)))
-        row[f"{task.name}_entropy"] = round(float(predictive_entropy(shown[None], kind)[0]), 6)
+        """Probabilities, decision and entropy columns of one image-level task of one case (shared with the MLflow
+        model: :func:`~medmtl.metrics.task_columns.image_level_columns`), then the members' spread columns."""
+        row = image_level_columns(task, logits, self.decisions, self.calibration, self.threshold, decimals=6)
+        multiclass = task.kind == TaskKind.MULTICLASS
         for key, stem in SPREAD_KEYS.items():
             members = preds.get(key) if isinstance(preds, Mapping) else None
             member_logits = members.get(task.name) if isinstance(members, Mapping) else None
@@ -293,29 +295,25 @@ class MultiTaskPredictionWriter:
             member_logits = torch.as_tensor(member_logits).detach().float().cpu()  # (members, C)
             p = torch.softmax(member_logits, -1) if multiclass else torch.sigmoid(member_logits)
             std = p.std(dim=0, unbiased=False).double().numpy()
-            if multiclass:
-                row[f"{task.name}_{stem}_std"] = round(float(std[spread_of[0]]), 6)
+            if multiclass:  # the spread of the decided class
+                row[f"{task.name}_{stem}_std"] = round(float(std[task.class_names.index(row[task.name])]), 6)
             else:
-                for i, name in enumerate(names):
-                    key = task.name if kind == TaskKind.BINARY else f"{task.name}_{name}"
-                    row[f"{key}_{stem}_std"] = round(float(std[i]), 6)
+                for i, name in enumerate(output_names(task)):
+                    row[f"{name}_{stem}_std"] = round(float(std[i]), 6)
         return row
 
     def _relative(self, path: Path) -> str:
         """``path`` relative to ``output_dir`` (where ``predictions.csv`` is), with ``/``: the folder can move."""
         return path.relative_to(self.output_dir).as_posix()
 
-    def _to_input_grid(self, logits: torch.Tensor, image: Any) -> torch.Tensor:
-        """Logits back on the input file's grid (undoing the preprocessing's spatial steps)."""
-        if self.invert is None:
-            return logits
+    def _to_input_grid(self, values: torch.Tensor, image: Any, invert: Invertd) -> torch.Tensor:
+        """``values`` back on the input file's grid (``invert`` undoing the preprocessing's spatial steps)."""
         if not isinstance(image, MetaTensor) or not image.applied_operations:
             raise ValueError(
                 f"cannot invert the preprocessing: the output's {self.image_key!r} carries no transform history; "
                 "keep MetaTensor tracking on (monai.data.set_track_meta(True)) in inference"
             )
-        inverted = self.invert({self.image_key: image, _PRED: MetaTensor(logits, meta=dict(image.meta))})[_PRED]
-        return inverted
+        return invert({self.image_key: image, _PRED: MetaTensor(values, meta=dict(image.meta))})[_PRED]
 
     def _spatial_outputs_on_input_grid(self, sample: Mapping[str, Any], preds: Any, image: Any) -> dict[str, Any]:
         """The case's segmentation logits and requested maps, by task / map name, on the input file's grid.
@@ -325,24 +323,40 @@ class MultiTaskPredictionWriter:
         once per case instead of once per task. Interpolation works channel by channel, so each output
         gets the values it would get mapped back alone (masks are the argmax of these logits: every
         class channel is needed for the exact argmax and the mean entropy inside the mask).
+
+        With ``mask_resampling="nearest"`` a segmentation task is instead its argmax label map (and,
+        with ``uncertainty_maps``, its voxel entropy), computed on the network's grid and mapped back
+        by nearest neighbour (in one inversion of their own; the maps are still interpolated).
         """
-        arrays: dict[str, torch.Tensor] = {}
+        arrays: dict[str, torch.Tensor] = {}  # interpolated
+        labels: dict[str, torch.Tensor] = {}  # nearest neighbour
         for task in self.tasks:
             logits = sample.get(pred_key(task.name))
             if task.kind == TaskKind.SEGMENTATION and logits is not None:
-                arrays[task.name] = torch.as_tensor(logits).detach().float().cpu()
+                logits = torch.as_tensor(logits).detach().float().cpu()
+                if self.invert_labels is not None:
+                    labels[task.name] = _labels_to_map_back(_plain(logits), self.uncertainty_maps)
+                else:
+                    arrays[task.name] = logits
         for name in self.maps:  # only the maps asked for
             value = preds.get(name) if isinstance(preds, Mapping) else None
             if value is not None:
                 arrays[name] = torch.as_tensor(value).detach().float().cpu()
         if self.invert is None:
             return arrays
+        out = self._invert_stacked(arrays, image, self.invert)
+        if self.invert_labels is not None:
+            out.update(self._invert_stacked(labels, image, self.invert_labels))
+        return out
+
+    def _invert_stacked(self, arrays: Mapping[str, torch.Tensor], image: Any, invert: Invertd) -> dict[str, Any]:
+        """``arrays`` on the input grid, by name: their channels stacked, one ``invert`` call per spatial shape."""
         by_shape: dict[tuple[int, ...], list[str]] = {}
         for name, array in arrays.items():
             by_shape.setdefault(tuple(array.shape[1:]), []).append(name)
         out: dict[str, Any] = {}
         for names in by_shape.values():
-            inverted = self._to_input_grid(torch.cat([_plain(arrays[n]) for n in names]), image)
+            inverted = self._to_input_grid(torch.cat([_plain(arrays[n]) for n in names]), image, invert)
             start = 0
             for name in names:
                 stop = start + arrays[name].shape[0]
@@ -350,15 +364,43 @@ class MultiTaskPredictionWriter:
                 start = stop
         return out
 
-    def _mask(self, task: Task, logits: torch.Tensor) -> torch.Tensor:
-        """The ``(1, *spatial)`` uint8 label map: argmax, then the task's postprocessing when one is given."""
-        mask = _argmax_channels(_plain(logits))
+    def _mask(self, task: Task, grid: torch.Tensor) -> torch.Tensor:
+        """The ``(1, *spatial)`` uint8 label map (argmax, or the mapped-back labels), then the task's postprocessing."""
+        if self.invert_labels is not None:  # channel 0: the label map, copied by nearest neighbour (whole numbers)
+            mask = _plain(grid)[:1].round().to(torch.uint8)
+        else:
+            mask = _argmax_channels(_plain(grid))
+        return self._postprocess(task, mask)
+
+    def _postprocess(self, task: Task, mask: torch.Tensor) -> torch.Tensor:
         return self.postprocessing[task.name].apply(mask) if self.postprocessing is not None else mask
 
-    def _save_mask(self, task: Task, logits: torch.Tensor, image: Any, case_id: str, mask: torch.Tensor) -> Path:
+    def _entropy(
+        self, task: Task, grid: torch.Tensor, logits: torch.Tensor, found: torch.Tensor
+    ) -> tuple[torch.Tensor | None, float | None]:
+        """The voxel entropy map on the input grid when it is written (else ``None``) and the mask's mean entropy.
+
+        ``grid``: the task's outputs on the input grid, ``logits`` on the network's, ``found`` the
+        written mask's voxels. Default mode: both from the interpolated logits, the mean over ``found``.
+        ``"nearest"``: the map is channel 1 of ``grid``; the mean is taken on the network's grid,
+        inside its (postprocessed) argmax mask, as the class channels are not mapped back.
+        """
+        if self.invert_labels is not None:
+            entropy = _plain(grid)[1] if self.uncertainty_maps else None
+            if not found.any():
+                return entropy, None
+            data = _plain(logits)
+            inside = self._postprocess(task, _argmax_channels(data))[0] > 0
+            return entropy, float(_voxel_entropy(_voxels(data, inside)).mean()) if inside.any() else None
+        # the entropy map only when it is written; the column needs the voxels inside the mask
+        entropy = _voxel_entropy(grid) if self.uncertainty_maps else None
+        values = entropy[found] if entropy is not None else _voxel_entropy(_voxels(grid, found))
+        return entropy, float(values.mean()) if found.any() else None
+
+    def _save_mask(self, task: Task, grid: torch.Tensor, image: Any, case_id: str, mask: torch.Tensor) -> Path:
         spatial_dims = mask.ndim - 1
         ext = self.mask_ext or (".png" if spatial_dims == 2 else ".nii.gz")
-        meta = dict(logits.meta) if isinstance(logits, MetaTensor) else {}
+        meta = dict(grid.meta) if isinstance(grid, MetaTensor) else {}
         if not meta and isinstance(image, MetaTensor):
             meta = dict(image.meta)
         saver = SaveImage(
@@ -390,12 +432,12 @@ class MultiTaskPredictionWriter:
         )
 
     def _save_dicom_seg(
-        self, task: Task, logits: torch.Tensor, image: Any, source: Path, case_id: str, mask: torch.Tensor
+        self, task: Task, grid: torch.Tensor, image: Any, source: Path, case_id: str, mask: torch.Tensor
     ) -> Path:
         """The mask as a DICOM-SEG of its source series; the affine check catches masks off the source grid."""
-        # the mask's grid: the inverted logits' (input file's) grid, else the preprocessed image's
-        grid = logits if self.invert is not None else image
-        affine = grid.affine if isinstance(grid, MetaTensor) else None
+        # the mask's grid: the inverted outputs' (input file's) grid, else the preprocessed image's
+        on = grid if self.invert is not None else image
+        affine = on.affine if isinstance(on, MetaTensor) else None
         return write_dicom_seg(
             mask[0],
             source,
@@ -441,6 +483,12 @@ def _voxels(logits: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """
     data = _plain(logits)
     return data.reshape(data.shape[0], -1).index_select(1, inside.reshape(-1).nonzero().squeeze(1))
+
+
+def _labels_to_map_back(logits: torch.Tensor, entropy: bool) -> torch.Tensor:
+    """Float channels of ``(C, *spatial)`` logits, same grid: the argmax label map, then the voxel entropy if asked."""
+    label = _argmax_channels(logits).float()
+    return torch.cat([label, _voxel_entropy(logits)[None].float()]) if entropy else label
 
 
 def _plain(data: torch.Tensor) -> torch.Tensor:

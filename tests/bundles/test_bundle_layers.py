@@ -198,3 +198,15 @@ def test_each_bundle_requires_this_medmtl_and_names_its_version_in_the_changelog
     meta = json.loads((bundles_root() / bundle / "configs" / "metadata.json").read_text())
     assert meta["required_packages_version"]["medmtl"] == medmtl.__version__
     assert meta["version"] in meta["changelog"]
+
+
+def test_inference_writer_takes_mask_resampling_from_one_key(tmp_path) -> None:
+    """The common inference layer's ``mask_resampling`` reaches the writer (default: the exact interpolation)."""
+    parser = _tiny_parser("brain_mri_mtl", "inference", tmp_path)
+    (index,) = [i for i, h in enumerate(parser["handlers"]) if h["_target_"].endswith(".MultiTaskPredictionWriter")]
+    for value, expected in ((None, "interpolate"), ("nearest", "nearest")):
+        if value is not None:
+            parser["mask_resampling"] = value  # what --mask_resampling nearest sets
+        writer = parser.get_parsed_content(f"handlers::{index}")
+        assert writer.mask_resampling == expected
+        assert (writer.invert_labels is not None) == (expected == "nearest")

@@ -13,10 +13,11 @@ import torch
 from scipy.special import logit
 
 from medmtl.data.tasks import as_tasks
-from medmtl.deploy.mlflow_model import ModelInputError, image_level_columns, model_inputs
+from medmtl.deploy.mlflow_model import ModelInputError, model_inputs
 from medmtl.inference import MultiTaskPredictionWriter
 from medmtl.metrics.calibration import CalibrationRecord, TaskTemperature
 from medmtl.metrics.decisions import Decisions, TaskDecision
+from medmtl.metrics.task_columns import image_level_columns
 from medmtl.tracking.model_files import ModelFilesError, is_model_uri, run_folder
 
 TASKS = as_tasks(

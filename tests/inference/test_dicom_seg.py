@@ -211,8 +211,12 @@ def test_prediction_writer_refuses_a_mask_off_the_source_grid(tmp_path, caplog):
     assert not (tmp_path / "pred" / DICOM_FAILED_FILE).exists()  # no stale table of failures
 
 
-def test_prediction_writer_inverts_the_preprocessing_first(tmp_path):
-    """Predicted on a reoriented grid (RAS flips the DICOM's LPS columns and rows), written back on the source's."""
+@pytest.mark.parametrize("mask_resampling", ["interpolate", "nearest"])
+def test_prediction_writer_inverts_the_preprocessing_first(tmp_path, mask_resampling):
+    """Predicted on a reoriented grid (RAS flips the DICOM's LPS columns and rows), written back on the source's.
+
+    A reorientation moves voxels without resampling: both ways of mapping masks back give the same SEG.
+    """
     folder, files = _series(tmp_path)
     preprocess = Compose(
         [MedmtlLoadImaged(keys="image", ensure_channel_first=True), Orientationd(keys="image", axcodes="RAS")]
@@ -223,7 +227,9 @@ def test_prediction_writer_inverts_the_preprocessing_first(tmp_path):
     oriented = Orientation(axcodes="RAS")(MetaTensor(torch.as_tensor(mask)[None], affine=meta["affine"]))
     assert not np.array_equal(np.asarray(oriented[0]), mask)  # the grid really changed
     logits = torch.nn.functional.one_hot(oriented[0].as_tensor().long(), 3).permute(3, 0, 1, 2).float()
-    writer = MultiTaskPredictionWriter([TASK], tmp_path / "pred", dicom_seg=True, invert_transform=preprocess)
+    writer = MultiTaskPredictionWriter(
+        [TASK], tmp_path / "pred", dicom_seg=True, invert_transform=preprocess, mask_resampling=mask_resampling
+    )
 
     row = writer.write_sample({"case_id": "c2", "image": image, pred_key("lesion"): logits})
 
