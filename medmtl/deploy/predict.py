@@ -247,10 +247,35 @@ def _input_sets(
         return [], [(case, str(err)) for case in found]
 
 
-def _check_case(case: InputCase, keys: list[str], spatial_dims: int, *, series_folder: bool) -> str | None:
-    """Why ``case`` cannot be predicted (``None``: it can): :func:`~medmtl.deploy.inputs.check_input` on each image."""
+_ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def _array_layout_mismatch(path: Path, pattern: str) -> str | None:
+    """Why an image with a geometry (NIfTI, DICOM...) cannot stand in for the bare arrays an input was trained on.
+
+    A ``.npy`` stack carries no orientation: the network learnt its axis order as stored (MRNet: slices, rows,
+    columns), which a NIfTI or DICOM read in MONAI's layout does not share, so its answers would be silently wrong.
+    """
+    if not pattern.lower().endswith(_ARRAY_SUFFIXES) or path.name.lower().endswith(_ARRAY_SUFFIXES):
+        return None
+    return (
+        f"the model was trained on bare NumPy arrays for this input ({pattern!r}), whose axis order an image with a "
+        "geometry does not share; give it the arrays as trained (for knee planes: medmtl reformat-planes)"
+    )
+
+
+def _check_case(
+    case: InputCase, keys: list[str], spatial_dims: int, *, series_folder: bool, patterns: dict[str, str] | None = None
+) -> str | None:
+    """Why ``case`` cannot be predicted (``None``: it can): :func:`~medmtl.deploy.inputs.check_input` on each image,
+    and each image's format against the ``patterns`` the spec's inputs were trained from."""
     files = case.files(keys)
-    found = {key: check_input(path, spatial_dims, series_folder=series_folder) for key, path in files.items()}
+    patterns = patterns or {}
+    found = {
+        key: check_input(path, spatial_dims, series_folder=series_folder)
+        or _array_layout_mismatch(Path(path), str(patterns.get(key, "")))
+        for key, path in files.items()
+    }
     reasons = [(key, reason) for key, reason in found.items() if reason is not None]
     if len(files) == 1 or not reasons:
         return reasons[0][1] if reasons else None
@@ -400,7 +425,7 @@ def predict_with_folder(
         candidates += result.dicom
     dicom = set(result.dicom)
     for case in candidates:
-        reason = _check_case(case, keys, spec.spatial_dims, series_folder=case in dicom)
+        reason = _check_case(case, keys, spec.spatial_dims, series_folder=case in dicom, patterns=dict(spec.inputs))
         if reason is None:
             result.predicted.append(case)
         else:

@@ -139,6 +139,10 @@ def test_a_model_with_several_inputs_gets_the_images_of_each_case_paired_by_inpu
     (root / "valid" / "coronal" / "1132.npy").write_bytes(b"truncated")
     _planes(root / "valid", "1132", ("axial", "sagittal"))
     np.save(root / "stray.npy", np.zeros((3, 8, 8), dtype=np.uint8))
+    _planes(root / "valid", "1133", ("axial", "sagittal"))  # a NIfTI coronal: not the arrays the model learnt
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 8, 3), dtype=np.float32), np.eye(4)), root / "valid" / "coronal" / "1133.nii.gz"
+    )
     argvs = []
     result = predict(root, tmp_path / "out", run, runner=lambda argv: argvs.append(argv) or 0)
     entries = read_input_list(tmp_path / "out" / "inputs.json")
@@ -151,7 +155,11 @@ def test_a_model_with_several_inputs_gets_the_images_of_each_case_paired_by_inpu
     assert argv[argv.index("--infer_files") + 1] == str(tmp_path / "out" / "inputs.json")
     with open(tmp_path / "out" / FAILED_FILE, newline="") as handle:
         failed = {row["case_id"]: row for row in csv.DictReader(handle)}
-    assert set(failed) == {"valid/1131", "valid/1132", "stray"} == {c.case_id for c, _ in result.failed}
+    assert set(failed) == {"valid/1131", "valid/1132", "valid/1133", "stray"} == {c.case_id for c, _ in result.failed}
+    assert (
+        "trained on bare NumPy arrays" in failed["valid/1133"]["reason"]
+        and "reformat-planes" in failed["valid/1133"]["reason"]
+    )
     expected = root / "valid" / "coronal" / "1131.npy"
     assert failed["valid/1131"]["path"] == str(expected)
     assert (
