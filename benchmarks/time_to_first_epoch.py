@@ -6,8 +6,9 @@ the training and the validation transforms, and draw the first batch. Two set-up
 rounds in one process:
 
 - **before** (medmtl until issue 23): every file validated on every run, MONAI's
-  ``ScaleIntensityRangePercentilesd`` and anti-aliased ``Resized``, the cache built on one thread and
-  stored as float32;
+  ``ScaleIntensityRangePercentilesd`` and anti-aliased ``Resized`` with the masks merged before them
+  (:func:`~medmtl.transforms.fast_preprocess.monai_reference`, the chain the tests pin the fast one
+  to), the cache built on one thread and stored as float32;
 - **after**: validation results reused by file content (the cache is filled by an untimed run first, as
   by the previous training), :class:`~medmtl.transforms.fast_preprocess.FastPercentileScaled` /
   :class:`~medmtl.transforms.fast_preprocess.FastResized` (same values), the cache built by one thread
@@ -56,38 +57,18 @@ from monai.transforms import (  # noqa: E402
     LoadImaged,
     Resized,
     ScaleIntensityd,
-    ScaleIntensityRangePercentilesd,
 )
 
 from medmtl.data.datasets import TrainingCacheDataset, nbytes, strip_meta  # noqa: E402
 from medmtl.data.spec import load_spec  # noqa: E402
 from medmtl.data.validate import require_valid_dataset  # noqa: E402
 from medmtl.transforms import build_transforms  # noqa: E402
-from medmtl.transforms.fast_preprocess import FastPercentileScaled, FastResized  # noqa: E402
+from medmtl.transforms.fast_preprocess import monai_reference  # noqa: E402
 
 SPEC = REPO / "data_specs" / "breast_ultrasound.yaml"
 ROOT = SHARED_DATA / "busi" / "Dataset_BUSI_with_GT"
 SIZE, BATCH = 128, 16
 GOAL_PREPROCESSING = 1.5
-
-
-def monai_chain(chain: Compose) -> Compose:
-    """``chain`` with medmtl's fast percentile scaling and resize swapped back for MONAI's (the 'before')."""
-    steps = []
-    for step in chain.transforms:
-        if isinstance(step, FastPercentileScaled):
-            s = step.scaler
-            step = ScaleIntensityRangePercentilesd(
-                step.keys, s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative, s.channel_wise, s.dtype,
-                allow_missing_keys=step.allow_missing_keys,
-            )  # fmt: skip
-        elif isinstance(step, FastResized):
-            step = Resized(
-                step.keys, spatial_size=step.resizer.spatial_size, mode=step.mode, align_corners=step.align_corners,
-                anti_aliasing=step.anti_aliasing, allow_missing_keys=step.allow_missing_keys,
-            )  # fmt: skip
-        steps.append(step)
-    return Compose(steps)
 
 
 def plain_monai(keys: tuple[str, str]) -> Compose:
@@ -109,8 +90,8 @@ class StartUp:
         self.spec, self.cases, self.after = spec, cases, after
         train = build_transforms(spec, SIZE, train=True, batch_augment=True)
         val = build_transforms(spec, SIZE, train=False)
-        self.train_tf = train if after else monai_chain(train)
-        self.val_tf = val if after else monai_chain(val)
+        self.train_tf = train if after else monai_reference(train)
+        self.val_tf = val if after else monai_reference(val)
         self.workers = None if after else 1
         self.steps: dict[str, float] = {}
         self.memory: dict[str, int] = {}
@@ -149,7 +130,7 @@ def preprocessing_rounds(spec: Any, cases: Any, repeats: int, images: int) -> di
     datalist = cases.datalist("train")[:images]
     keys = ("image", "lesion")
     after = build_transforms(spec, SIZE, train=False)
-    before = monai_chain(after)
+    before = monai_reference(after)
     plain = plain_monai(keys)
     plain_list = [
         {"image": d["image"], "lesion": d["lesion"][0] if isinstance(d["lesion"], list) else d["lesion"]}

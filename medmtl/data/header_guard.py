@@ -12,7 +12,9 @@ validation:
 * :func:`header_problems`: the size a NIfTI / Analyze, PNG / JPEG / BMP / GIF / TIFF, ``.npy`` / ``.npz``
   header claims, compared with what the file can hold (uncompressed data must fit in the file; deflate
   cannot expand more than 1032:1) and with a cap on the decoded size; complex, object and other
-  non-numeric voxel types. DICOM uses :func:`size_problem` from :mod:`medmtl.data.dicom`.
+  non-numeric voxel types. DICOM uses :func:`size_problem` from :mod:`medmtl.data.dicom`;
+  :func:`pil_header_problems` checks a PIL-format file its reader has already opened, so that the
+  training reader opens each picture once for the checks and the pixels.
 * :func:`max_image_bytes`: the cap, :data:`DEFAULT_MAX_IMAGE_BYTES` (2 GiB) per image unless the
   ``MEDMTL_MAX_IMAGE_BYTES`` environment variable (bytes, or ``512M``, ``4G``...) or an argument says
   otherwise.
@@ -44,6 +46,8 @@ __all__ = [
     "header_problems",
     "max_image_bytes",
     "nifti_header",
+    "PIL_HEAD_BYTES",
+    "pil_header_problems",
     "pil_size_limit_off",
     "size_problem",
 ]
@@ -401,39 +405,68 @@ def pil_size_limit_off() -> Iterator[None]:
                 Image.MAX_IMAGE_PIXELS = _PIL_SAVED
 
 
+PIL_HEAD_BYTES = 64
+"""How many of a file's first bytes :func:`pil_header_problems` reads (PNG's IHDR chunk, BMP's info header)."""
+
+
+def pil_header_problems(
+    path: str | os.PathLike, image, head: bytes, file_size: int, max_bytes: int | None = None
+) -> list[Problem]:
+    """:func:`header_problems` of a PIL-format file that the caller has already opened (lazily, nothing decoded).
+
+    Lets a reader open a file once for both the checks and the pixels: ``image`` is the
+    ``PIL.Image.open`` result (opened inside :func:`pil_size_limit_off`), ``head`` the file's first
+    :data:`PIL_HEAD_BYTES` bytes (or all of them, if fewer) and ``file_size`` its size. Same checks
+    and messages as :func:`header_problems`, and likewise ``[]`` when the header cannot be interpreted
+    (the decoder then fails and says why).
+
+    Raises:
+        ValueError: ``max_bytes`` (or ``MEDMTL_MAX_IMAGE_BYTES``) is not a positive size.
+    """
+    limit = max_image_bytes(max_bytes)  # a malformed cap raises (outside the try), as in header_problems
+    try:
+        found = _pil_image_problems(os.fspath(path), image, head, file_size, limit)
+    except Exception:  # noqa: BLE001 - an unparsable header is the reader's to diagnose
+        return []
+    return [p for p in found if p is not None]
+
+
 def _pil_problems(name: str, limit: int) -> list[Problem | None]:
     from PIL import Image
 
-    with pil_size_limit_off(), Image.open(name) as image:  # lazy: the header only
-        width, height = image.size
-        mode, fmt = image.mode, image.format
-        info = dict(image.info)
-        bits = image.tag_v2.get(258) if fmt == "TIFF" else None
+    with open(name, "rb") as handle:  # one open: the first bytes, then PIL's lazy header parse
+        head = handle.read(PIL_HEAD_BYTES)
+        handle.seek(0)
+        with pil_size_limit_off(), Image.open(handle) as image:
+            return _pil_image_problems(name, image, head, os.fstat(handle.fileno()).st_size, limit)
+
+
+def _pil_image_problems(name: str, image, head: bytes, size: int, limit: int) -> list[Problem | None]:
+    from PIL import Image
+
+    width, height = image.size
+    mode, fmt = image.mode, image.format
+    info = image.info
+    bits = image.tag_v2.get(258) if fmt == "TIFF" else None
     per_pixel = _MODE_BYTES.get(mode, Image.getmodebands(mode) * (4 if mode in ("I", "F") else 1))
     claimed = width * height * per_pixel
-    size = os.path.getsize(name)
     what = f"a {width} x {height} {mode} image"
     capacity, stored, codec = None, claimed, None
     if fmt == "PNG":
-        stored, capacity, codec = _png_raw_bytes(name, width, height), DEFLATE_MAX_RATIO * size, "PNG (deflate)"
+        stored, capacity, codec = _png_raw_bytes(head, width, height), DEFLATE_MAX_RATIO * size, "PNG (deflate)"
     elif fmt == "TIFF" and info.get("compression") == "raw":
         total_bits = sum(bits) if isinstance(bits, tuple) else int(bits or (1 if mode == "1" else 8))
         stored, capacity = -(-width * total_bits // 8) * height, size
-    elif fmt == "BMP" and not info.get("compression"):
-        with open(name, "rb") as handle:
-            head = handle.read(30)
-        if int.from_bytes(head[14:18], "little") >= 40:  # BITMAPINFOHEADER or later: biBitCount at 28
-            depth = int.from_bytes(head[28:30], "little") or 8 * per_pixel
-            stored, capacity = (-(-width * depth // 32) * 4) * height, size
+    elif fmt == "BMP" and not info.get("compression") and int.from_bytes(head[14:18], "little") >= 40:
+        depth = int.from_bytes(head[28:30], "little") or 8 * per_pixel  # BITMAPINFOHEADER or later: biBitCount at 28
+        stored, capacity = (-(-width * depth // 32) * 4) * height, size
     if capacity is not None and stored > capacity:
         return [size_problem(name, stored, what, max_bytes=limit, capacity=capacity, file_size=size, codec=codec)]
     return [size_problem(name, claimed, what, max_bytes=limit)]
 
 
-def _png_raw_bytes(name: str, width: int, height: int) -> int:
-    """Bytes of a PNG's filtered scanlines (what its deflate stream inflates to), from the IHDR chunk."""
-    with open(name, "rb") as handle:
-        head = handle.read(33)
+def _png_raw_bytes(head: bytes, width: int, height: int) -> int:
+    """Bytes of a PNG's filtered scanlines (what its deflate stream inflates to), from the IHDR chunk in ``head``."""
     depth, colour = head[24], head[25]
     channels = _PNG_CHANNELS.get(colour, 4)
     return height * (1 + -(-width * channels * depth // 8))

@@ -45,9 +45,11 @@ from monai.transforms import LoadImage, LoadImaged
 from medmtl.data.dicom import DicomError, DicomSeries, decode_series, is_dicom_file, scan_dicom
 from medmtl.data.header_guard import (
     DEFLATE_MAX_RATIO,
+    PIL_HEAD_BYTES,
     file_kind_problem,
     header_problems,
     max_image_bytes,
+    pil_header_problems,
     pil_size_limit_off,
 )
 from medmtl.data.problems import DataError, Problem
@@ -65,6 +67,7 @@ __all__ = [
     "load_array",
     "load_image",
     "make_loader",
+    "open_checked_pil",
     "reader_for",
 ]
 
@@ -361,7 +364,9 @@ class MedmtlPILReader(PILReader):
 
     A palette image (GIF, "P" mode PNG) comes as its palette indices, which is what a mask means. The size
     each header claims is checked against the file and ``max_image_bytes`` before anything is decoded
-    (:func:`~medmtl.data.header_guard.header_problems`), in place of PIL's own pixel-count limit.
+    (:func:`~medmtl.data.header_guard.pil_header_problems`), in place of PIL's own pixel-count limit. Each
+    file is opened once: its bytes give both the checks and, decoded lazily by PIL, the pixels
+    (:func:`open_checked_pil`).
 
     Args:
         max_image_bytes: cap on one decoded image (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
@@ -376,16 +381,80 @@ class MedmtlPILReader(PILReader):
         return all(_suffix(n) in SUPPORTED_SUFFIXES["pil"] for n in _names(filename))
 
     def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str | np.ndarray, **kwargs):
-        """PIL images (lazy), after their headers passed the size checks.
+        """PIL images (lazy), after their headers passed the size checks; as ``PILReader.read`` otherwise.
 
         Raises:
-            ImageReadError: a header claims more than the file holds or more than ``max_image_bytes``.
+            ImageReadError: a special file, or a header claiming more than the file holds or more than
+                ``max_image_bytes``.
         """
-        if not isinstance(data, np.ndarray):
-            for name in _names(data):
-                _raise_for_header(name, self.max_image_bytes)
+        if isinstance(data, np.ndarray):
+            with pil_size_limit_off():
+                return super().read(data, **kwargs)
+        options = {**self.kwargs, **kwargs}
+        images = []
+        for name in _names(data):
+            image = open_checked_pil(name, self.max_image_bytes, **options)
+            images.append(self.converter(image) if callable(self.converter) else image)
+        return images if len(images) > 1 else images[0]
+
+
+_READ_WHOLE_MAX = 64 * 1024**2
+"""Largest PIL-format file :func:`open_checked_pil` reads into memory by default (larger: checked from the path)."""
+
+
+def open_checked_pil(
+    path: str | os.PathLike,
+    max_image_bytes: int | None = None,
+    *,
+    read_whole_max: int = _READ_WHOLE_MAX,
+    **open_kwargs,
+):
+    """``PIL.Image.open`` of ``path`` (lazy: pixels decoded on first use) after its header passed the guard.
+
+    Why: checking the header and then letting PIL open the file meant opening and parsing every picture
+    twice (three times with PNG's IHDR read), a measurable share of a small image's preprocessing. Here
+    the file is opened once and read whole (a picture is a few hundred KB; files over ``read_whole_max``
+    are checked from their path first and then opened by PIL as before, so a big file is never held in
+    memory twice): :func:`~medmtl.data.header_guard.pil_header_problems` checks PIL's parse
+    of those bytes, and the same image object later decodes them. The checks are those of
+    :func:`~medmtl.data.header_guard.header_problems`: special files refused unopened, the claimed size
+    against the file and the cap, PIL's pixel-count limit replaced by the cap.
+
+    Args:
+        path: the file.
+        max_image_bytes: cap on the decoded size (``None``: ``MEDMTL_MAX_IMAGE_BYTES`` or 2 GiB).
+        read_whole_max: largest file read into memory at once (bytes).
+        open_kwargs: ``PIL.Image.open`` arguments (``formats``).
+
+    Raises:
+        ImageReadError: a special file or a header over the file or the cap, naming the file.
+        OSError: a file PIL cannot identify (``MedmtlReader`` turns it into an ``unreadable_file`` problem).
+    """
+    from PIL import Image
+
+    name = os.fspath(path)
+    kind = file_kind_problem(name)
+    if kind is not None:
+        raise ImageReadError([kind], context=name)
+    with open(name, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        content = handle.read() if size <= read_whole_max else None
+    image = None
+    if content is not None:
+        try:
+            with pil_size_limit_off():
+                image = Image.open(io.BytesIO(content), **open_kwargs)
+        except Exception:  # noqa: BLE001 - PIL cannot parse it: opened from the path below, its error names the file
+            image = None
+    if image is None:
+        _raise_for_header(name, max_image_bytes)
         with pil_size_limit_off():
-            return super().read(data, **kwargs)
+            return Image.open(name, **open_kwargs)
+    found = pil_header_problems(name, image, content[:PIL_HEAD_BYTES], size, max_image_bytes)
+    if found:
+        image.close()
+        raise ImageReadError(found, context=name)
+    return image
 
 
 def _raise_for_header(name: str, limit: int | None, allow_dir: bool = False) -> None:
@@ -483,8 +552,9 @@ class MedmtlReader(ImageReader):
             reader = MedmtlDicomReader(seg=self.dicom_seg, max_image_bytes=self.max_image_bytes)
         elif isinstance(reader, MedmtlPILReader):
             reader.max_image_bytes = self.max_image_bytes
-        for file in _names(data):
-            _raise_for_header(file, self.max_image_bytes, allow_dir=dicom)
+        if not isinstance(reader, MedmtlPILReader):  # which checks each header on its one open of the file
+            for file in _names(data):
+                _raise_for_header(file, self.max_image_bytes, allow_dir=dicom)
         name = _names(data)[0]
         return reader, self._guard(name, reader.read, data, **kwargs), name
 

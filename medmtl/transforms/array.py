@@ -17,7 +17,6 @@ from collections.abc import Mapping
 
 import torch
 from monai.config import NdarrayOrTensor
-from monai.data import MetaTensor
 from monai.transforms import Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from PIL import Image
@@ -55,18 +54,21 @@ def colour_layout(img: NdarrayOrTensor) -> tuple[int, int]:
     return 1, 1
 
 
-def _per_file(img: torch.Tensor, name: str) -> torch.Tensor:
-    """``(files, kept bands, *spatial)`` view of a channel-first array (alpha bands dropped)."""
+def _per_file(img: NdarrayOrTensor, values: torch.Tensor, name: str) -> torch.Tensor:
+    """``(files, kept bands, *spatial)`` view of ``values`` (alpha bands dropped), laid out by ``img``'s metadata.
+
+    ``values`` is ``img`` as a plain tensor (same shape): reading the layout from the original spares
+    wrapping the converted values in a new MetaTensor only to carry the metadata here.
+    """
     bands, keep = colour_layout(img)
-    channels = img.shape[0]
+    channels = values.shape[0]
     if channels % bands:
         raise ValueError(
             f"{name}: {channels} channels are not a whole number of {bands}-band images "
             f"(file {(getattr(img, 'meta', None) or {}).get('filename_or_obj', '?')}); "
             "mixing grey and colour files in one list is not supported: save them all in one mode"
         )
-    plain = img.as_tensor() if isinstance(img, MetaTensor) else img
-    return plain.reshape(channels // bands, bands, *img.shape[1:])[:, :keep]
+    return values.reshape(channels // bands, bands, *values.shape[1:])[:, :keep]
 
 
 class ToGrey(Transform):
@@ -87,9 +89,7 @@ class ToGrey(Transform):
         if bands == 1:
             return img
         tensor = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
-        if isinstance(img, MetaTensor):
-            tensor = MetaTensor(tensor, meta=img.meta)
-        files = _per_file(tensor, type(self).__name__)
+        files = _per_file(img, tensor, type(self).__name__)
         if keep >= 3:
             weights = torch.tensor(_LUMA, dtype=files.dtype).reshape(1, 3, *([1] * (files.ndim - 2)))
             grey = (files[:, :3] * weights).sum(1)
@@ -124,9 +124,7 @@ class MergeMasks(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Return a ``(1, *spatial)`` float32 label map."""
         tensor = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
-        if isinstance(img, MetaTensor):
-            tensor = MetaTensor(tensor, meta=img.meta)
-        merged = _per_file(tensor, type(self).__name__).amax(dim=(0, 1)).unsqueeze(0)
+        merged = _per_file(img, tensor, type(self).__name__).amax(dim=(0, 1)).unsqueeze(0)
         if self.values:
             mapped = merged.clone()
             for raw, target in self.values.items():

@@ -194,7 +194,8 @@ class EnsureTaskLabelsd(MapTransform):
                 f"{tuple(value.shape)}, expected (1, *{spatial}) like '{self.image_key}'; merge multi-file masks with "
                 "MergeMasksd and resize image and masks together (medmtl.transforms.build_transforms does both)"
             )
-        return value.to(self.seg_dtype)
+        # .to() of a MetaTensor copies its metadata even when the dtype is already right: skip the no-op
+        return value if value.dtype == self.seg_dtype else value.to(self.seg_dtype)
 
     def _empty_mask(self, d: Mapping[Hashable, Any], task: Task) -> torch.Tensor:
         image = self._image(d, task)

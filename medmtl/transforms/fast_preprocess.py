@@ -22,6 +22,7 @@ mapped back through ``Invertd``, are unchanged.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,20 +30,23 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import (
+    Compose,
     GaussianSmooth,
     Resize,
     Resized,
-    ScaleIntensityRange,
     ScaleIntensityRangePercentiles,
     ScaleIntensityRangePercentilesd,
 )
-from monai.utils import convert_to_tensor
+from monai.utils import convert_data_type, convert_to_tensor
+
+from medmtl.transforms.dictionary import MergeMasksd
 
 __all__ = [
     "FastPercentileScaled",
     "FastResize",
     "FastResized",
     "exact_percentiles",
+    "monai_reference",
     "resize_matrix",
 ]
 
@@ -60,7 +64,7 @@ def exact_percentiles(img: torch.Tensor, q: Sequence[float]) -> list[float]:
     flat = img.detach().reshape(-1)
     if flat.numel() == 0:
         raise ValueError("percentiles of an empty image are undefined")
-    low, high = float(flat.min()), float(flat.max())
+    low, high = (float(v) for v in torch.aminmax(flat))
     integer = low >= 0 and high < _HISTOGRAM_MAX
     if integer and flat.is_floating_point():
         values = flat.to(torch.uint8 if high < 256 else torch.int32)
@@ -101,18 +105,28 @@ class FastPercentileScaled(ScaleIntensityRangePercentilesd):
 
 class _FastPercentileScale(ScaleIntensityRangePercentiles):
     def _normalize(self, img):
-        # MONAI's _normalize (monai/transforms/intensity/array.py) with the two percentile searches replaced
-        a_min, a_max = exact_percentiles(torch.as_tensor(img), (self.lower, self.upper))
+        # MONAI's _normalize and ScaleIntensityRange.__call__ (monai/transforms/intensity/array.py): the same
+        # operations in the same order, on the plain channel tensor. MONAI wraps each channel in a new MetaTensor
+        # (an identity affine, metadata copied on every operation), which costs more than the arithmetic on a
+        # 256 px picture; nothing of it reaches the output (the caller copies the input's metadata back).
+        img = convert_to_tensor(img, track_meta=False)
+        a_min, a_max = exact_percentiles(img, (self.lower, self.upper))
         b_min, b_max = self.b_min, self.b_max
         if self.relative:
             if (self.b_min is None) or (self.b_max is None):
                 raise ValueError("If it is relative, b_min and b_max should not be None.")
             b_min = ((self.b_max - self.b_min) * (self.lower / 100.0)) + self.b_min
             b_max = ((self.b_max - self.b_min) * (self.upper / 100.0)) + self.b_min
-        scaler = ScaleIntensityRange(
-            a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=self.clip, dtype=self.dtype
-        )
-        return convert_to_tensor(scaler(img), track_meta=False)
+        dtype = self.dtype or img.dtype
+        if a_max - a_min == 0.0:
+            warnings.warn("Divide by zero (a_min == a_max)", Warning, stacklevel=2)
+            return img - a_min if b_min is None else img - a_min + b_min
+        out = (img - a_min).div_(a_max - a_min)  # a new tensor, then updated in place: the same values
+        if (b_min is not None) and (b_max is not None):
+            out.mul_(b_max - b_min).add_(b_min)
+        if self.clip:
+            out.clamp_(b_min, b_max)
+        return convert_data_type(out, dtype=dtype)[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,11 +138,19 @@ def resize_matrix(size_in: int, size_out: int, sigma: float) -> torch.Tensor:
     """
     eye = torch.eye(size_in, dtype=torch.float32)
     blurred = GaussianSmooth(sigma=[sigma])(eye) if sigma > 0 else eye  # row j: the blur of e_j
+    # a plain tensor: GaussianSmooth returns a MetaTensor, which would make every product with it pay
+    # MetaTensor's per-operation metadata bookkeeping (more than the arithmetic on 256 px images)
+    blurred = convert_to_tensor(blurred, track_meta=False)
     sampled = F.interpolate(blurred.unsqueeze(1), size=size_out, mode="linear")
     return sampled[:, 0, :].T.contiguous()
 
 
-@functools.lru_cache(maxsize=64)
+_BANDED_CACHE = 512
+"""Axis sizes whose band is kept: BUSI's 780 pictures have 104 distinct side lengths, and a miss costs about
+1 ms (MONAI's blur of an identity matrix), more than the resize itself; one entry is a few KB to ~60 KB."""
+
+
+@functools.lru_cache(maxsize=_BANDED_CACHE)
 def _banded(size_in: int, size_out: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`resize_matrix` as ``(indices, weights)``, each ``(size_out, band)``: the non-zero band of each row."""
     matrix = resize_matrix(size_in, size_out, sigma)
@@ -211,3 +233,38 @@ class FastResized(Resized):
         super().__init__(*args, **kwargs)
         r = self.resizer
         self.resizer = FastResize(spatial_size=r.spatial_size, size_mode=r.size_mode, lazy=r.lazy)
+
+
+def monai_reference(chain: Compose) -> Compose:
+    """``chain`` as medmtl built it before these fast steps: MONAI's own transforms, masks merged first.
+
+    :class:`FastPercentileScaled` and :class:`FastResized` become MONAI's
+    ``ScaleIntensityRangePercentilesd`` and ``Resized`` with the same arguments, and the
+    :class:`~medmtl.transforms.dictionary.MergeMasksd` steps placed after the first of them move back in
+    front of it (``build_transforms`` merged masks at full resolution). The result is what the fast
+    chain must equal (images within float32 rounding, masks exactly); the tests and
+    ``benchmarks/time_to_first_epoch.py`` compare against it.
+    """
+    steps = list(chain.transforms)
+    fast = [i for i, step in enumerate(steps) if isinstance(step, FastPercentileScaled | FastResized)]
+    if fast:
+        head, tail = steps[: fast[0]], steps[fast[0] :]
+        merges = [t for t in tail if isinstance(t, MergeMasksd)]
+        steps = head + merges + [t for t in tail if not isinstance(t, MergeMasksd)]
+    return Compose([_monai_step(step) for step in steps])
+
+
+def _monai_step(step):
+    """MONAI's transform for a fast step (same arguments); any other step unchanged."""
+    if isinstance(step, FastPercentileScaled):
+        s = step.scaler
+        return ScaleIntensityRangePercentilesd(
+            step.keys, s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative, s.channel_wise, s.dtype,
+            allow_missing_keys=step.allow_missing_keys,
+        )  # fmt: skip
+    if isinstance(step, FastResized):
+        return Resized(
+            step.keys, spatial_size=step.resizer.spatial_size, mode=step.mode, align_corners=step.align_corners,
+            anti_aliasing=step.anti_aliasing, allow_missing_keys=step.allow_missing_keys,
+        )  # fmt: skip
+    return step

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from medmtl.data.readers import (
     load_array,
     load_image,
     make_loader,
+    open_checked_pil,
     reader_for,
 )
 
@@ -167,3 +171,56 @@ def test_real_brain_nifti_keeps_its_affine(shared_data, name):
     np.testing.assert_allclose(image.affine.numpy(), reference.affine, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(image.affine.numpy()[:3, :3], axis=0), spacing, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(image)[::16, ::16, ::8], np.asarray(reference.dataobj)[::16, ::16, ::8])
+
+
+_OPENS: list[str] | None = None  # paths opened while a test records them (see _opened_by)
+_HOOKED = False
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if _OPENS is not None and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        _OPENS.append(os.fsdecode(args[0]))
+
+
+def _opened_by(action) -> tuple[object, list[str]]:
+    """``action()``'s result and every path it opened (Python's ``open`` audit event: ``open``, ``io.open``, ``os.open``)."""
+    global _OPENS, _HOOKED
+    if not _HOOKED:  # an audit hook cannot be removed: one per process, recording only inside this function
+        sys.addaudithook(_record_open)
+        _HOOKED = True
+    _OPENS = []
+    try:
+        return action(), _OPENS
+    finally:
+        _OPENS = None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_picture_is_opened_once_for_header_checks_and_pixels(tmp_path, suffix):
+    """The header guard and PIL used to open each picture separately; one open now gives both."""
+    pixels = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint8)
+    image, mask = tmp_path / f"scan{suffix}", tmp_path / f"scan_mask{suffix}"
+    Image.fromarray(pixels).save(image)
+    Image.fromarray((pixels > 100).astype(np.uint8)).save(mask)
+    loader = MedmtlLoadImaged(["image", "mask"], image_only=True)
+    sample, opened = _opened_by(lambda: loader({"image": image, "mask": mask}))
+    assert sorted(p for p in opened if p.startswith(str(tmp_path))) == sorted([str(image), str(mask)])
+    np.testing.assert_array_equal(np.asarray(sample["image"]), pixels.T)
+    np.testing.assert_array_equal(np.asarray(sample["mask"]), (pixels > 100).T)
+    assert sample["image"].meta["filename_or_obj"] == str(image)
+    if suffix != ".tif":  # MONAI's own loader sends TIFF to pydicom
+        np.testing.assert_array_equal(np.asarray(sample["image"]), np.asarray(LoadImage(image_only=True)(image)))
+
+
+def test_files_over_the_in_memory_limit_are_checked_from_their_path(tmp_path):
+    """Above ``read_whole_max`` the header is checked from the path, then PIL opens it: same pixels, same refusals."""
+    path = tmp_path / "big.png"
+    pixels = (np.arange(40 * 50).reshape(40, 50) % 256).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    for limit in (0, 1 << 20):  # the path route, the in-memory route
+        with open_checked_pil(path, read_whole_max=limit) as image:
+            np.testing.assert_array_equal(np.asarray(image), pixels)
+        with pytest.raises(ImageReadError) as info:
+            open_checked_pil(path, max_image_bytes=1000, read_whole_max=limit)
+        assert [p.check for p in info.value.problems] == ["image_too_large"]
+        assert str(path) in str(info.value)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import glob
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Resized, ScaleIntensityRangePercentilesd
 
-from medmtl.transforms.fast_preprocess import FastPercentileScaled, FastResized, exact_percentiles
+from medmtl.data.spec import load_spec
+from medmtl.transforms import build_transforms
+from medmtl.transforms.fast_preprocess import (
+    FastPercentileScaled,
+    FastResized,
+    exact_percentiles,
+    monai_reference,
+    resize_matrix,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,6 +70,16 @@ def test_same_output_metadata_and_inverse_as_monai() -> None:
         assert torch.equal(back["mask"].as_tensor(), back_ref["mask"].as_tensor())
 
 
+def test_constant_image_as_monai() -> None:
+    """A blank picture (a_min == a_max): MONAI's fallback (shift to b_min, with its warning), not a division by 0."""
+    image = MetaTensor(torch.full((1, 30, 40), 7.0))
+    with pytest.warns(Warning, match="Divide by zero"):
+        ref = ScaleIntensityRangePercentilesd("image", **_PERCENTILES)({"image": image.clone()})["image"]
+    with pytest.warns(Warning, match="Divide by zero"):
+        out = FastPercentileScaled("image", **_PERCENTILES)({"image": image.clone()})["image"]
+    assert out.dtype == ref.dtype and torch.equal(out.as_tensor(), ref.as_tensor())
+
+
 def test_3d_and_mixed_up_and_down_sampling() -> None:
     volume = torch.rand(2, 60, 47, 30, generator=torch.Generator().manual_seed(1)) * 100
     args = {"spatial_size": (24, 30, 40), "mode": "trilinear", "anti_aliasing": True}
@@ -67,46 +88,17 @@ def test_3d_and_mixed_up_and_down_sampling() -> None:
     assert float((out - ref).abs().max()) <= 1e-5 * 100
 
 
-def _monai_chain(chain):
-    """The chain as it was before issue 23: MONAI's scaling and resize, masks merged before the resize."""
-    from monai.transforms import Compose
-
-    from medmtl.transforms import MergeMasksd
-
-    merges = [t for t in chain.transforms if isinstance(t, MergeMasksd)]
-    steps = []
-    for step in chain.transforms:
-        if isinstance(step, MergeMasksd):
-            continue
-        if isinstance(step, FastPercentileScaled):
-            steps += merges
-            s = step.scaler
-            step = ScaleIntensityRangePercentilesd(
-                step.keys, s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative, s.channel_wise, s.dtype,
-                allow_missing_keys=step.allow_missing_keys,
-            )  # fmt: skip
-        elif isinstance(step, FastResized):
-            step = Resized(
-                step.keys, spatial_size=step.resizer.spatial_size, mode=step.mode,
-                anti_aliasing=step.anti_aliasing, allow_missing_keys=step.allow_missing_keys,
-            )  # fmt: skip
-        steps.append(step)
-    return Compose(steps)
-
-
 def test_demo_masks_and_metrics_unchanged(tmp_path) -> None:
     """The preset chain before and after: masks equal, images within 1e-5, a fixed network's Dice equal."""
     from monai.metrics import DiceMetric
 
     from medmtl.data.demo import generate_demo2d
-    from medmtl.data.spec import load_spec
-    from medmtl.transforms import build_transforms
 
     generate_demo2d(tmp_path / "demo2d", 10, 0)
     spec = load_spec("data_specs/demo.yaml", root=str(tmp_path / "demo2d"))
     data = spec.build_cases().datalist("all")
     after = build_transforms(spec, 40, train=False)  # 64 px demo images: a downsampling resize
-    before = _monai_chain(after)
+    before = monai_reference(after)
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 2, 5, padding=2)
     dice = {"before": DiceMetric(include_background=False), "after": DiceMetric(include_background=False)}
@@ -121,3 +113,38 @@ def test_demo_masks_and_metrics_unchanged(tmp_path) -> None:
             dice[name](torch.cat([pred == 0, pred == 1], 1).float(), torch.cat([label == 0, label == 1], 1).float())
     scores = {name: float(metric.aggregate()) for name, metric in dice.items()}
     assert scores["after"] == pytest.approx(scores["before"], abs=1e-6)
+
+
+def test_resize_matrix_is_a_plain_tensor() -> None:
+    """A MetaTensor here made every resize product pay metadata bookkeeping (more than the arithmetic)."""
+    assert type(resize_matrix(257, 128, 0.5)) is torch.Tensor
+
+
+@pytest.mark.shared_data
+def test_real_busi_equals_the_monai_chain(shared_data, specs_dir) -> None:
+    """Real BUSI pictures (one and several mask files, a normal case) through the preset and MONAI's chain.
+
+    Images within 1e-5, masks and labels equal, and the same geometry and transform record (``Invertd``
+    maps predictions back with them).
+    """
+    root = shared_data / "busi" / "Dataset_BUSI_with_GT"
+    spec = load_spec(specs_dir / "breast_ultrasound.yaml", root=str(root))
+    images = sorted(root.glob("*/*).png"))
+    several = [Path(str(m).replace("_mask_1.png", ".png")) for m in sorted(root.glob("*/*_mask_1.png"))[:2]]
+    cases = []
+    for image in several + images[:2] + images[-2:]:  # benign and normal (blank masks) at both ends
+        masks = sorted(str(m) for m in image.parent.glob(f"{glob.escape(image.stem)}_mask*.png"))
+        diagnosis = ["normal", "benign", "malignant"].index(image.parent.name)
+        cases.append({"image": str(image), "lesion": masks if len(masks) > 1 else masks[0], "diagnosis": diagnosis})
+    for train in (False, True):  # evaluation chain, and the training chain cached with batch_augment
+        fast = build_transforms(spec, 128, train=train, batch_augment=True)
+        reference = monai_reference(fast)
+        for case in cases:
+            out, ref = fast(dict(case)), reference(dict(case))
+            assert float((out["image"] - ref["image"]).abs().max()) <= 1e-5
+            assert torch.equal(out["lesion"].as_tensor(), ref["lesion"].as_tensor())
+            assert torch.equal(out["diagnosis"], ref["diagnosis"])
+            for key in ("image", "lesion"):
+                assert torch.equal(out[key].affine, ref[key].affine)
+                ops = [(op["orig_size"], op["extra_info"]["mode"]) for op in out[key].applied_operations]
+                assert ops == [(op["orig_size"], op["extra_info"]["mode"]) for op in ref[key].applied_operations]
