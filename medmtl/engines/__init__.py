@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from medmtl.engines.acceleration import (
+    CompiledNetwork,
+    compiled_network,
+    cudnn_benchmark_choice,
+    set_cudnn_benchmark,
+)
 from medmtl.engines.checkpoint_io import (
     CheckpointError,
     CheckpointExit,
@@ -96,6 +102,10 @@ from medmtl.engines.weight_average import EMAWeights
 from medmtl.networks.router import ExpertRouter  # moved to medmtl.networks; this name kept for existing configs
 
 __all__ = [
+    "CompiledNetwork",
+    "compiled_network",
+    "cudnn_benchmark_choice",
+    "set_cudnn_benchmark",
     "ShardError",
     "check_shards",
     "RunConfigError",

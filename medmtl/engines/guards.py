@@ -32,6 +32,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from medmtl.byte_size import parse_byte_size
+from medmtl.engines.network_wrappers import unwrap
 from medmtl.networks.memory import MemoryBudgetError, estimate_activation_bytes
 
 __all__ = [
@@ -275,6 +276,8 @@ class TrainingMemoryGuard:
             return
         self._checked = True
         network = getattr(engine, "network", None)
+        # the plain network: through a CompiledNetwork this one estimate would compile an eval-mode graph
+        network = None if network is None else unwrap(network)
         device = torch.device(getattr(engine.state, "device", None) or getattr(engine, "device", "cpu"))
         budget = self._budget(device)
         if network is None or budget is None or engine.state.batch is None:

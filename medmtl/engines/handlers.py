@@ -46,16 +46,12 @@ from medmtl.engines.checkpoint_io import (
     strip_ddp_prefix,
 )
 from medmtl.engines.guards import NonFiniteError, non_finite_tensors
+from medmtl.engines.network_wrappers import unwrap
 from medmtl.engines.resume_state import numpy_state, numpy_state_tuple
 
 __all__ = ["MultiTaskLossHandler", "ResumableCheckpoint", "atomic_torch_save", "unwrap", "CHECKPOINT_PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP / DataParallel wrappers (where ``shared_parameters`` lives)."""
-    return network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
 
 
 def _shared_parameters(network: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
