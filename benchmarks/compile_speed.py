@@ -71,8 +71,12 @@ GOAL = 0.95
 
 LESION = Task(name="lesion", kind="segmentation", classes=["background", "lesion"])
 MALIGNANT = Task(name="malignant", kind="binary")
-UNET_PRESET = {"features": (16, 16, 32, 64, 128, 16), "dropout": 0.1}
-"""The bundles' ``backbone_presets::unet`` (bundles/common/configs/train.json)."""
+PRESETS = {
+    "unet": {"features": (16, 16, 32, 64, 128, 16), "dropout": 0.1},
+    "resunet": {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2},
+}
+"""The bundles' ``backbone_presets`` (bundles/common/configs/train.json): ``unet`` the default, ``resunet`` what
+``medmtl plan`` chooses for 2D segmentation + diagnosis (MONAI's UNet, no graph break)."""
 BUNDLE_COMPILE_KWARGS = json.loads((REPO / "bundles" / "common" / "configs" / "train.json").read_text())[
     "compile_kwargs"
 ]
@@ -88,12 +92,21 @@ class Config:
     spatial_dims: int
     shape: tuple[int, ...]
     quick_shape: tuple[int, ...]
+    backbone: str = "unet"
 
 
 CONFIGS = {
     c.key: c
     for c in (
         Config("2d", "2D, demo bundle network (unet 16..128), lesion + malignant", 2, (8, 1, 64, 64), (4, 1, 64, 64)),
+        Config(
+            "2d-resunet",
+            "2D, the plan's resunet (16..256, MONAI UNet), lesion + malignant",
+            2,
+            (8, 1, 128, 128),
+            (4, 1, 64, 64),
+            "resunet",
+        ),
         Config(
             "3d",
             "3D U-Net, brain bundle unet preset (16..128), lesion + binary",
@@ -170,8 +183,8 @@ def compare(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
     torch.manual_seed(0)
-    backbone_kwargs = {"spatial_dims": config.spatial_dims, "in_channels": 1, **UNET_PRESET}
-    network = MultiTaskNet("unet", [LESION, MALIGNANT], backbone_kwargs=backbone_kwargs).to(device)
+    backbone_kwargs = {"spatial_dims": config.spatial_dims, "in_channels": 1, **PRESETS[config.backbone]}
+    network = MultiTaskNet(config.backbone, [LESION, MALIGNANT], backbone_kwargs=backbone_kwargs).to(device)
     breaks = graph_breaks(copy.deepcopy(network), x)
     models = {
         "eager": Candidate(copy.deepcopy(network), x, None),
