@@ -207,7 +207,8 @@ def test_a_model_with_several_inputs_gets_one_series_per_input_of_each_study(tmp
             )  # fmt: skip
     rules = {"modality": ["MR"], "inputs": {plane: {"orientation": plane} for plane in planes}}
     spec = str(resolve_resource("data_specs/mrnet.yaml"))
-    settings = {"data": {"data_spec": spec, "spec_overrides": {"dicom_series": rules}}, "model": {}}
+    volumes = {plane: f"{{split}}/{plane}/{{id}}.nii.gz" for plane in planes}  # a model trained on volumes, not arrays
+    settings = {"data": {"data_spec": spec, "spec_overrides": {"dicom_series": rules, "inputs": volumes}}, "model": {}}
     run = tmp_path / "run"
     run.mkdir()
     (run / "run_config.json").write_text(
