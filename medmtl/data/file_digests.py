@@ -3,7 +3,7 @@
 Why: a cache keyed by file content (validation's :mod:`~medmtl.data.validate.result_cache`) must
 know each file's digest, and hashing every byte of every image before each validation reads the
 whole dataset again to find that nothing changed. As git's index does, a file whose path, size,
-modification time (ns) and inode are those recorded when it was hashed is taken as unchanged and its
+modification and status-change times (ns), inode and device are those recorded when it was hashed is taken as unchanged and its
 recorded digest reused; any of them changing hashes it again. A file modified less than
 :data:`FRESH_SECONDS` before it was hashed is not recorded: a rewrite within the same timestamp
 tick (same size) would otherwise go unnoticed. The records are one JSON file (nothing pickled).
@@ -64,11 +64,12 @@ class FileDigests:
     def _file(self, path: Path) -> str:
         name = os.path.abspath(path)
         info = os.stat(name)  # before reading: a write during the read changes what is recorded
-        stamp = [info.st_size, info.st_mtime_ns, info.st_ino]
+        # ctime as git's index does: a rewrite that puts the mtime back (touch -r, cp -p) still moves it
+        stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
         known = self._known.get(name)
-        if isinstance(known, list) and len(known) == 4 and known[:3] == stamp:
+        if isinstance(known, list) and len(known) == len(stamp) + 1 and known[:-1] == stamp:
             self._used[name] = known
-            return str(known[3])
+            return str(known[-1])
         digest = file_sha256(name)
         if time.time_ns() - info.st_mtime_ns >= FRESH_SECONDS * 1e9:
             self._used[name] = [*stamp, digest]

@@ -113,9 +113,9 @@ def _backbones(network: nn.Module) -> list[Backbone]:
     A network that is not a medmtl one (a custom module returning ``{task: logits}``) may be
     exported too; its downsampling is unknown, so it keeps the spatial size it was trained at.
     """
-    from medmtl.networks.backbone_holders import holds_backbones, network_backbones
+    from medmtl.networks.backbone_holders import prefixed_backbones
 
-    return list(network_backbones(network).values()) if holds_backbones(network) else []
+    return list(prefixed_backbones("", network).values())
 
 
 def _downsampling(backbone: Backbone, spatial_dims: int) -> int:
@@ -162,12 +162,9 @@ def input_layout(
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    import medmtl
 
-    try:
-        return version("medmtl")
-    except PackageNotFoundError:
-        return "unknown"
+    return medmtl.__version__
 
 
 def build_metadata(

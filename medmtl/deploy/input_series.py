@@ -85,6 +85,15 @@ def input_series_cases(
             )
             failed.append((InputCase(study.name, study.study.folder), reason))
             continue
-        paths = [dicom_cases([choice], spatial_dims, link_dir)[0].path for choice in per_input]
+        read = {key: dicom_cases([choice], spatial_dims, link_dir) for key, choice in zip(keys, per_input, strict=True)}
+        several = [f"{key} ({len(found)})" for key, found in read.items() if len(found) != 1]
+        if several:  # a 2D model's images, or a series split in several multi-frame files: not one image per input
+            reason = (
+                f"the series chosen for inputs {', '.join(several)} do not make one image each; a model with several "
+                "inputs takes one image per input and case"
+            )
+            failed.append((InputCase(study.name, study.study.folder), reason))
+            continue
+        paths = [found[0].path for found in read.values()]
         cases.append(InputCase(study.name, paths[0], tuple(zip(keys, paths, strict=True))))
     return cases, failed

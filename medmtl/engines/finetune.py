@@ -40,7 +40,7 @@ from torch import nn
 from medmtl.engines.checkpoint_io import CheckpointError, load_checkpoint, strip_ddp_prefix
 from medmtl.engines.guards import GuardExit
 from medmtl.engines.handlers import unwrap
-from medmtl.networks.backbones import Backbone
+from medmtl.networks.backbone_holders import prefixed_backbones
 from medmtl.networks.pretrained import (
     PretrainedWeightsError,
     PretrainedWeightsReport,
@@ -300,11 +300,11 @@ def encoder_parameters(network: nn.Module) -> list[nn.Parameter]:
     own = getattr(inner, "encoder_parameters", None)
     if callable(own):
         return list(own())
-    backbones = [m for m in inner.modules() if isinstance(m, Backbone)]
+    backbones = list(prefixed_backbones("", inner).values())
     if not backbones:
         raise TypeError(
-            f"{type(inner).__name__} holds no medmtl Backbone and has no encoder_parameters(): cannot tell its "
-            "encoder apart; give the network an encoder_parameters() method"
+            f"{type(inner).__name__} lists no medmtl backbone (backbones()) and has no encoder_parameters(): "
+            "cannot tell its encoder apart; give the network an encoder_parameters() method"
         )
     decoder = {id(p) for b in backbones for m in b.decoder_modules() for p in m.parameters()}
     encoder = {id(p) for b in backbones for p in b.parameters() if id(p) not in decoder}
@@ -338,7 +338,7 @@ def encoder_norm_layers(network: nn.Module) -> list[nn.Module]:
         with its own ``encoder_parameters()``, those whose parameters are all encoder parameters.
     """
     inner = unwrap(network)
-    backbones = [m for m in inner.modules() if isinstance(m, Backbone)]
+    backbones = list(prefixed_backbones("", inner).values())
     if backbones:
         decoder = {id(m) for b in backbones for d in b.decoder_modules() for m in d.modules()}
         candidates = [m for b in backbones for m in b.modules() if id(m) not in decoder]

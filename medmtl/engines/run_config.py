@@ -313,8 +313,11 @@ def network_fingerprint(network: Any) -> dict[str, Any]:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("medmtl", "monai", "torch", "pytorch-ignite", "mlflow"):
+    import medmtl
+
+    # medmtl's own version from the package (written once there), not an editable install's stale metadata
+    out = {"python": platform.python_version(), "medmtl": medmtl.__version__}
+    for name in ("monai", "torch", "pytorch-ignite", "mlflow"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -107,8 +107,9 @@ class MultiTaskPredictionWriter:
             from the default near borders). ``<task>_voxels``, the DICOM SEG and the SR volumes count
             the mask written; what needs every class channel is computed on the network's grid
             instead of the input's: ``<task>_mean_entropy`` is the mean voxel entropy inside the
-            argmax mask there (after the task's postprocessing; ``None`` when the written mask is
-            empty), and the ``uncertainty_maps`` are the network grid's entropy, mapped back with the
+            argmax mask there (after the task's postprocessing, which there counts network voxels: a
+            component-size threshold covers more of the input's volume when the network's voxels are
+            larger; ``None`` when the written mask is empty), and the ``uncertainty_maps`` are the network grid's entropy, mapped back with the
             label map (one more channel, only when asked for). ``maps`` are interpolated in both
             modes. Without ``invert_transform`` nothing is resampled and both modes write the same.
 

@@ -24,12 +24,12 @@ class HoldsBackbones:
         """``{state-dict prefix: backbone}`` of every backbone the network runs, e.g. ``{"backbone": ...}``.
 
         The prefix is what the backbone's keys start with in the network's ``state_dict()``
-        (``"columns.0"``, ``"members.1.backbone"``), so checkpoint keys can be matched to it.
+        (``"columns.0"``, ``"members.1.backbone"``), so checkpoint keys can be matched to it. Every medmtl
+        network overrides it; a user's own subclass that does not lists none, as before this method
+        existed: no backbone layout is recorded for it, an export keeps its training size, and encoder
+        options (pretrained weights, freezing) find no encoder.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} does not list its backbones: implement backbones() -> "
-            "{state-dict prefix: Backbone} (see medmtl.networks.backbone_holders)"
-        )
+        return {}
 
 
 def holds_backbones(network: nn.Module) -> bool:

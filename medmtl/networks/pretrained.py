@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmtl.networks.backbone_holders import holds_backbones, network_backbones
+from medmtl.networks.backbone_holders import prefixed_backbones
 from medmtl.networks.backbones import (
     Backbone,
     BasicUNetBackbone,
@@ -447,11 +447,6 @@ def _fix(layout_name: str, backbone: Backbone, plan: _Plan) -> str:
     )
 
 
-def _backbones(network: nn.Module) -> list[tuple[str, Backbone]]:
-    """The backbones ``network`` lists, by state-dict prefix (``""`` for a backbone itself); none for a plain module."""
-    return list(network_backbones(network).items()) if holds_backbones(network) else []
-
-
 def load_backbone_weights(
     network: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -483,10 +478,14 @@ def load_backbone_weights(
     """
     layout_name = detect_layout(state, source)
     layout = _LAYOUTS[layout_name]
-    fitting = [(name or type(m).__name__, m) for name, m in _backbones(network) if isinstance(m, layout.backbone)]
+    fitting = [
+        (name or type(m).__name__, m)
+        for name, m in prefixed_backbones("", network).items()
+        if isinstance(m, layout.backbone)
+    ]
     if not fitting:
         held = (
-            sorted({type(m).__name__ for _, m in _backbones(network)})
+            sorted({type(m).__name__ for _, m in prefixed_backbones("", network).items()})
             or f"no medmtl backbone ({type(network).__name__})"
         )
         raise PretrainedWeightsError(

@@ -17,7 +17,7 @@ from medmtl.data.dicom.studies import group_studies
 from medmtl.data.spec import SpecError, load_spec
 from medmtl.data.spec_model import DicomSeriesRules
 from medmtl.deploy.inputs import find_inputs, read_input_list
-from medmtl.deploy.predict import predict
+from medmtl.deploy.predict import PredictError, predict
 from medmtl.deploy.series_choice import (
     choose_series,
     dicom_cases,
@@ -252,3 +252,31 @@ def test_rules_per_input_are_checked_against_the_spec_inputs() -> None:
         load_spec(mrnet, dicom_series=rules.model_dump(exclude_unset=True))
     with pytest.raises(SpecError, match="min_slices 20 is above max_slices 10"):
         load_spec(mrnet, dicom_series={"min_slices": 20, "inputs": {p: {"max_slices": 10} for p in PLANES}})
+
+
+def test_a_2d_model_with_several_inputs_refuses_a_series_of_many_images(tmp_path) -> None:
+    """A 2D model with several inputs takes one image per input: series of several slices chosen by its rules
+    make the study a failed.csv row saying so, instead of silently keeping each series' first slice."""
+    root, planes = tmp_path / "in", {"sagittal": 3, "coronal": 4, "axial": 5}
+    study = generate_uid()
+    for plane, number in planes.items():
+        write_volume_series(
+            root / "S1" / f"SE{number}", VOLUME, study_uid=study, series_uid=generate_uid(), number=number,
+            plane=plane, description=f"PD {plane}",
+        )  # fmt: skip
+    rules = {"modality": ["MR"], "inputs": {plane: {"orientation": plane} for plane in planes}}
+    images = {plane: f"{{split}}/{plane}/{{id}}.png" for plane in planes}
+    overrides = {"dicom_series": rules, "inputs": images, "spatial_dims": 2}
+    settings = {"data": {"data_spec": str(resolve_resource("data_specs/mrnet.yaml")), "spec_overrides": overrides}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(
+        json.dumps({"format": "medmtl.run_config/1", "bundle": "knee_mri_mtl", "settings": {**settings, "model": {}}})
+    )
+    calls: list = []
+    with pytest.raises(PredictError, match="none of the 18 inputs can be predicted"):  # 3 series of 6 files
+        predict(root, tmp_path / "out", run, runner=calls.append)
+    with open(tmp_path / "out" / "failed.csv", newline="") as handle:
+        (failed,) = list(csv.DictReader(handle))
+    assert failed["case_id"] == "study01" and not calls
+    assert "do not make one image each; a model with several inputs takes one image per input" in failed["reason"]
