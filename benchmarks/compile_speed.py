@@ -71,15 +71,14 @@ GOAL = 0.95
 
 LESION = Task(name="lesion", kind="segmentation", classes=["background", "lesion"])
 MALIGNANT = Task(name="malignant", kind="binary")
+COMMON_TRAIN = json.loads((REPO / "bundles" / "common" / "configs" / "train.json").read_text())
 PRESETS = {
-    "unet": {"features": (16, 16, 32, 64, 128, 16), "dropout": 0.1},
-    "resunet": {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2},
+    name: {k: v for k, v in COMMON_TRAIN["backbone_presets"][name].items() if k not in ("spatial_dims", "in_channels")}
+    for name in ("unet", "resunet")
 }
-"""The bundles' ``backbone_presets`` (bundles/common/configs/train.json): ``unet`` the default, ``resunet`` what
+"""The bundles' ``backbone_presets`` as the bundles define them: ``unet`` the default, ``resunet`` what
 ``medmtl plan`` chooses for 2D segmentation + diagnosis (MONAI's UNet, no graph break)."""
-BUNDLE_COMPILE_KWARGS = json.loads((REPO / "bundles" / "common" / "configs" / "train.json").read_text())[
-    "compile_kwargs"
-]
+BUNDLE_COMPILE_KWARGS = COMMON_TRAIN["compile_kwargs"]
 """The bundles' ``compile_kwargs`` default (inductor's layout optimisation off: see the benchmark README)."""
 
 
