@@ -55,6 +55,7 @@ from medmtl.deploy.series_choice import (
     choose_series,
     dicom_cases,
     effective_rules,
+    study_name,
     unmatched_reason,
     write_series_table,
 )
@@ -217,7 +218,7 @@ def _dicom_input_sets(
     try:
         by_input = choose_input_series(studies, spec.dicom_series, spec.modality, list(spec.inputs), spec.spatial_dims)
     except ValueError as err:
-        return [], [(InputCase(f"study{k:02d}", s.folder), str(err)) for k, s in enumerate(studies, start=1)]
+        return [], [(InputCase(study_name(k), s.folder), str(err)) for k, s in enumerate(studies, start=1)]
     write_series_table(by_input, out / SERIES_FILE)
     cases, failed = input_series_cases(
         by_input, spec.dicom_series, spec.modality, spec.spatial_dims, out / SERIES_LINKS

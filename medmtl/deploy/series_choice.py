@@ -35,6 +35,7 @@ __all__ = [
     "effective_rules",
     "expected_text",
     "score_series",
+    "study_name",
     "unmatched_reason",
     "write_series_table",
 ]
@@ -127,6 +128,11 @@ def expected_text(rules: DicomSeriesRules, spatial_dims: int) -> str:
     return ", ".join(parts)
 
 
+def study_name(number: int) -> str:
+    """A study's case id in the outputs (``study01``): its position, never a header value (no patient data)."""
+    return f"study{number:02d}"
+
+
 @dataclass(frozen=True)
 class StudyChoice:
     """The series of one study, scored; ``chosen`` holds the indexes (into ``scores``) given to the model."""
@@ -138,7 +144,7 @@ class StudyChoice:
 
     @property
     def name(self) -> str:
-        return f"study{self.number:02d}"
+        return study_name(self.number)
 
     def series_id(self, index: int) -> str:
         """``study<k>_series<SeriesNumber>`` (the series' position where its number is missing or repeated)."""
