@@ -70,6 +70,12 @@ class UNetUpHead(nn.Module):
     gives its top up-layer (``_get_up_layer(..., is_top=True)``); ``up`` holds the parameters
     under the names of MONAI's ``model.2``.
 
+    With ``features > 0`` the layer is one of MONAI ``UNet``'s inner up-layers instead
+    (``is_top=False``: ``features`` channels at full resolution, normalised and activated), followed
+    by a 1x1 convolution to the classes (``out``), as nnU-Net's decoder ends. Why: at full resolution
+    MONAI's top layer has only as many channels as classes; a few channels more cost little in 2D and
+    segmented BUSI's lesions better (benchmarks/README.md, "segmentation head width").
+
     Args:
         spatial_dims: 1, 2 or 3.
         in_channels: channels of the dense features (``backbone.dense_channels``).
@@ -83,10 +89,13 @@ class UNetUpHead(nn.Module):
         dropout: dropout ratio.
         bias: bias in the convolutions.
         adn_ordering: order of activation, dropout and normalisation (MONAI ``ADN``).
+        features: 0 for MONAI's top up-layer straight to the classes; else the channels of the
+            full-resolution features before a 1x1 convolution to the classes.
 
     Example::
 
         head = UNetUpHead(2, in_channels=32, out_channels=2, strides=2)  # (B, 32, 64, 64) -> (B, 2, 128, 128)
+        wide = UNetUpHead(2, in_channels=32, out_channels=2, strides=2, features=16)  # same shapes, 16 channels inside
     """
 
     def __init__(
@@ -103,27 +112,33 @@ class UNetUpHead(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         adn_ordering: str = "NDA",
+        features: int = 0,
     ) -> None:
         super().__init__()
+        features = int(features)
+        if features < 0:
+            raise ValueError(f"UNetUpHead: 'features' must be 0 (MONAI UNet's top layer) or positive, got {features}")
+        is_top = features == 0
+        width = out_channels if is_top else features
         conv = Convolution(
             spatial_dims,
             in_channels,
-            out_channels,
+            width,
             strides=strides,
             kernel_size=up_kernel_size,
             act=act,
             norm=norm,
             dropout=dropout,
             bias=bias,
-            conv_only=num_res_units == 0,
+            conv_only=is_top and num_res_units == 0,
             is_transposed=True,
             adn_ordering=adn_ordering,
         )
         if num_res_units > 0:
             unit = ResidualUnit(
                 spatial_dims,
-                out_channels,
-                out_channels,
+                width,
+                width,
                 strides=1,
                 kernel_size=kernel_size,
                 subunits=1,
@@ -131,17 +146,22 @@ class UNetUpHead(nn.Module):
                 norm=norm,
                 dropout=dropout,
                 bias=bias,
-                last_conv_only=True,
+                last_conv_only=is_top,
                 adn_ordering=adn_ordering,
             )
             self.up: nn.Module = nn.Sequential(conv, unit)
         else:
             self.up = conv
+        # the 1x1 convolution to the classes after wide features (None: MONAI's top layer ends in them)
+        self.out: nn.Module | None = (
+            None if is_top else Conv["conv", spatial_dims](features, out_channels, kernel_size=1)
+        )
         self.is_dense = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> ``(B, out_channels, *(spatial * strides))``."""
-        return self.up(x)
+        x = self.up(x)
+        return x if self.out is None else self.out(x)
 
 
 class ClassificationHead(nn.Module):

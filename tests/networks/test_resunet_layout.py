@@ -93,6 +93,36 @@ def test_every_segmentation_task_gets_the_top_layer_of_its_own_classes() -> None
     assert net.heads["lesion"].up[0].conv.in_channels == net.backbone.dense_channels == 8  # cat(skip, up) at 1/2
 
 
+def test_head_features_keep_that_many_channels_at_full_resolution_per_segmentation_task() -> None:
+    second = {"name": "organ", "kind": "segmentation", "classes": ["background", "organ"]}
+    kwargs = {"spatial_dims": 2, "channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1, "head_features": 4}
+    torch.manual_seed(0)
+    net = MultiTaskNet("resunet", [LESION, second, DIAGNOSIS], backbone_kwargs=kwargs)
+    x = torch.randn(2, 1, 33, 37)
+    out = net.eval()(x)
+    assert out["lesion"].shape == (2, 3, 33, 37) and out["organ"].shape == (2, 2, 33, 37)
+    for task, classes in (("lesion", 3), ("organ", 2)):
+        head = net.heads[task]
+        assert head.up[0].conv.out_channels == 4 and head.up[0].adn is not None  # normalised and activated
+        assert head.up[1].conv.unit0.adn is not None  # MONAI's inner up-layer: no bare last convolution
+        assert (head.out.in_channels, head.out.out_channels, head.out.kernel_size) == (4, classes, (1, 1))
+    # the backbone and the classification head are the default layout's, parameter for parameter
+    default, _ = _pair(2, (4, 8, 16), 1, [LESION, second, DIAGNOSIS])
+    wide_keys = set(net.state_dict())
+    assert {
+        k for k in default.state_dict() if not k.startswith("heads.lesion") and not k.startswith("heads.organ")
+    } <= wide_keys
+    assert {k for k in wide_keys if k.startswith("heads.lesion.out.")} == {
+        "heads.lesion.out.weight",
+        "heads.lesion.out.bias",
+    }
+    # gradients reach the backbone through the wide head
+    net.train()(x)["lesion"].sum().backward()
+    assert net.backbone.down[0].conv.unit0.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="head_features"):
+        MultiTaskNet("resunet", [LESION], backbone_kwargs={**kwargs, "head_features": -1})
+
+
 # -- layout 1 ---------------------------------------------------------------------------------------
 def _layout_1(tasks: list[dict]) -> MultiTaskNet:
     """The same network in layout 1: MONAI's top up-layer (channels[0] outputs) in the backbone, 1x1 heads."""
