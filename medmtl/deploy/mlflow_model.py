@@ -14,7 +14,10 @@ folder on the machine that predicts) or an ``image`` column (an array as medmtl 
 geometry, so 1 mm voxels in RAS are assumed). Output: one row per input with the columns of the
 inference bundle's ``predictions.csv`` (:func:`~medmtl.metrics.task_columns.image_level_columns`; ``<task>_voxels`` for
 segmentation, per class too when a task has several), and with ``params={"return_masks": True}``
-each segmentation's label map on the input's grid (``<task>_mask``, MONAI's layout).
+each segmentation's label map on the input's grid (``<task>_mask``, MONAI's layout). Masks go back to
+the input's grid as the inference bundle's ``mask_resampling`` does: by default the logits are
+interpolated and then the argmax taken; ``params={"mask_resampling": "nearest"}`` copies the label map
+of the network's grid by nearest neighbour instead.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from medmtl.data.tasks import Task, TaskKind
+from medmtl.inference.writer import MASK_RESAMPLING
 from medmtl.metrics.calibration import CalibrationRecord
 from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.task_columns import image_level_columns
 from medmtl.tracking.model_files import RUN_ARTIFACT, run_folder
-from medmtl.tracking.model_logging import IMAGE_COLUMN, PATH_COLUMN, RETURN_MASKS
+from medmtl.tracking.model_logging import IMAGE_COLUMN, MASK_RESAMPLING_PARAM, PATH_COLUMN, RETURN_MASKS
 
 __all__ = ["MedmtlModel", "ModelInputError", "RunPredictor", "model_inputs"]
 
@@ -186,17 +190,22 @@ class RunPredictor:
             return f"input {i} ({item}): {reason or ' '.join(str(err).split()) or type(err).__name__}"
         return f"input {i} (array {tuple(item.shape)}): {' '.join(str(err).split()) or type(err).__name__}"
 
-    def _to_input_grid(self, logits: torch.Tensor, image: Any) -> torch.Tensor:
-        """Segmentation logits back on the input's grid through the preprocessing's invertible steps (as inference)."""
+    def _to_input_grid(self, values: torch.Tensor, image: Any, nearest: bool = False) -> torch.Tensor:
+        """Values of the network's grid back on the input's grid through the preprocessing's invertible steps (as inference)."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        invert = Invertd(_PRED, transform=self.preprocessing, orig_keys=self.input_key, nearest_interp=False)
-        return invert({self.input_key: image, _PRED: MetaTensor(logits, meta=dict(image.meta))})[_PRED]
+        invert = Invertd(_PRED, transform=self.preprocessing, orig_keys=self.input_key, nearest_interp=nearest)
+        return invert({self.input_key: image, _PRED: MetaTensor(values, meta=dict(image.meta))})[_PRED]
 
-    def _segmentation_columns(self, task: Task, logits: torch.Tensor, image: Any, masks: bool) -> dict[str, Any]:
-        grid = torch.as_tensor(self._to_input_grid(logits, image))
-        mask = grid.argmax(0).to(torch.uint8)
+    def _segmentation_columns(
+        self, task: Task, logits: torch.Tensor, image: Any, masks: bool, mask_resampling: str = "interpolate"
+    ) -> dict[str, Any]:
+        if mask_resampling == "nearest":  # the label map of the network's grid, copied by nearest neighbour
+            labels = logits.argmax(0, keepdim=True).float()
+            mask = torch.as_tensor(self._to_input_grid(labels, image, nearest=True))[0].round().to(torch.uint8)
+        else:  # the logits interpolated, then the argmax (the writer's default)
+            mask = torch.as_tensor(self._to_input_grid(logits, image)).argmax(0).to(torch.uint8)
         counts = torch.bincount(mask.reshape(-1).long(), minlength=task.num_outputs).tolist()
         row: dict[str, Any] = {f"{task.name}_voxels": int(sum(counts[1:]))}
         if task.num_outputs > 2:
@@ -205,12 +214,19 @@ class RunPredictor:
             row[f"{task.name}_mask"] = mask.numpy()
         return row
 
-    def predict(self, inputs: Sequence[str | np.ndarray], return_masks: bool = False) -> list[dict[str, Any]]:
+    def predict(
+        self, inputs: Sequence[str | np.ndarray], return_masks: bool = False, mask_resampling: str = "interpolate"
+    ) -> list[dict[str, Any]]:
         """One row per input (see the module docstring).
 
         Raises:
-            ModelInputError: naming every input that could not be read or preprocessed, with the reason.
+            ModelInputError: naming every input that could not be read or preprocessed, with the reason,
+                or a ``mask_resampling`` other than ``interpolate`` / ``nearest``.
         """
+        if mask_resampling not in MASK_RESAMPLING:
+            raise ModelInputError(
+                f"{MASK_RESAMPLING_PARAM} {mask_resampling!r}: expected one of {', '.join(MASK_RESAMPLING)}"
+            )
         samples, problems = [], []
         for i, item in enumerate(inputs):
             try:
@@ -233,7 +249,7 @@ class RunPredictor:
             for task in self.tasks:
                 logits = torch.as_tensor(outputs[task.name])[0].detach().float().cpu()
                 if task.kind == TaskKind.SEGMENTATION:
-                    row.update(self._segmentation_columns(task, logits, image, return_masks))
+                    row.update(self._segmentation_columns(task, logits, image, return_masks, mask_resampling))
                 else:
                     row.update(image_level_columns(task, logits, self.decisions, self.calibration))
             rows.append(row)
@@ -251,5 +267,10 @@ class MedmtlModel(PythonModel):
 
     # a DataFrame hint: what MLflow passes after checking the signature (other hints make it infer one)
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        rows = self.predictor.predict(model_inputs(model_input), bool((params or {}).get(RETURN_MASKS, False)))
+        params = params or {}
+        rows = self.predictor.predict(
+            model_inputs(model_input),
+            bool(params.get(RETURN_MASKS, False)),
+            str(params.get(MASK_RESAMPLING_PARAM) or "interpolate"),
+        )
         return pd.DataFrame(rows)

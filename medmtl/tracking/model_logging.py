@@ -29,6 +29,7 @@ __all__ = [
     "MODEL_NAME",
     "PATH_COLUMN",
     "RETURN_MASKS",
+    "MASK_RESAMPLING_PARAM",
     "RunModelHandler",
     "log_run_model",
     "model_signature",
@@ -47,17 +48,21 @@ _REQUIREMENTS = ("medmtl", "torch", "monai", "pytorch-ignite", "mlflow")
 PATH_COLUMN = "path"
 IMAGE_COLUMN = "image"
 RETURN_MASKS = "return_masks"
+MASK_RESAMPLING_PARAM = "mask_resampling"
 # the file MLflow runs to load the model (medmtl.deploy, above this package: named by path, never imported here)
 _CODE = Path(__file__).resolve().parents[1] / "deploy" / "mlflow_model_code.py"
 
 
 def model_signature() -> Any:
-    """Inputs: optional ``path`` (string) and ``image`` (any array) columns; params: ``return_masks``."""
+    """Inputs: optional ``path`` (string) and ``image`` (any array) columns; params: ``return_masks``, ``mask_resampling``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", PATH_COLUMN, required=False), ColSpec(AnyType(), IMAGE_COLUMN, required=False)])
-    return ModelSignature(inputs=inputs, params=ParamSchema([ParamSpec(RETURN_MASKS, "boolean", False)]))
+    params = ParamSchema(
+        [ParamSpec(RETURN_MASKS, "boolean", False), ParamSpec(MASK_RESAMPLING_PARAM, "string", "interpolate")]
+    )
+    return ModelSignature(inputs=inputs, params=params)
 
 
 def pip_requirements(names: Sequence[str] = _REQUIREMENTS) -> list[str]:

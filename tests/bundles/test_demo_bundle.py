@@ -336,7 +336,7 @@ def test_registered_mlflow_model_predicts_as_the_inference_bundle_and_serves(
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # not mlflow.set_tracking_uri: it outlives the test
         model = mlflow.pyfunc.load_model(alias)
         assert [c.name for c in model.metadata.get_input_schema().inputs] == ["path", "image"]
-        assert model.metadata.get_params_schema().params[0].name == "return_masks"
+        assert [p.name for p in model.metadata.get_params_schema().params] == ["return_masks", "mask_resampling"]
         assert model.input_example["path"][0].endswith(".png")  # a file of the run's data
         with open(demo_inference / "predictions.csv", newline="") as handle:
             expected = {row["case_id"]: row for row in csv.DictReader(handle)}

@@ -99,3 +99,50 @@ def test_a_folder_that_is_not_a_model_or_not_empty_is_refused(tmp_path) -> None:
         run_folder(tmp_path / "files", tmp_path / "used")
     assert is_model_uri("models:/demo@champion") and is_model_uri("runs:/0a1b/model")
     assert not is_model_uri("runs/demo") and not is_model_uri(tmp_path)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A network whose segmentation logits are given: the masks then depend only on how they go back."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"lesion": self.logits[None].expand(x.shape[0], -1, -1, -1)}
+
+
+@pytest.mark.parametrize("mode", ["interpolate", "nearest"])
+def test_masks_go_back_to_the_input_grid_as_the_writer_maps_them(tmp_path, mode) -> None:
+    """``mask_resampling`` (an MLflow param) gives the inference writer's masks: the logits interpolated, or the
+    network grid's label map copied by nearest neighbour; another value is refused with the choices."""
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Resized
+    from PIL import Image
+
+    from medmtl.deploy.mlflow_model import RunPredictor
+    from medmtl.inference.writer import pred_key
+
+    Image.fromarray((np.random.default_rng(3).random((37, 45)) * 255).astype(np.uint8)).save(tmp_path / "c.png")
+    preprocessing = Compose(
+        [LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Resized("image", spatial_size=(32, 32))]
+    )
+    coarse = torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(4))
+    logits = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=True)[0] * 3
+    tasks = as_tasks([{"name": "lesion", "kind": "segmentation", "classes": ["background", "mass", "cyst"]}])
+    predictor = RunPredictor(_FixedLogits(logits), tasks, "image", 2, preprocessing, SimpleInferer())
+    (row,) = predictor.predict([str(tmp_path / "c.png")], return_masks=True, mask_resampling=mode)
+
+    image = preprocessing({"image": str(tmp_path / "c.png")})["image"]
+    writer = MultiTaskPredictionWriter(tasks, tmp_path / mode, invert_transform=preprocessing, mask_resampling=mode)
+    written = writer.write_sample({"image": image, "case_id": "c", pred_key("lesion"): logits})
+    expected = LoadImage(image_only=True)(tmp_path / mode / written["lesion_file"]).numpy().astype(np.uint8)
+    assert row["lesion_mask"].shape == expected.shape == (45, 37)
+    np.testing.assert_array_equal(row["lesion_mask"], expected)
+    assert row["lesion_voxels"] == int(written["lesion_voxels"]) == int((expected > 0).sum())
+    assert row["lesion_cyst_voxels"] == int((expected == 2).sum()) > 0
+    if mode == "nearest":  # differs from the interpolated mask, near label changes only
+        (default,) = predictor.predict([str(tmp_path / "c.png")], return_masks=True)
+        assert (default["lesion_mask"] != row["lesion_mask"]).any()
+    with pytest.raises(ModelInputError, match="mask_resampling 'linear': expected one of interpolate, nearest"):
+        predictor.predict([str(tmp_path / "c.png")], mask_resampling="linear")
