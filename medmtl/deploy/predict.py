@@ -219,10 +219,10 @@ def _dicom_input_sets(
         by_input = choose_input_series(studies, spec.dicom_series, spec.modality, list(spec.inputs), spec.spatial_dims)
     except ValueError as err:
         return [], [(InputCase(study_name(k), s.folder), str(err)) for k, s in enumerate(studies, start=1)]
-    write_series_table(by_input, out / SERIES_FILE)
     cases, failed = input_series_cases(
         by_input, spec.dicom_series, spec.modality, spec.spatial_dims, out / SERIES_LINKS
     )
+    write_series_table(by_input, out / SERIES_FILE, {case.case_id: reason for case, reason in failed})
     for case, reason in failed:
         logger.warning("%s (%s): not predicted: %s", case.case_id, case.path, reason)
     logger.info("DICOM: %d stud(ies), %d case(s) chosen (%s)", len(studies), len(cases), out / SERIES_FILE)

@@ -221,13 +221,18 @@ def unmatched_reason(
 
 
 def write_series_table(
-    choices: Sequence[StudyChoice] | Mapping[str, Sequence[StudyChoice]], path: str | os.PathLike
+    choices: Sequence[StudyChoice] | Mapping[str, Sequence[StudyChoice]],
+    path: str | os.PathLike,
+    failed_studies: Mapping[str, str] | None = None,
 ) -> Path:
     """``series.csv``: one row per series of every study, chosen or not and why; UIDs, no patient data.
 
     ``choices`` per input name (a model with several inputs, :mod:`medmtl.deploy.input_series`): an ``input``
     column first, one row per input and series, the study's name as the chosen series' case id.
+    ``failed_studies`` (study name -> reason): studies that are no case after all (an input matched no
+    series): their matching series are not marked chosen, and the reason says why.
     """
+    failed_studies = failed_studies or {}
     by_input = choices if isinstance(choices, Mapping) else {"": choices}
     columns = ["input"] if isinstance(choices, Mapping) else []
     columns += ["study", "study_uid", "series_uid", "series_number", "modality", "description", "orientation"]
@@ -238,6 +243,8 @@ def write_series_table(
     ):
         series, chosen = score.series, index in choice.chosen
         reason = "; ".join(score.reasons) or ("" if chosen else "another matching series has more images")
+        if chosen and choice.name in failed_studies:
+            chosen, reason = False, f"matches, but the study is not predicted: {failed_studies[choice.name]}"
         case_id = (choice.name if name else choice.series_id(index)) if chosen else ""
         rows.append(
             ([name] if isinstance(choices, Mapping) else [])
