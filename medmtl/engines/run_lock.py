@@ -51,6 +51,7 @@ __all__ = [
     "OutputDirLock",
     "OutputDirLocked",
     "RunExit",
+    "WRITE_CHECK_PREFIX",
     "check_free_space",
     "check_output_dir",
     "claim_output_dir",
@@ -264,6 +265,10 @@ def _no_link_out(folder: Path) -> None:
             )
 
 
+WRITE_CHECK_PREFIX = ".medmtl-write-check."
+"""Name prefix of the byte written (then removed) to check that a folder is writable."""
+
+
 def _writable(folder: Path) -> None:
     """Create the folder and write a byte into it; raise :class:`OutputDirError` in one line if that fails."""
     if folder.exists() and not folder.is_dir():
@@ -276,7 +281,7 @@ def _writable(folder: Path) -> None:
             "(--output_dir) or fix its permissions"
         ) from None
     try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".medmtl-write-check.")
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=WRITE_CHECK_PREFIX)
         try:
             os.write(handle, b"0")
         finally:

@@ -23,6 +23,7 @@ from bundle_cli import bundle_argv
 
 from medmtl.data.demo import generate_demo2d
 from medmtl.engines import CHECKPOINT_PAUSE_ENV
+from medmtl.engines.run_lock import WRITE_CHECK_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 # hidden temp files of last.pt / best.pt, and of the pending best (``..best.pt.pending.tmp.<random>.tmp``)
@@ -89,7 +90,12 @@ def _check_checkpoints(models: Path, seen: dict[str, tuple]) -> None:
     if not models.is_dir():
         return
     for path in models.iterdir():
-        assert path.name in {"last.pt", "best.pt"} or TEMP_NAME.match(path.name), path.name
+        # or the byte a starting run writes (then removes) to check that the folder is writable
+        assert (
+            path.name in {"last.pt", "best.pt"}
+            or TEMP_NAME.match(path.name)
+            or path.name.startswith(WRITE_CHECK_PREFIX)
+        ), path.name
     for name in ("last.pt", "best.pt"):
         path = models / name
         try:
