@@ -255,9 +255,9 @@ class ResUNetBackbone(Backbone):
         head_features: channels at full resolution in each segmentation head: 0 (default) MONAI
             UNet's top up-layer straight to the classes; ``n > 0`` that layer with ``n`` normalised,
             activated channels and a 1x1 convolution to the classes (``UNetUpHead(features=n)``).
-            ``channels[0]`` segmented BUSI's lesions better; it costs about 1.3x MONAI UNet's
-            FLOPs in 2D and 2.5x in 3D (full-resolution voxels dominate there), so ``medmtl plan``
-            chooses it in 2D only.
+            It costs about 1.3x MONAI UNet's FLOPs in 2D and 2.5x in 3D (full-resolution voxels
+            dominate there). On BUSI ``channels[0]`` helped only test images with a near-copy in
+            training, so ``medmtl plan`` leaves it at 0 (benchmarks/README.md).
 
     Example::
 

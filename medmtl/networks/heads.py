@@ -73,8 +73,9 @@ class UNetUpHead(nn.Module):
     With ``features > 0`` the layer is one of MONAI ``UNet``'s inner up-layers instead
     (``is_top=False``: ``features`` channels at full resolution, normalised and activated), followed
     by a 1x1 convolution to the classes (``out``), as nnU-Net's decoder ends. Why: at full resolution
-    MONAI's top layer has only as many channels as classes; a few channels more cost little in 2D and
-    segmented BUSI's lesions better (benchmarks/README.md, "segmentation head width").
+    MONAI's top layer has only as many channels as classes, which may limit fine boundaries; the
+    option lets a user measure that on their data (on BUSI it did not help unseen images:
+    benchmarks/README.md, "Segmentation head width").
 
     Args:
         spatial_dims: 1, 2 or 3.

@@ -96,7 +96,7 @@ def network_choices(fingerprint: Mapping[str, Any], device_type: str, presets: M
     where = "a GPU" if device_type == "cuda" else "the CPU"
     if dims == 2 and "resunet" in presets:
         channels = [base * 2**i for i in range(5)]
-        choices = [
+        return [
             Choice(
                 "backbone",
                 "resunet",
@@ -109,17 +109,6 @@ def network_choices(fingerprint: Mapping[str, Any], device_type: str, presets: M
                 f"width {base} at full resolution on {where} (the BUSI recipe's 16..256 on the CPU)",
             ),
         ]
-        if "segmentation" in _kinds(fingerprint).values():
-            choices.append(
-                Choice(
-                    "backbone_presets::resunet::head_features",
-                    base,
-                    f"each segmentation head keeps {base} channels at full resolution before its 1x1 to the "
-                    "classes (MONAI UNet's top layer has only the classes there): BUSI lesion Dice 0.756 vs "
-                    "0.739 at 128 px (benchmarks/README.md); the trial steps below time its cost",
-                )
-            )
-        return choices
     if dims == 3 and "unet" in presets:
         features = [base, base, 2 * base, 4 * base, 8 * base, base]
         return [

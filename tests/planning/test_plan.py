@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +250,8 @@ def test_bundle_trains_from_the_plan_and_explicit_overrides_win(
         str(demo_plan.plan_path),
         "--epochs",
         "1",
+        "--backbone_presets#resunet#head_features",
+        "4",
         "--output_dir",
         str(run),
     ]
@@ -261,15 +262,10 @@ def test_bundle_trains_from_the_plan_and_explicit_overrides_win(
     model = record["settings"]["model"]
     assert model["spatial_size"] == planned["spatial_size"] and model["backbone"] == planned["backbone"]
     assert model["backbone_presets"]["resunet"]["channels"] == planned["backbone_presets::resunet::channels"]
-    head_features = planned["backbone_presets::resunet::head_features"]
-    assert (
-        model["backbone_presets"]["resunet"]["head_features"]
-        == head_features
-        == planned["backbone_presets::resunet::channels"][0]
-    )
+    # an override of one preset key joins the planned ones, is recorded, and builds the wider heads
+    assert model["backbone_presets"]["resunet"]["head_features"] == 4
     weights = torch.load(run / "models" / "last.pt", map_location="cpu", weights_only=True)["network"]
-    wide = [k for k in weights if re.fullmatch(r"heads\.\w+\.out\.weight", k)]  # the 1x1 after the wide layer
-    assert wide and all(weights[k].shape[1] == head_features for k in wide)
+    assert weights["heads.lesion.out.weight"].shape[:2] == (2, 4)  # 4 channels at full resolution -> 2 classes
     assert record["training"]["epochs"] == 1
     assert record["training"]["batch_size"] == planned["batch_size"]
     assert record["training"]["plan"].startswith("demo2d / demo / cpu")
