@@ -36,7 +36,7 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from medmtl.data.tasks import Task, TaskKind
-from medmtl.inference.writer import MASK_RESAMPLING
+from medmtl.inference.writer import MASK_RESAMPLING, argmax_labels
 from medmtl.metrics.calibration import CalibrationRecord
 from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.task_columns import image_level_columns
@@ -196,16 +196,17 @@ class RunPredictor:
         from monai.transforms import Invertd
 
         invert = Invertd(_PRED, transform=self.preprocessing, orig_keys=self.input_key, nearest_interp=nearest)
-        return invert({self.input_key: image, _PRED: MetaTensor(values, meta=dict(image.meta))})[_PRED]
+        inverted = invert({self.input_key: image, _PRED: MetaTensor(values, meta=dict(image.meta))})[_PRED]
+        return inverted.as_tensor() if isinstance(inverted, MetaTensor) else torch.as_tensor(inverted)
 
     def _segmentation_columns(
         self, task: Task, logits: torch.Tensor, image: Any, masks: bool, mask_resampling: str = "interpolate"
     ) -> dict[str, Any]:
         if mask_resampling == "nearest":  # the label map of the network's grid, copied by nearest neighbour
-            labels = logits.argmax(0, keepdim=True).float()
-            mask = torch.as_tensor(self._to_input_grid(labels, image, nearest=True))[0].round().to(torch.uint8)
+            labels = argmax_labels(logits).float()
+            mask = self._to_input_grid(labels, image, nearest=True)[0].round().to(torch.uint8)
         else:  # the logits interpolated, then the argmax (the writer's default)
-            mask = torch.as_tensor(self._to_input_grid(logits, image)).argmax(0).to(torch.uint8)
+            mask = argmax_labels(self._to_input_grid(logits, image))[0]
         counts = torch.bincount(mask.reshape(-1).long(), minlength=task.num_outputs).tolist()
         row: dict[str, Any] = {f"{task.name}_voxels": int(sum(counts[1:]))}
         if task.num_outputs > 2:

@@ -43,7 +43,7 @@ from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.postprocessing import Postprocessing, as_postprocessing
 from medmtl.metrics.task_columns import image_level_columns, output_names
 
-__all__ = ["MASK_RESAMPLING", "MultiTaskPredictionWriter"]
+__all__ = ["MASK_RESAMPLING", "MultiTaskPredictionWriter", "argmax_labels"]
 
 logger = logging.getLogger(__name__)
 _PRED = "_medmtl_pred"
@@ -370,7 +370,7 @@ class MultiTaskPredictionWriter:
         if self.invert_labels is not None:  # channel 0: the label map, copied by nearest neighbour (whole numbers)
             mask = _plain(grid)[:1].round().to(torch.uint8)
         else:
-            mask = _argmax_channels(_plain(grid))
+            mask = argmax_labels(_plain(grid))
         return self._postprocess(task, mask)
 
     def _postprocess(self, task: Task, mask: torch.Tensor) -> torch.Tensor:
@@ -391,7 +391,7 @@ class MultiTaskPredictionWriter:
             if not found.any():
                 return entropy, None
             data = _plain(logits)
-            inside = self._postprocess(task, _argmax_channels(data))[0] > 0
+            inside = self._postprocess(task, argmax_labels(data))[0] > 0
             return entropy, float(_voxel_entropy(_voxels(data, inside)).mean()) if inside.any() else None
         # the entropy map only when it is written; the column needs the voxels inside the mask
         entropy = _voxel_entropy(grid) if self.uncertainty_maps else None
@@ -488,7 +488,7 @@ def _voxels(logits: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
 
 def _labels_to_map_back(logits: torch.Tensor, entropy: bool) -> torch.Tensor:
     """Float channels of ``(C, *spatial)`` logits, same grid: the argmax label map, then the voxel entropy if asked."""
-    label = _argmax_channels(logits).float()
+    label = argmax_labels(logits).float()
     return torch.cat([label, _voxel_entropy(logits)[None].float()]) if entropy else label
 
 
@@ -496,7 +496,7 @@ def _plain(data: torch.Tensor) -> torch.Tensor:
     return data.as_tensor() if isinstance(data, MetaTensor) else data
 
 
-def _argmax_channels(logits: torch.Tensor) -> torch.Tensor:
+def argmax_labels(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(0, keepdim=True)`` as uint8, computed one class at a time.
 
     The same answer (the first class wins a tie), but elementwise passes: torch's argmax over the

@@ -18,8 +18,8 @@ Layouts:
   (a layer of another width, and no 1x1 heads), so such runs are retrained.
 
   ``head_features`` (a constructor argument, default 0) widens each segmentation head of layout 2
-  (``channels`` at full resolution, then a 1x1 convolution); it is not a layout: the run records it
-  with the other backbone arguments and later steps build the same heads from the record.
+  (that many channels at full resolution, then a 1x1 convolution); it is not a layout: the run records
+  it with the other backbone arguments and later steps build the same heads from the record.
 """
 
 from __future__ import annotations
