@@ -36,7 +36,7 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from medmtl.data.tasks import Task, TaskKind
-from medmtl.inference.writer import MASK_RESAMPLING, argmax_labels
+from medmtl.inference.writer import DEFAULT_MASK_RESAMPLING, MASK_RESAMPLING, argmax_labels
 from medmtl.metrics.calibration import CalibrationRecord
 from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.task_columns import image_level_columns
@@ -200,7 +200,7 @@ class RunPredictor:
         return inverted.as_tensor() if isinstance(inverted, MetaTensor) else torch.as_tensor(inverted)
 
     def _segmentation_columns(
-        self, task: Task, logits: torch.Tensor, image: Any, masks: bool, mask_resampling: str = "interpolate"
+        self, task: Task, logits: torch.Tensor, image: Any, masks: bool, mask_resampling: str = DEFAULT_MASK_RESAMPLING
     ) -> dict[str, Any]:
         if mask_resampling == "nearest":  # the label map of the network's grid, copied by nearest neighbour
             labels = argmax_labels(logits).float()
@@ -216,7 +216,10 @@ class RunPredictor:
         return row
 
     def predict(
-        self, inputs: Sequence[str | np.ndarray], return_masks: bool = False, mask_resampling: str = "interpolate"
+        self,
+        inputs: Sequence[str | np.ndarray],
+        return_masks: bool = False,
+        mask_resampling: str = DEFAULT_MASK_RESAMPLING,
     ) -> list[dict[str, Any]]:
         """One row per input (see the module docstring).
 
@@ -272,6 +275,6 @@ class MedmtlModel(PythonModel):
         rows = self.predictor.predict(
             model_inputs(model_input),
             bool(params.get(RETURN_MASKS, False)),
-            str(params.get(MASK_RESAMPLING_PARAM) or "interpolate"),
+            str(params.get(MASK_RESAMPLING_PARAM) or DEFAULT_MASK_RESAMPLING),
         )
         return pd.DataFrame(rows)

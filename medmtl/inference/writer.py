@@ -43,7 +43,7 @@ from medmtl.metrics.decisions import Decisions
 from medmtl.metrics.postprocessing import Postprocessing, as_postprocessing
 from medmtl.metrics.task_columns import image_level_columns, output_names
 
-__all__ = ["MASK_RESAMPLING", "MultiTaskPredictionWriter", "argmax_labels"]
+__all__ = ["DEFAULT_MASK_RESAMPLING", "MASK_RESAMPLING", "MultiTaskPredictionWriter", "argmax_labels"]
 
 logger = logging.getLogger(__name__)
 _PRED = "_medmtl_pred"
@@ -51,6 +51,8 @@ _SR_FOLDER = "dicom_sr"  # the SR files' folder and the table's column
 _PNG_COMPRESS_LEVEL = 1  # zlib level of PNG masks and maps (PIL's default 6 only makes smaller files)
 MASK_RESAMPLING = ("interpolate", "nearest")
 """How segmentation outputs are mapped back to the input grid (``MultiTaskPredictionWriter(mask_resampling=...)``)."""
+DEFAULT_MASK_RESAMPLING = MASK_RESAMPLING[0]
+"""The writer's, ``predict``'s and the MLflow model's default: exact interpolation of every class channel."""
 
 
 class MultiTaskPredictionWriter:
@@ -134,7 +136,7 @@ class MultiTaskPredictionWriter:
         uncertainty_maps: bool = False,
         dicom_sr: bool = False,
         model_name: str = "medmtl model",
-        mask_resampling: str = "interpolate",
+        mask_resampling: str = DEFAULT_MASK_RESAMPLING,
     ) -> None:
         self.tasks = list(as_tasks(tasks, owner=type(self).__name__))
         self.output_dir = Path(output_dir)

@@ -58,9 +58,11 @@ def model_signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
+    from medmtl.inference.writer import DEFAULT_MASK_RESAMPLING  # the writer owns the modes and their default
+
     inputs = Schema([ColSpec("string", PATH_COLUMN, required=False), ColSpec(AnyType(), IMAGE_COLUMN, required=False)])
     params = ParamSchema(
-        [ParamSpec(RETURN_MASKS, "boolean", False), ParamSpec(MASK_RESAMPLING_PARAM, "string", "interpolate")]
+        [ParamSpec(RETURN_MASKS, "boolean", False), ParamSpec(MASK_RESAMPLING_PARAM, "string", DEFAULT_MASK_RESAMPLING)]
     )
     return ModelSignature(inputs=inputs, params=params)
 
