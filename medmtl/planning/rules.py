@@ -32,7 +32,9 @@ SIZE_DIVISOR = 16
 MIN_SIDE = 2 * SIZE_DIVISOR
 """Smallest side: 2 x 2 (x 2) at the bottleneck, so normalisation layers have more than one value."""
 MIN_EPOCHS = 40
-"""Fewest epochs a planned size must allow in the time budget (the BUSI recipe ran 47-50 in 10 minutes)."""
+"""Fewest epochs a planned size must allow in the time budget (the BUSI recipe ran 47-50 in 10 minutes). A floor
+of 50 (BUSI: 128 px and about 70 epochs instead of 160 px and 44) gained Dice only on test images with a
+near-copy in training and lost 0.011 on the duplicate-aware split (benchmarks/README.md, "The plan's epoch floor")."""
 MIN_STEPS = 250
 """Fewest optimizer steps a planned size must allow (nnU-Net's steps per epoch; tiny datasets need more epochs)."""
 _IMAGE_LEVEL = ("binary", "multiclass", "multilabel", "regression")
