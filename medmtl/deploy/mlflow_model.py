@@ -194,10 +194,11 @@ class RunPredictor:
         """Values of the network's grid back on the input's grid through the preprocessing's invertible steps (as inference)."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
+        from monai.utils import convert_to_tensor
 
         invert = Invertd(_PRED, transform=self.preprocessing, orig_keys=self.input_key, nearest_interp=nearest)
         inverted = invert({self.input_key: image, _PRED: MetaTensor(values, meta=dict(image.meta))})[_PRED]
-        return inverted.as_tensor() if isinstance(inverted, MetaTensor) else torch.as_tensor(inverted)
+        return convert_to_tensor(inverted, track_meta=False)  # a plain tensor (MONAI drops the metadata)
 
     def _segmentation_columns(
         self, task: Task, logits: torch.Tensor, image: Any, masks: bool, mask_resampling: str = DEFAULT_MASK_RESAMPLING
