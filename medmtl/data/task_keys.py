@@ -26,6 +26,7 @@ __all__ = [
     "FOLD_MEMBERS_KEY",
     "MC_DROPOUT_KEY",
     "TTA_PASSES_KEY",
+    "DEEP_SUPERVISION_PREFIX",
     "SPREAD_KEYS",
     "RESERVED_NAMES",
     "RESERVED_PREFIXES",
@@ -35,6 +36,7 @@ __all__ = [
     "label_key",
     "prob_key",
     "loss_key",
+    "deep_supervision_key",
     "reserved_name_error",
 ]
 
@@ -58,6 +60,8 @@ PSEUDO_LABEL_LOSS_KEY = "loss_pseudo_label"
 CONSISTENCY_LOSS_KEY = "loss_consistency"
 ENGINE_LOSS_KEYS = (SUPERVISED_LOSS_KEY, PSEUDO_LABEL_LOSS_KEY, CONSISTENCY_LOSS_KEY)
 """Keys of the semi-supervised iteration's output that a task's ``loss_<task>`` would overwrite."""
+DEEP_SUPERVISION_PREFIX = "deep_supervision_"
+"""``deep_supervision_<level>_<task>``: a segmentation task's logits at a coarser decoder level (training only)."""
 
 FOLD_MEMBERS_KEY = "fold_members"
 """Network output (:class:`~medmtl.networks.FoldEnsemble`): ``{task: (B, folds, C) logits}`` of every fold."""
@@ -80,8 +84,9 @@ RESERVED_NAMES = (
     *SPREAD_KEYS,  # network / inferer outputs next to the tasks' logits
 )
 """Keys medmtl itself writes into case dicts, batches and engine outputs: no task or input may take them."""
-RESERVED_PREFIXES = (PRED_PREFIX, LABEL_PREFIX, PROB_PREFIX, LOSS_PREFIX)
-"""Flat per-task keys of evaluator outputs (``FlattenTaskOutputsd``, metrics) and per-task losses (``loss_<task>``)."""
+RESERVED_PREFIXES = (PRED_PREFIX, LABEL_PREFIX, PROB_PREFIX, LOSS_PREFIX, DEEP_SUPERVISION_PREFIX)
+"""Flat per-task keys of evaluator outputs (``FlattenTaskOutputsd``, metrics), per-task losses (``loss_<task>``)
+and deeply supervised logits (:func:`deep_supervision_key`)."""
 RESERVED_SUFFIXES = (PRESENT_SUFFIX, META_DICT_SUFFIX, TRANSFORMS_SUFFIX)
 """``<task>_present`` flags (:func:`present_key`) and MONAI's per-key metadata / transform-trace keys."""
 
@@ -109,6 +114,11 @@ def prob_key(task_name: str) -> str:
 def loss_key(task_name: str) -> str:
     """Key of a task's loss in a trainer output."""
     return f"{LOSS_PREFIX}{task_name}"
+
+
+def deep_supervision_key(task_name: str, level: int) -> str:
+    """Key of a segmentation task's logits at decoder level ``level`` (1: the first level below the output)."""
+    return f"{DEEP_SUPERVISION_PREFIX}{level}_{task_name}"
 
 
 def reserved_name_error(name: str, what: Literal["task", "input"] = "task") -> str | None:

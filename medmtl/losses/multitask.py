@@ -23,17 +23,43 @@ on the global batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import ignite.distributed as idist
 import torch
+from monai.losses import DeepSupervisionLoss
 from torch import nn
 
+from medmtl.data.task_keys import deep_supervision_key
 from medmtl.data.tasks import Task, as_tasks, present_key
 from medmtl.losses.task_losses import build_task_loss, present_flags
 from medmtl.losses.weighting import Weighting, build_weighting
 
 __all__ = ["MultiTaskLoss"]
+
+
+def _deep_supervision_outputs(preds: Mapping[str, torch.Tensor], task: str) -> list[torch.Tensor]:
+    """The task's deeply supervised logits, level 1 upwards, as far as the network returned them."""
+    found: list[torch.Tensor] = []
+    while (key := deep_supervision_key(task, len(found) + 1)) in preds:
+        found.append(preds[key])
+    return found
+
+
+def _deeply_supervised(
+    loss_fn: nn.Module, preds: list[torch.Tensor], target: torch.Tensor, flags: torch.Tensor | None
+) -> torch.Tensor:
+    """MONAI's ``DeepSupervisionLoss`` over the levels, with nnU-Net's weights normalised to sum 1.
+
+    Why normalised: the task's loss keeps its scale against the other tasks' (fixed task weights
+    mean the same with deep supervision on or off). The masked loss needs the labelled flags, which
+    MONAI's two-argument call does not carry, hence the ``partial``.
+    """
+    weights = [0.5**level for level in range(len(preds))]
+    total = sum(weights)
+    supervised = DeepSupervisionLoss(partial(loss_fn, present=flags), weights=[w / total for w in weights])
+    return supervised(preds, target if target.is_floating_point() else target.float())  # interpolate needs floats
 
 
 class MultiTaskLoss(nn.Module):
@@ -178,7 +204,10 @@ class MultiTaskLoss(nn.Module):
         """Per-task masked losses, without weighting.
 
         Args:
-            preds: ``{task: logits}`` (other keys are ignored).
+            preds: ``{task: logits}``, plus a segmentation task's coarser logits under
+                :func:`~medmtl.data.task_keys.deep_supervision_key` when the network is deeply
+                supervised (nnU-Net: weights 1, 1/2, 1/4... normalised to sum 1, the target class map
+                resized to each level by nearest neighbour); other keys are ignored.
             targets: ``{task: target}``, optionally with ``<task>_present`` flags.
             present: ``{task: (B,) flags}``; when ``None`` or missing a task, the flags are read
                 from ``targets["<task>_present"]``, and without either every sample counts as labelled.
@@ -213,7 +242,10 @@ class MultiTaskLoss(nn.Module):
             target = targets[name]
             if not isinstance(target, torch.Tensor):
                 target = torch.as_tensor(target, device=pred.device)
-            values[name] = loss_fn(pred, target, flags)
+            deeper = _deep_supervision_outputs(preds, name)
+            values[name] = (
+                _deeply_supervised(loss_fn, [pred, *deeper], target, flags) if deeper else loss_fn(pred, target, flags)
+            )
             counts[name] = pred.shape[0] if flags is None else int(flags.sum())
         self.last_num_labelled = counts
         self._local_means = {k: v for k, v in values.items() if counts[k]}

@@ -11,6 +11,7 @@ and presets live in :mod:`medmtl.networks.registry`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +91,21 @@ class Backbone(nn.Module):
     def decoder_modules(self) -> list[nn.Module]:
         """Modules of the decoder (not shared by classification tasks); empty without a decoder."""
         return []
+
+    def deep_supervision_levels(self) -> list[tuple[int, int]]:
+        """``(channels, stride)`` of the decoder features :meth:`decode_levels` returns below output resolution.
+
+        Fine to coarse; the default has none (deep supervision needs a backbone that lists them).
+        """
+        return []
+
+    def decode_levels(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`decode_features` and the decoder features of :meth:`deep_supervision_levels`, from one pass.
+
+        Why one pass: deep supervision (nnU-Net) reads the decoder's coarser levels of the same
+        forward pass as the output. Each level is at the padded input size divided by its stride.
+        """
+        return self.decode_features(feats), []
 
     def dense_head(self, out_channels: int) -> nn.Module:
         """A segmentation head on the dense features: ``out_channels`` logits at (padded) input resolution.
@@ -200,11 +216,18 @@ class BasicUNetBackbone(Backbone, BasicUNet):
         raise IndexError(f"BasicUNetBackbone has 5 encoder stages, got index {index}")
 
     def decode_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.decode_levels(feats)[0]
+
+    def deep_supervision_levels(self) -> list[tuple[int, int]]:
+        """The outputs of ``upcat_2``, ``upcat_3``, ``upcat_4``: ``features[1..3]`` channels at 1/2, 1/4, 1/8."""
+        return [(self.stage_channels[level], 2**level) for level in (1, 2, 3)]
+
+    def decode_levels(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         n = len(feats)
         u4 = self.upcat_4(feats[n - 1], feats[n - 2])
         u3 = self.upcat_3(u4, feats[n - 3])
         u2 = self.upcat_2(u3, feats[n - 4])
-        return self.upcat_1(u2, feats[n - 5])
+        return self.upcat_1(u2, feats[n - 5]), [u2, u3, u4]
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.upcat_4, self.upcat_3, self.upcat_2, self.upcat_1]
@@ -343,6 +366,7 @@ class ResUNetBackbone(Backbone):
         for s in strides:
             divisor *= s
         self.size_divisor = divisor
+        self.strides = strides
         self.head_kwargs: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_channels": self.dense_channels,
@@ -376,14 +400,30 @@ class ResUNetBackbone(Backbone):
 
     def decode_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Up to the top level: ``cat(skip, up)``, the input of MONAI's top up-layer (1/``dense_stride`` size)."""
-        x = feats[-1]
-        n = len(feats)
-        for i, up in enumerate(self.up):
-            x = up(torch.cat([feats[n - 2 - i], x], dim=1))  # SkipConnection(mode="cat") order: skip first
-        return torch.cat([feats[0], x], dim=1)
+        return self.decode_levels(feats)[0]
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.up]
+
+    def deep_supervision_levels(self) -> list[tuple[int, int]]:
+        """The dense features (below output resolution: the heads upsample them), then each up-layer below.
+
+        The up-layer of level ``k`` outputs ``channels[k - 1]`` at a stride of ``strides[0] * ... * strides[k - 1]``.
+        """
+        levels = [(self.dense_channels, self.strides[0])]
+        for k in range(2, len(self.strides)):
+            levels.append((self.stage_channels[k - 1], math.prod(self.strides[:k])))
+        return levels
+
+    def decode_levels(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = feats[-1]
+        n = len(feats)
+        coarser: list[torch.Tensor] = []
+        for i, up in enumerate(self.up):
+            x = up(torch.cat([feats[n - 2 - i], x], dim=1))  # SkipConnection(mode="cat") order: skip first
+            coarser.insert(0, x)  # fine to coarse
+        dense = torch.cat([feats[0], x], dim=1)
+        return dense, [dense] + coarser[1:]  # the finest up-layer's output is inside the dense features
 
     def dense_head(self, out_channels: int) -> nn.Module:
         """MONAI ``UNet``'s top up-layer with ``out_channels`` outputs (:class:`~medmtl.networks.heads.UNetUpHead`).

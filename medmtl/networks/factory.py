@@ -49,7 +49,8 @@ def build_multitask_network(
         return_saliency: also return the classifier's saliency map (``saliency_bridge`` only; what
             inference writes with ``MultiTaskPredictionWriter(maps=("saliency",))``).
         kwargs: further arguments of the chosen class (``pooling``, ``head_dropout``, ``groups``,
-            ``mask_pooling`` (``hard`` only; ``None`` is dropped for every scheme)...).
+            ``mask_pooling`` (``hard`` only; ``None`` is dropped for every scheme), ``deep_supervision``
+            (``hard`` only; 0 is dropped for every scheme)...).
 
     Raises:
         ValueError: an unknown ``sharing`` (the message lists the known ones).
@@ -60,6 +61,11 @@ def build_multitask_network(
         if cls is not MultiTaskNet:
             raise ValueError(f"mask_pooling needs sharing='hard', got {sharing!r}")
         kwargs["mask_pooling"] = mask_pooling
+    deep_supervision = int(kwargs.pop("deep_supervision", 0))  # bundles pass 0 for every sharing
+    if deep_supervision:
+        if cls is not MultiTaskNet:
+            raise ValueError(f"deep_supervision needs sharing='hard', got {sharing!r}")
+        kwargs["deep_supervision"] = deep_supervision
     if return_saliency:
         if cls is not SaliencyBridgeNet:
             raise ValueError(

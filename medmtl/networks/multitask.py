@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from monai.networks.layers import Conv
 from torch import nn
 
+from medmtl.data.task_keys import deep_supervision_key
 from medmtl.data.tasks import Task, as_tasks
 from medmtl.networks._utils import crop_to, merge_preset, pad_to_multiple
 from medmtl.networks.backbone_holders import HoldsBackbones
@@ -108,6 +110,37 @@ class MultiTaskModule(nn.Module, HoldsBackbones):
         return [p for p in self.parameters() if id(p) not in shared]
 
 
+def _level_sizes(sizes: list[int], stride: int, level_shape: list[int]) -> list[int]:
+    """A decoder level's share of the unpadded input (``ceil(size / stride)``), at most what the level has.
+
+    Padding backbones (resunet) give the level of the padded input; BasicUNet pools without padding.
+    """
+    kept: list[int] = []
+    for d in range(len(sizes)):
+        kept.append(min(-(-sizes[d] // stride), level_shape[d]))
+    return kept
+
+
+def _deep_supervision_levels(count: int, backbone: Backbone, has_dense: bool, owner: str) -> list[tuple[int, int]]:
+    """The backbone's first ``count`` coarser decoder levels, ``(channels, stride)``; a clear error when it lacks them."""
+    if count < 0:
+        raise ValueError(f"{owner}: deep_supervision is a number of decoder levels (0: off), got {count}")
+    if count == 0:
+        return []
+    available = backbone.deep_supervision_levels()
+    if not has_dense or count > len(available):
+        why = (
+            "there is no segmentation task to supervise"
+            if not has_dense
+            else f"{type(backbone).__name__} has {len(available)} decoder level(s) below the output for it"
+        )
+        raise ValueError(
+            f"{owner}: deep_supervision={count}, but {why}; use deep_supervision 0..{len(available) if has_dense else 0}"
+            + ("" if available else " (the resunet and unet backbones support it)")
+        )
+    return list(available[:count])
+
+
 def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     seen: set[int] = set()
     result = []
@@ -143,10 +176,18 @@ class MultiTaskNet(MultiTaskModule):
         detach_mask: stop the classification losses' gradients at the predicted mask, so they
             train the classifier and the shared features but do not reshape the segmentation
             through the pooling weights.
+        deep_supervision: in training, also predict every segmentation task at this many coarser
+            decoder levels (nnU-Net's deep supervision; the backbone's
+            :meth:`~medmtl.networks.backbones.Backbone.deep_supervision_levels`), under
+            :func:`~medmtl.data.task_keys.deep_supervision_key`; :class:`~medmtl.losses.MultiTaskLoss`
+            adds their losses. Each level costs a 1x1 convolution per segmentation task; in eval mode
+            the output is the tasks' logits alone, so evaluation, inference and exports are unchanged.
+            0 (default): off.
 
     Raises:
         ValueError: on an empty or duplicated task list, a segmentation task on a backbone
-            without decoder, or a ``mask_pooling`` that is not a segmentation task of the network.
+            without decoder, a ``mask_pooling`` that is not a segmentation task of the network, or
+            more ``deep_supervision`` levels than the backbone has (or no segmentation task for them).
         TypeError: if ``backbone`` is not a medmtl backbone.
 
     Example::
@@ -174,6 +215,7 @@ class MultiTaskNet(MultiTaskModule):
         head_dropout: float = 0.0,
         mask_pooling: str | None = None,
         detach_mask: bool = True,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -207,6 +249,22 @@ class MultiTaskNet(MultiTaskModule):
             }
         )
         self.has_dense = any(t.is_dense for t in tasks)
+        self.deep_supervision_levels = _deep_supervision_levels(int(deep_supervision), b, self.has_dense, owner)
+        self.deep_heads = nn.ModuleDict(
+            {
+                t.name: nn.ModuleList(
+                    Conv[Conv.CONV, b.spatial_dims](channels, t.num_outputs, kernel_size=1)
+                    for channels, _ in self.deep_supervision_levels
+                )
+                for t in tasks
+                if t.is_dense and self.deep_supervision_levels
+            }
+        )
+        self.deep_supervision_strides = [stride for _, stride in self.deep_supervision_levels]
+        self.deep_supervision_keys = {  # built here: TorchScript cannot format the keys in forward
+            name: [deep_supervision_key(name, level + 1) for level in range(len(self.deep_supervision_levels))]
+            for name in self.deep_heads
+        }
         self.dense_stride = int(b.dense_stride)
         self.spatial_dims = int(b.spatial_dims)
         self.in_channels = int(b.in_channels)
@@ -232,11 +290,19 @@ class MultiTaskNet(MultiTaskModule):
                 f"expected input (B, {self.in_channels}, <{self.spatial_dims} spatial dims>), got shape {list(x.shape)}"
             )
 
-    def _apply_heads(self, feats: list[torch.Tensor], sizes: list[int]) -> dict[str, torch.Tensor]:
+    def task_specific_parameters(self, task: str | None = None) -> list[nn.Parameter]:
+        params = super().task_specific_parameters(task)
+        if task is not None and task in self.deep_heads:
+            params += list(self.deep_heads[task].parameters())
+        return params
+
+    def _apply_heads(
+        self, feats: list[torch.Tensor], sizes: list[int], decoded: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         bottleneck = feats[-1]
         dense = bottleneck
         if self.has_dense:
-            dense = self.backbone.decode_features(feats)
+            dense = self.backbone.decode_features(feats) if decoded is None else decoded
             if self.dense_stride == 1:  # full-resolution features: crop before the (1x1) heads
                 dense = crop_to(dense, sizes)
         dense_out: dict[str, torch.Tensor] = {}
@@ -276,7 +342,18 @@ class MultiTaskNet(MultiTaskModule):
         """
         self._check_input(x)
         padded, sizes = pad_to_multiple(x, self.backbone.size_divisor)
-        return self._apply_heads(self.backbone.encode_features(padded), sizes)
+        feats = self.backbone.encode_features(padded)
+        if not (self.training and len(self.deep_heads) > 0):
+            return self._apply_heads(feats, sizes)
+        dense, levels = self.backbone.decode_levels(feats)
+        out = self._apply_heads(feats, sizes, dense)
+        for name, heads in self.deep_heads.items():
+            for level, head in enumerate(heads):
+                logits = head(levels[level])
+                out[self.deep_supervision_keys[name][level]] = crop_to(
+                    logits, _level_sizes(sizes, self.deep_supervision_strides[level], logits.shape[2:])
+                )
+        return out
 
 
 class MultiTaskClassifier(MultiTaskNet):

@@ -31,6 +31,7 @@ TRAINED_WITH = {
     "backbone": "resunet",
     "spatial_size": "[48,48]",
     "backbone_presets#resunet#channels": "[8,16,32,64,128]",
+    "deep_supervision": 2,  # extra heads in training only: evaluation, inference and exports must drop them
 }
 
 
@@ -441,11 +442,14 @@ def test_training_records_its_configuration_in_the_run_and_the_checkpoints(demo_
     model = record["settings"]["model"]
     assert model["backbone"] == "resunet" and model["spatial_size"] == [48, 48]
     assert model["backbone_presets"]["resunet"]["channels"] == [8, 16, 32, 64, 128]
+    assert model["deep_supervision"] == 2
     assert record["settings"]["data"]["dataset_dir"] == str(demo_run["common"]["dataset_dir"])
     assert record["network"]["class"].endswith("MultiTaskNet") and record["training"]["epochs"] == 3
     for name in ("best.pt", "last.pt"):
         checkpoint = torch.load(run / "models" / name, weights_only=True, map_location="cpu")
         assert checkpoint["run_config"]["settings"] == record["settings"]
+        deep_heads = {k for k in checkpoint["network"] if k.startswith("deep_heads.lesion.")}
+        assert {k.split(".")[2] for k in deep_heads} == {"0", "1"}, sorted(checkpoint["network"])[:5]
 
 
 def test_evaluation_with_only_output_dir_matches_the_explicit_overrides(demo_evaluation, explicit_runs) -> None:
