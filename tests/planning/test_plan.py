@@ -24,6 +24,7 @@ from medmtl.planning.rules import (
     MIN_SIDE,
     SIZE_DIVISOR,
     intensity_choices,
+    network_choices,
     preferred_batch_size,
     size_ladder,
     task_choices,
@@ -51,6 +52,17 @@ def _fingerprint(modality: str, dims: int, shape, spacing, tasks: dict | None = 
 
 
 # ---- rules -------------------------------------------------------------------------------------
+
+
+def test_the_2d_network_says_why_it_has_no_deep_supervision() -> None:
+    presets = {"resunet": {}, "unet": {}}
+    choices = network_choices(_fingerprint("US", 2, (256, 214), (1, 1)), "cpu", presets)
+    assert {c.key: c.value for c in choices if c.key} == {
+        "backbone": "resunet",
+        "backbone_presets::resunet::channels": [16, 32, 64, 128, 256],
+    }  # deep_supervision stays at the bundle's 0
+    (note,) = [c.reason for c in choices if not c.key]
+    assert note.startswith("no deep supervision (--deep_supervision 2")
 
 
 def test_intensity_follows_the_modality() -> None:
