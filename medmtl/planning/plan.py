@@ -256,7 +256,9 @@ def make_plan(
         data_choices.append(Choice("spec_overrides", overrides, "spec keys replaced for this plan (--spec-overrides)"))
     trial = BundleTrial(bundle_name, {}, run_device)
     trial.cache = cache
-    trial_config = trial.parser({}).get() or {}
+    trial_parser = trial.parser({})
+    trial_config = trial_parser.get() or {}
+    given_rotation = trial_parser.get("train::preprocessing::rotate_degrees")
     presets = trial_config.get("backbone_presets") or {}
     given_overlap = trial_config.get("sw_overlap")
     overlap = float(given_overlap) if isinstance(given_overlap, int | float) else 0.25
@@ -272,7 +274,7 @@ def make_plan(
         *intensity_choices(fingerprint),
         *network,
         *task_choices(fingerprint, spec_weights),
-        *augmentation_choices(fingerprint),
+        *augmentation_choices(fingerprint, given_rotation if isinstance(given_rotation, int | float) else None),
     ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:

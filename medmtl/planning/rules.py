@@ -250,8 +250,12 @@ def _imbalance_choices(
     return choices
 
 
-def augmentation_choices(fingerprint: Mapping[str, Any]) -> list[Choice]:
-    """Flips and rotation per modality: no flips where anatomy is lateralised, left-right only for ultrasound."""
+def augmentation_choices(fingerprint: Mapping[str, Any], bundle_rotation: float | None = None) -> list[Choice]:
+    """Flips per modality (none where anatomy is lateralised, left-right only for ultrasound) and the rotation range.
+
+    ``bundle_rotation`` is the bundle's own ``train::preprocessing::rotate_degrees``: a bundle that chose a
+    range for its images (chest radiographs 7 degrees, knee MRI 10) keeps it; 15 (MONAI/nnU-Net) otherwise.
+    """
     modality = str(fingerprint["spec"].get("modality") or "").upper()
     dims = int(fingerprint["spec"]["spatial_dims"])
     if modality == "US":
@@ -260,12 +264,14 @@ def augmentation_choices(fingerprint: Mapping[str, Any]) -> list[Choice]:
         flips, why = [], f"{modality} radiographs: no flips (heart side, markers and laterality matter)"
     else:
         flips, why = list(range(dims)), f"{modality or 'volumes'}: mirror every axis (nnU-Net)"
+    degrees = 15.0 if bundle_rotation is None else float(bundle_rotation)
+    source = "MONAI/nnU-Net default range" if bundle_rotation is None else "the bundle's range for its images"
     return [
         Choice("train::preprocessing::flip_axes", flips, why),
         Choice(
             "train::preprocessing::rotate_degrees",
-            15.0,
-            "rotations up to 15 degrees (MONAI/nnU-Net default range; BUSI without them: -0.010 lesion Dice on the "
+            degrees,
+            f"rotations up to {degrees:g} degrees ({source}; BUSI without them: -0.010 lesion Dice on the "
             "duplicate-aware split, benchmarks/README.md)",
         ),
     ]

@@ -23,6 +23,7 @@ from medmtl.planning.plan_file import Choice, PlanError, check_plan, read_plan, 
 from medmtl.planning.rules import (
     MIN_SIDE,
     SIZE_DIVISOR,
+    augmentation_choices,
     intensity_choices,
     network_choices,
     preferred_batch_size,
@@ -63,6 +64,16 @@ def test_the_2d_network_says_why_it_has_no_deep_supervision() -> None:
     }  # deep_supervision stays at the bundle's 0
     (note,) = [c.reason for c in choices if not c.key]
     assert note.startswith("no deep supervision (--deep_supervision 2")
+
+
+def test_the_plan_keeps_the_bundles_rotation_range() -> None:
+    fingerprint = _fingerprint("CR", 2, (2048, 2048), (0.175, 0.175))
+    chest = {c.key: c for c in augmentation_choices(fingerprint, bundle_rotation=7.0)}
+    assert chest["train::preprocessing::flip_axes"].value == []
+    assert chest["train::preprocessing::rotate_degrees"].value == 7.0
+    assert "up to 7 degrees (the bundle's range" in chest["train::preprocessing::rotate_degrees"].reason
+    plain = {c.key: c.value for c in augmentation_choices(fingerprint)}
+    assert plain["train::preprocessing::rotate_degrees"] == 15.0
 
 
 def test_intensity_follows_the_modality() -> None:
