@@ -55,7 +55,7 @@ def _fingerprint(modality: str, dims: int, shape, spacing, tasks: dict | None = 
 # ---- rules -------------------------------------------------------------------------------------
 
 
-def test_the_2d_network_says_why_it_has_no_deep_supervision() -> None:
+def test_the_network_says_why_it_has_no_deep_supervision() -> None:
     presets = {"resunet": {}, "unet": {}}
     choices = network_choices(_fingerprint("US", 2, (256, 214), (1, 1)), "cpu", presets)
     assert {c.key: c.value for c in choices if c.key} == {
@@ -64,6 +64,9 @@ def test_the_2d_network_says_why_it_has_no_deep_supervision() -> None:
     }  # deep_supervision stays at the bundle's 0
     (note,) = [c.reason for c in choices if not c.key]
     assert note.startswith("no deep supervision (--deep_supervision 2")
+    volumes = network_choices(_fingerprint("MR", 3, (181, 217, 181), (1, 1, 1)), "cpu", presets)
+    assert "deep_supervision" not in {c.key for c in volumes}
+    assert [c.reason for c in volumes if not c.key][0].startswith("no deep supervision")
 
 
 def test_the_plan_keeps_the_bundles_rotation_range() -> None:
