@@ -362,10 +362,7 @@ class ResUNetBackbone(Backbone):
         self.bottleneck_channels = channels[-1]
         self.dense_channels = channels[0] + (channels[0] if len(channels) > 2 else channels[1])
         self.dense_stride = strides[0]
-        divisor = 1
-        for s in strides:
-            divisor *= s
-        self.size_divisor = divisor
+        self.size_divisor = math.prod(strides)
         self.strides = strides
         self.head_kwargs: dict[str, Any] = {
             "spatial_dims": spatial_dims,

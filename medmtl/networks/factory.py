@@ -30,6 +30,9 @@ SHARING: dict[str, type[nn.Module]] = {
 mixed by learned cross-stitch units (soft sharing); ``saliency_bridge``: the classifier's
 input-gradient saliency map is fed to the segmentation decoder (MultiMix)."""
 
+_HARD_ONLY: dict[str, Any] = {"mask_pooling": None, "deep_supervision": 0}
+"""``MultiTaskNet`` options and their "off" value, which is dropped for the other sharing schemes."""
+
 
 def build_multitask_network(
     sharing: str,
@@ -56,16 +59,12 @@ def build_multitask_network(
         ValueError: an unknown ``sharing`` (the message lists the known ones).
     """
     cls = look_up_option(sharing, SHARING)
-    mask_pooling = kwargs.pop("mask_pooling", None)  # bundles pass mask_pooling: null for every sharing
-    if mask_pooling is not None:
-        if cls is not MultiTaskNet:
-            raise ValueError(f"mask_pooling needs sharing='hard', got {sharing!r}")
-        kwargs["mask_pooling"] = mask_pooling
-    deep_supervision = int(kwargs.pop("deep_supervision", 0))  # bundles pass 0 for every sharing
-    if deep_supervision:
-        if cls is not MultiTaskNet:
-            raise ValueError(f"deep_supervision needs sharing='hard', got {sharing!r}")
-        kwargs["deep_supervision"] = deep_supervision
+    for option, off in _HARD_ONLY.items():  # bundles pass them, switched off, for every sharing
+        value = kwargs.pop(option, off)
+        if value != off:
+            if cls is not MultiTaskNet:
+                raise ValueError(f"{option} needs sharing='hard', got {sharing!r}")
+            kwargs[option] = value
     if return_saliency:
         if cls is not SaliencyBridgeNet:
             raise ValueError(

@@ -249,21 +249,19 @@ class MultiTaskNet(MultiTaskModule):
             }
         )
         self.has_dense = any(t.is_dense for t in tasks)
-        self.deep_supervision_levels = _deep_supervision_levels(int(deep_supervision), b, self.has_dense, owner)
+        levels = _deep_supervision_levels(int(deep_supervision), b, self.has_dense, owner)
         self.deep_heads = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
-                    Conv[Conv.CONV, b.spatial_dims](channels, t.num_outputs, kernel_size=1)
-                    for channels, _ in self.deep_supervision_levels
+                    Conv[Conv.CONV, b.spatial_dims](channels, t.num_outputs, kernel_size=1) for channels, _ in levels
                 )
                 for t in tasks
-                if t.is_dense and self.deep_supervision_levels
+                if t.is_dense and levels
             }
         )
-        self.deep_supervision_strides = [stride for _, stride in self.deep_supervision_levels]
+        self.deep_supervision_strides = [stride for _, stride in levels]
         self.deep_supervision_keys = {  # built here: TorchScript cannot format the keys in forward
-            name: [deep_supervision_key(name, level + 1) for level in range(len(self.deep_supervision_levels))]
-            for name in self.deep_heads
+            name: [deep_supervision_key(name, level + 1) for level in range(len(levels))] for name in self.deep_heads
         }
         self.dense_stride = int(b.dense_stride)
         self.spatial_dims = int(b.spatial_dims)

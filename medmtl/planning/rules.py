@@ -257,10 +257,11 @@ def _imbalance_choices(
 
 
 def augmentation_choices(fingerprint: Mapping[str, Any], bundle_rotation: float | None = None) -> list[Choice]:
-    """Flips per modality (none where anatomy is lateralised, left-right only for ultrasound) and the rotation range.
+    """Flips per modality (none where anatomy is lateralised, left-right only for ultrasound); the bundle's rotations.
 
-    ``bundle_rotation`` is the bundle's own ``train::preprocessing::rotate_degrees``: a bundle that chose a
-    range for its images (chest radiographs 7 degrees, knee MRI 10) keeps it; 15 (MONAI/nnU-Net) otherwise.
+    ``bundle_rotation`` is the bundle's ``train::preprocessing::rotate_degrees``, only for the note: the
+    plan does not override it, so a bundle that chose a range for its images (chest radiographs 7 degrees,
+    knee MRI 10) keeps it and the value stays written in one place.
     """
     modality = str(fingerprint["spec"].get("modality") or "").upper()
     dims = int(fingerprint["spec"]["spatial_dims"])
@@ -270,15 +271,14 @@ def augmentation_choices(fingerprint: Mapping[str, Any], bundle_rotation: float 
         flips, why = [], f"{modality} radiographs: no flips (heart side, markers and laterality matter)"
     else:
         flips, why = list(range(dims)), f"{modality or 'volumes'}: mirror every axis (nnU-Net)"
-    degrees = 15.0 if bundle_rotation is None else float(bundle_rotation)
-    source = "MONAI/nnU-Net default range" if bundle_rotation is None else "the bundle's range for its images"
+    degrees = "" if bundle_rotation is None else f" (up to {float(bundle_rotation):g} degrees)"
     return [
         Choice("train::preprocessing::flip_axes", flips, why),
         Choice(
-            "train::preprocessing::rotate_degrees",
-            degrees,
-            f"rotations up to {degrees:g} degrees ({source}; BUSI without them: -0.010 lesion Dice on the "
-            "duplicate-aware split, benchmarks/README.md)",
+            "",
+            None,
+            f"rotations: the bundle's own range{degrees}, not overridden (BUSI without rotations: -0.010 lesion "
+            "Dice on the duplicate-aware split, benchmarks/README.md)",
         ),
     ]
 
