@@ -48,7 +48,7 @@ test: lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --timeout=600 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # each script prints a table and writes benchmarks/results/<name>.json; full runs want a quiet machine
-BENCH_SCRIPTS := multitask_vs_single resunet_cost data_pipeline sliding_window compute_efficiency engine_handlers host_allocator ddp_scaling compile_speed
+BENCH_SCRIPTS := multitask_vs_single resunet_cost data_pipeline sliding_window compute_efficiency engine_handlers host_allocator ddp_scaling compile_speed cpu_bfloat16
 bench: venv
 	@for name in $(BENCH_SCRIPTS); do echo "== benchmarks/$$name.py"; $(PY) benchmarks/$$name.py || exit 1; done
 

@@ -17,6 +17,7 @@ from medmtl.engines.checkpoint_io import (
     load_checkpoint,
     read_run_config,
 )
+from medmtl.engines.cpu_autocast import CPUAutocastNetwork, cpu_autocast_network, cuda_amp
 from medmtl.engines.distributed import (
     WRITER_HANDLERS,
     ShardError,
@@ -103,6 +104,9 @@ from medmtl.networks.router import ExpertRouter  # moved to medmtl.networks; thi
 
 __all__ = [
     "CompiledNetwork",
+    "CPUAutocastNetwork",
+    "cpu_autocast_network",
+    "cuda_amp",
     "compiled_network",
     "cudnn_benchmark_choice",
     "set_cudnn_benchmark",

@@ -6,6 +6,11 @@ the fingerprint into settings; the input size, batch size and epochs are then fi
 bundle's own training steps on the device (:mod:`medmtl.planning.trial`): the batch must fit the
 memory budget as measured, and the epochs the time budget as timed.
 
+On the CPU the precision comes first: one trial step at the reference size in float32 and one with
+bfloat16 autocast (the bundles' ``amp`` on a CPU, :class:`~medmtl.engines.CPUAutocastNetwork`); ``amp``
+is chosen when it is at least :data:`_AMP_MIN_SPEEDUP` faster, so a CPU without native bfloat16, where
+autocast is slower, keeps float32. On CUDA the bundle's own AMP default stands.
+
 Order of the size/batch/epochs search:
 1. one trial at a moderate size of the ladder (finest first) gives seconds per voxel;
 2. the finest size whose predicted epochs reach :data:`~medmtl.planning.rules.MIN_EPOCHS` and steps
@@ -60,6 +65,9 @@ _START_SECONDS = 15.0
 _MAX_EPOCHS = 1000
 _REFERENCE_VOXELS = {2: 128 * 128, 3: 64 * 64 * 64}
 """Size of the first (reference) trial: cheap, and large enough that per-voxel time is representative."""
+_AMP_MIN_SPEEDUP = 1.1
+"""bfloat16 autocast on the CPU is chosen when its trial step is this much faster than float32 (timing noise
+is a few per cent)."""
 
 
 @dataclass
@@ -278,9 +286,13 @@ def make_plan(
     ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:
+        precision, precision_trials = _precision_choices(trial, fingerprint, counts, memory_budget, dims)
+        fixed += precision
+        trial.overrides = {c.key: c.value for c in fixed if c.key}
         fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
     finally:
         trial.close()
+    trials = precision_trials + trials
     result, estimate, candidate = fitted
     measured = [
         Choice(
@@ -440,6 +452,51 @@ def _duplicates(table: Any, spec: Any, root: Path, csv_path: Path) -> str:
     )
 
 
+def _reference_index(ladder: list[dict[str, Any]], dims: int) -> int:
+    """The ladder size closest to :data:`_REFERENCE_VOXELS`: where the first trial runs."""
+    return min(
+        range(len(ladder)), key=lambda i: abs(math.log(_voxels(ladder[i]["spatial_size"]) / _REFERENCE_VOXELS[dims]))
+    )
+
+
+def _ladder_values(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """The bundle overrides of one ladder size."""
+    values: dict[str, Any] = {"spatial_size": candidate["spatial_size"]}
+    if candidate["pixdim"] is not None:
+        values["pixdim"] = candidate["pixdim"]
+    return values
+
+
+def _precision_choices(
+    trial: BundleTrial, fingerprint: Mapping[str, Any], counts: Mapping[str, int], memory_budget: int, dims: int
+) -> tuple[list[Choice], list[TrialResult]]:
+    """CPU only: ``amp`` (bfloat16 autocast) when a trial step at the reference size is clearly faster with it.
+
+    Timed rather than read from CPU flags: the trial runs the bundle's own step, so whatever the CPU and
+    PyTorch build do (native bfloat16, emulation, oneDNN's choice of kernels) is what is compared.
+    """
+    if trial.device.type != "cpu":
+        return [], []
+    ladder = size_ladder(fingerprint)
+    values = _ladder_values(ladder[_reference_index(ladder, dims)])
+    batch = [preferred_batch_size(counts.get("train", 0), dims)]
+    float32 = trial.run_batches({**values, "amp": False}, batch, memory_budget)[0]
+    bfloat16 = trial.run_batches({**values, "amp": True}, batch, memory_budget)[0]
+    measured = (
+        f"{bfloat16.step_seconds:.3f} s per step with bfloat16 autocast vs {float32.step_seconds:.3f} s in float32 "
+        f"(size {list(float32.spatial_size)}, batch {float32.batch_size})"
+    )
+    if bfloat16.fits and bfloat16.step_seconds * _AMP_MIN_SPEEDUP <= float32.step_seconds:
+        choice = Choice(
+            "amp",
+            True,
+            f"{measured}: convolutions in bfloat16 on the CPU; weights, losses and metrics stay float32",
+        )
+    else:
+        choice = Choice("", None, f"float32: {measured}, not {_AMP_MIN_SPEEDUP:g}x faster")
+    return [choice], [float32, bfloat16]
+
+
 def _fit(
     trial: BundleTrial,
     fingerprint: Mapping[str, Any],
@@ -466,16 +523,11 @@ def _fit(
     def run(index: int) -> list[TrialResult]:
         if index not in measured:
             candidate = ladder[index]
-            values: dict[str, Any] = {"spatial_size": candidate["spatial_size"]}
-            if candidate["pixdim"] is not None:
-                values["pixdim"] = candidate["pixdim"]
-            measured[index] = trial.run_batches(values, batches, step_budget(candidate))
+            measured[index] = trial.run_batches(_ladder_values(candidate), batches, step_budget(candidate))
             trials.extend(measured[index])
         return measured[index]
 
-    reference_index = min(
-        range(len(ladder)), key=lambda i: abs(math.log(_voxels(ladder[i]["spatial_size"]) / _REFERENCE_VOXELS[dims]))
-    )
+    reference_index = _reference_index(ladder, dims)
     reference = next((r for r in reversed(run(reference_index)) if r.fits), run(reference_index)[0])
     per_voxel = reference.step_seconds / _voxels(reference.spatial_size)
     forward_per_voxel = reference.forward_seconds / _voxels(reference.spatial_size)

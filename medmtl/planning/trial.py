@@ -270,16 +270,17 @@ class BundleTrial:
                 trainer = parser.get_parsed_content("train::trainer")
                 times = _iteration_seconds(trainer, self.device, steps, min_seconds)
                 peak = _peak(self.device)
-                network, prepare = (
+                network, engine_network, prepare = (
                     parser.get_parsed_content("network"),
+                    parser.get_parsed_content("engine_network"),  # as the evaluators call it (CPU autocast)
                     parser.get_parsed_content("train::prepare_batch"),
                 )
                 batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
-                amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
+                amp = bool(parser.get_parsed_content("engine_amp"))
                 network.eval()
                 start = time.perf_counter()
                 with torch.no_grad(), torch.autocast("cuda") if amp else contextlib.nullcontext():
-                    network(prepare(batch, self.device)[0])
+                    engine_network(prepare(batch, self.device)[0])
                 _sync(self.device)
                 forward_seconds = time.perf_counter() - start
                 optimizer = parser.get_parsed_content("optimizer")

@@ -30,7 +30,7 @@ from medmtl.planning.rules import (
     size_ladder,
     task_choices,
 )
-from medmtl.planning.trial import BundleTrial
+from medmtl.planning.trial import BundleTrial, TrialResult
 from medmtl.transforms import build_transforms
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,6 +221,39 @@ def test_batch_is_fitted_to_the_measured_memory(demo_data: Path) -> None:
         trial.close()
 
 
+class _TimedTrial:
+    """Answers trial requests with given step seconds per ``amp`` value: the precision decision is under test
+    here, the timing itself in the tests above and in ``demo_plan``."""
+
+    def __init__(self, device: str, seconds: dict[bool, float]) -> None:
+        self.device = torch.device(device)
+        self.seconds = seconds
+        self.requests: list[dict] = []
+
+    def run_batches(self, overrides: dict, batch_sizes: list[int], memory_budget: int) -> list[TrialResult]:
+        self.requests.append({**overrides, "batch_sizes": list(batch_sizes)})
+        size = tuple(overrides["spatial_size"])
+        return [TrialResult(size, batch_sizes[0], 1 << 20, self.seconds[overrides["amp"]], 0.01, True)]
+
+
+@pytest.mark.parametrize(
+    ("float32", "bfloat16", "chosen"),
+    [(0.21, 0.14, True), (0.21, 0.20, None), (0.21, 0.40, None)],  # 1.5x faster; 5 % (noise); emulated: slower
+)
+def test_the_cpu_plan_takes_bfloat16_autocast_only_when_a_trial_step_is_clearly_faster(float32, bfloat16, chosen):
+    fingerprint, counts = _fingerprint("US", 2, (256, 214), (1, 1)), {"train": 627, "val": 0}
+    trial = _TimedTrial("cpu", {False: float32, True: bfloat16})
+    choices, trials = plan_module._precision_choices(trial, fingerprint, counts, 8 << 30, 2)
+    assert [r["amp"] for r in trial.requests] == [False, True]  # the same size and batch, timed both ways
+    assert trial.requests[0]["spatial_size"] == trial.requests[1]["spatial_size"] == [128, 128]  # the reference
+    assert trial.requests[0]["batch_sizes"] == [preferred_batch_size(627, 2)] and len(trials) == 2
+    (choice,) = choices
+    assert choice.value is chosen and choice.key == ("amp" if chosen else "")
+    assert f"{bfloat16:.3f} s per step with bfloat16 autocast vs {float32:.3f} s in float32" in choice.reason
+    cuda = _TimedTrial("cuda", {False: float32, True: bfloat16})
+    assert plan_module._precision_choices(cuda, fingerprint, counts, 8 << 30, 2) == ([], []) and not cuda.requests
+
+
 @pytest.fixture(scope="module")
 def demo_plan(demo_data: Path, tmp_path_factory) -> plan_module.PlanResult:
     out = tmp_path_factory.mktemp("plan_out") / "plan.yaml"
@@ -243,6 +276,7 @@ def test_plan_fits_epochs_to_the_time_budget(demo_plan: plan_module.PlanResult, 
         line = text.index(f"\n{key}:")
         assert text[:line].rsplit("\n", 1)[-1].startswith("# "), f"{key} has no reason above it"
     assert (demo_plan.plan_path.parent / "fingerprint.json").is_file()
+    assert "s per step with bfloat16 autocast vs" in text  # the CPU precision was timed, whichever won
 
 
 def test_plan_on_invalid_data_reports_every_problem(demo_data: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A bundle trained with ``--compile True`` (issue 23 item 5): its checkpoints are the plain network's.
+"""Bundles trained with ``--compile True`` (issue 23 item 5) or ``--amp True`` on the CPU (bfloat16 autocast):
+their checkpoints are the plain float32 network's.
 
 Why a bundle run: the compiled call is given to the engines only; what must hold is that everything
 written from the run (``best.pt``/``last.pt`` with EMA, the run record) and inference through a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -35,15 +37,19 @@ def _argv(workflow: str, data: Path, run: Path, **overrides: str) -> list[str]:
     return ["run", "demo", workflow, *(a for k, v in {**common, **TINY, **overrides}.items() for a in (f"--{k}", v))]
 
 
-@pytest.fixture(scope="module")
-def compiled_run(tmp_path_factory) -> dict[str, Path]:
-    work = tmp_path_factory.mktemp("compiled")
+def _trained_run(work: Path, **overrides: str) -> dict[str, Path]:
+    """A demo run on 12 generated cases, validated every epoch, with EMA weights and ``overrides``."""
     data = work / "demo2d"
     generate_demo2d(data, num_cases=12, seed=0)
     run = work / "run"
-    compiled = {"compile": "True", "compile_kwargs": "{'backend': 'eager'}"}
-    assert run_in_process(_argv("train", data, run, epochs="1", val_interval="1", ema_decay="0.9", **compiled)) == 0
+    assert run_in_process(_argv("train", data, run, val_interval="1", ema_decay="0.9", **overrides)) == 0
     return {"work": work, "data": data, "run": run}
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tmp_path_factory) -> dict[str, Path]:
+    compiled = {"compile": "True", "compile_kwargs": "{'backend': 'eager'}"}
+    return _trained_run(tmp_path_factory.mktemp("compiled"), epochs="1", **compiled)
 
 
 def _plain_network(data: Path, run: Path) -> torch.nn.Module:
@@ -72,6 +78,46 @@ def test_checkpoints_of_a_compiled_run_load_into_the_plain_network_with_the_same
     assert record["training"]["compile"] is True
     assert record["training"]["compile_kwargs"] == {"backend": "eager"}
     assert record["training"]["cudnn_benchmark"] is False  # reproducible seeded runs unless asked
+
+
+@pytest.fixture(scope="module")
+def cpu_amp_run(tmp_path_factory) -> dict[str, Path]:
+    return _trained_run(tmp_path_factory.mktemp("cpu_amp"), epochs="2", amp="True")
+
+
+def test_a_cpu_amp_run_writes_float32_checkpoints_and_validates_in_the_float32_range(cpu_amp_run) -> None:
+    network = _plain_network(cpu_amp_run["data"], cpu_amp_run["run"])
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(cpu_amp_run["run"] / "models" / name, weights_only=True, map_location="cpu")["network"]
+        assert list(state) == list(network.state_dict()), name  # no module. prefix from the autocast wrapper
+        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point()), name
+        network.load_state_dict(state, strict=True)
+    record = json.loads((cpu_amp_run["run"] / "run_config.json").read_text())
+    assert record["training"]["amp"] is True and record["training"]["device"] == "cpu"
+    history = json.loads((cpu_amp_run["run"] / "history.json").read_text())
+    assert len(history) == 2 and all(math.isfinite(epoch["train_loss_epoch"]) for epoch in history)
+
+
+def test_cpu_amp_inference_writes_what_float32_inference_writes_within_bfloat16_precision(cpu_amp_run) -> None:
+    data, run, work = cpu_amp_run["data"], cpu_amp_run["run"], cpu_amp_run["work"]
+    outputs = {}
+    for amp in ("True", "False"):
+        out = work / f"infer_amp_{amp}"
+        assert run_in_process(_argv("inference", data, run, amp=amp, infer_dir=str(out))) == 0
+        outputs[amp] = _table(out)
+    assert len(outputs["True"]) == len(outputs["False"]) > 0
+    compared = 0
+    for got, expected in zip(outputs["True"], outputs["False"], strict=True):
+        assert got.keys() == expected.keys() and got["case_id"] == expected["case_id"]
+        for key, value in expected.items():
+            if key.endswith(("_probability", "entropy")):  # bfloat16 logits: about 3 significant digits
+                assert float(got[key]) == pytest.approx(float(value), abs=0.02), key
+            elif key.endswith("_voxels"):  # only pixels at the 0.5 boundary may flip
+                assert float(got[key]) == pytest.approx(float(value), rel=0.01, abs=2), key
+            else:
+                continue
+            compared += 1
+    assert compared >= 3 * len(outputs["False"])
 
 
 def _table(folder: Path) -> list[dict[str, str]]:
