@@ -473,20 +473,21 @@ def _precision_choices(
     """CPU only: ``amp`` (bfloat16 autocast) when a trial step at the reference size is clearly faster with it.
 
     Timed rather than read from CPU flags: the trial runs the bundle's own step, so whatever the CPU and
-    PyTorch build do (native bfloat16, emulation, oneDNN's choice of kernels) is what is compared.
+    PyTorch build do (native bfloat16, emulation, oneDNN's choice of kernels) is what is compared. Time
+    only, in this process: the memory is measured by the fitting trials that follow, in the chosen precision.
     """
     if trial.device.type != "cpu":
         return [], []
     ladder = size_ladder(fingerprint)
     values = _ladder_values(ladder[_reference_index(ladder, dims)])
     batch = [preferred_batch_size(counts.get("train", 0), dims)]
-    float32 = trial.run_batches({**values, "amp": False}, batch, memory_budget)[0]
-    bfloat16 = trial.run_batches({**values, "amp": True}, batch, memory_budget)[0]
+    float32 = trial.run_batches({**values, "amp": False}, batch, memory_budget, time_only=True)[0]
+    bfloat16 = trial.run_batches({**values, "amp": True}, batch, memory_budget, time_only=True)[0]
     measured = (
         f"{bfloat16.step_seconds:.3f} s per step with bfloat16 autocast vs {float32.step_seconds:.3f} s in float32 "
         f"(size {list(float32.spatial_size)}, batch {float32.batch_size})"
     )
-    if bfloat16.fits and bfloat16.step_seconds * _AMP_MIN_SPEEDUP <= float32.step_seconds:
+    if bfloat16.step_seconds * _AMP_MIN_SPEEDUP <= float32.step_seconds:
         choice = Choice(
             "amp",
             True,

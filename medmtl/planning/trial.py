@@ -39,6 +39,7 @@ from torch.utils.data import ConcatDataset
 from medmtl.bundle_layers import merged_config
 from medmtl.data.datasets import TrainingCacheDataset
 from medmtl.engines.guards import GuardExit
+from medmtl.engines.host_memory import tune_host_allocator
 from medmtl.planning.plan_cache import PlanCache
 
 __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
@@ -177,14 +178,21 @@ class BundleTrial:
         return self.run_batches(overrides, [batch_size], memory_budget, steps)[0]
 
     def run_batches(
-        self, overrides: Mapping[str, Any], batch_sizes: Sequence[int], memory_budget: int, steps: int | None = None
+        self,
+        overrides: Mapping[str, Any],
+        batch_sizes: Sequence[int],
+        memory_budget: int,
+        steps: int | None = None,
+        time_only: bool = False,
     ) -> list[TrialResult]:
         """Training steps at each batch size (ascending), stopping once one exceeds ``memory_budget``.
 
         On the CPU this runs in a fresh Python process (:mod:`medmtl.planning.trial_worker`): its
         peak resident memory is then what a training process needs (runtime, network, optimizer
         state, one step), which the planning process, holding earlier trials' freed memory, cannot
-        tell. On CUDA it runs here (PyTorch's peak counters reset per trial).
+        tell. On CUDA it runs here (PyTorch's peak counters reset per trial). ``time_only``: only
+        the step time will be used, so the steps run here without a worker's start-up; their
+        ``peak_bytes`` (and ``fits``) are then this process's and say nothing about a run's memory.
         """
         steps = self.steps if steps is None else steps
         request = {
@@ -195,14 +203,16 @@ class BundleTrial:
             "min_seconds": self.min_timed_seconds,
             "sample_cases": self.sample_cases,
             "device": str(self.device),
+            **({"time_only": True} if time_only else {}),  # never answers a request that needs the memory
         }
         answer = self.cache.trials(request) if self.cache is not None else None
         if answer is not None and _covers(answer["results"], batch_sizes, memory_budget):
             logger.info("trial at %s: measured before on the same data (plan_cache.json)", overrides)
             answer = {**answer, "results": [{**r, "fits": r["peak_bytes"] <= memory_budget} for r in answer["results"]]}
-        elif self.device.type == "cpu" and not self.in_process:
+        elif self.device.type == "cpu" and not (self.in_process or time_only):
             answer = self._run_in_worker(overrides, batch_sizes, memory_budget, steps)
         else:
+            tune_host_allocator(self.device)  # as a bundle's CPU run (and the worker) steps
             results = self.measure(overrides, batch_sizes, memory_budget, steps, self.min_timed_seconds)
             answer = {
                 "results": [dataclasses.asdict(r) for r in results],

@@ -230,8 +230,10 @@ class _TimedTrial:
         self.seconds = seconds
         self.requests: list[dict] = []
 
-    def run_batches(self, overrides: dict, batch_sizes: list[int], memory_budget: int) -> list[TrialResult]:
-        self.requests.append({**overrides, "batch_sizes": list(batch_sizes)})
+    def run_batches(
+        self, overrides: dict, batch_sizes: list[int], memory_budget: int, time_only: bool = False
+    ) -> list[TrialResult]:
+        self.requests.append({**overrides, "batch_sizes": list(batch_sizes), "time_only": time_only})
         size = tuple(overrides["spatial_size"])
         return [TrialResult(size, batch_sizes[0], 1 << 20, self.seconds[overrides["amp"]], 0.01, True)]
 
@@ -247,6 +249,7 @@ def test_the_cpu_plan_takes_bfloat16_autocast_only_when_a_trial_step_is_clearly_
     assert [r["amp"] for r in trial.requests] == [False, True]  # the same size and batch, timed both ways
     assert trial.requests[0]["spatial_size"] == trial.requests[1]["spatial_size"] == [128, 128]  # the reference
     assert trial.requests[0]["batch_sizes"] == [preferred_batch_size(627, 2)] and len(trials) == 2
+    assert all(r["time_only"] for r in trial.requests)  # no worker: their memory is not used
     (choice,) = choices
     assert choice.value is chosen and choice.key == ("amp" if chosen else "")
     assert f"{bfloat16:.3f} s per step with bfloat16 autocast vs {float32:.3f} s in float32" in choice.reason
