@@ -294,6 +294,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         memory=args.memory,
         spec_overrides=args.spec_overrides,
         pretrained_weights=args.pretrained_weights,
+        **({"amp": args.amp} if args.amp else {}),  # the default is make_plan's (no torch import here)
         workers=args.workers,
         progress=not args.no_progress,
     )
@@ -693,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spec-overrides", type=_spec_overrides, default=None, help="spec keys replaced, e.g. another splits"
     )
     p.add_argument("--pretrained-weights", default=None, help="encoder weights file (torchvision, timm, MONAI)")
+    p.add_argument(
+        "--amp",
+        default=None,
+        help="mixed precision of the runs: auto (CPU: bfloat16 autocast when a timed step is >= 1.1x faster; "
+        "CUDA: the bundle's AMP), on or off; the epochs are fitted to it (default: medmtl.planning.plan.DEFAULT_AMP)",
+    )
     p.add_argument("--workers", type=int, default=0, help="processes reading cases (0: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_plan)

@@ -52,7 +52,15 @@ from medmtl.planning.rules import (
 )
 from medmtl.planning.trial import BundleTrial, TrialResult, peak_memory_supported
 
-__all__ = ["PlanResult", "parse_duration", "default_bundle", "default_memory_budget", "make_plan"]
+__all__ = [
+    "AMP_MODES",
+    "DEFAULT_AMP",
+    "PlanResult",
+    "parse_duration",
+    "default_bundle",
+    "default_memory_budget",
+    "make_plan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,12 @@ _START_SECONDS = 15.0
 _MAX_EPOCHS = 1000
 _REFERENCE_VOXELS = {2: 128 * 128, 3: 64 * 64 * 64}
 """Size of the first (reference) trial: cheap, and large enough that per-voxel time is representative."""
+AMP_MODES = ("auto", "on", "off")
+"""``medmtl plan --amp``: ``auto`` times bfloat16 autocast on a CPU (CUDA: the bundle's AMP); ``on`` / ``off`` as given."""
+
+
+DEFAULT_AMP = "auto"
+"""What ``medmtl plan`` does about mixed precision unless told (see benchmarks/README.md, bfloat16 on the CPU)."""
 _AMP_MIN_SPEEDUP = 1.1
 """bfloat16 autocast on the CPU is chosen when its trial step is this much faster than float32 (timing noise
 is a few per cent)."""
@@ -193,6 +207,7 @@ def make_plan(
     memory: str | int | None = None,
     spec_overrides: Mapping[str, Any] | None = None,
     pretrained_weights: str | os.PathLike | None = None,
+    amp: str = DEFAULT_AMP,
     workers: int = 0,
     progress: bool = True,
 ) -> PlanResult:
@@ -208,16 +223,20 @@ def make_plan(
         memory: memory budget (``"8GiB"``; default :func:`default_memory_budget`).
         spec_overrides: top-level spec keys replaced (e.g. another ``splits``), recorded in the plan.
         pretrained_weights: encoder weights file the plan's runs start from.
+        amp: mixed precision of the planned runs, one of :data:`AMP_MODES` (see :func:`_precision_choices`).
         workers: processes reading the cases (0: every core).
         progress: progress bars on stderr.
 
     Raises:
         DatasetInvalidError: the data fails validation (the whole report).
         PlanError: even batch 1 at the smallest size exceeds the memory budget (says what would fit).
+        ValueError: ``amp`` is not one of :data:`AMP_MODES`.
     """
     from medmtl.data.spec import load_spec
     from medmtl.planning.fingerprint import compute_fingerprint, write_fingerprint
 
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}; got {amp!r}")
     started = time.perf_counter()
     spec_path = Path(spec).resolve()
     overrides = dict(spec_overrides or {})
@@ -286,7 +305,7 @@ def make_plan(
     ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:
-        precision, precision_trials = _precision_choices(trial, fingerprint, counts, memory_budget, dims)
+        precision, precision_trials = _precision_choices(trial, fingerprint, counts, memory_budget, dims, amp)
         fixed += precision
         trial.overrides = {c.key: c.value for c in fixed if c.key}
         fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
@@ -468,15 +487,28 @@ def _ladder_values(candidate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _precision_choices(
-    trial: BundleTrial, fingerprint: Mapping[str, Any], counts: Mapping[str, int], memory_budget: int, dims: int
+    trial: BundleTrial,
+    fingerprint: Mapping[str, Any],
+    counts: Mapping[str, int],
+    memory_budget: int,
+    dims: int,
+    amp: str = "auto",
 ) -> tuple[list[Choice], list[TrialResult]]:
-    """CPU only: ``amp`` (bfloat16 autocast) when a trial step at the reference size is clearly faster with it.
+    """The planned runs' ``amp``: as given (``on`` / ``off``), or with ``auto`` on a CPU bfloat16 autocast when
+    a trial step at the reference size is clearly faster with it (on CUDA the bundle's own AMP default).
 
     Timed rather than read from CPU flags: the trial runs the bundle's own step, so whatever the CPU and
     PyTorch build do (native bfloat16, emulation, oneDNN's choice of kernels) is what is compared. Time
     only, in this process: the memory is measured by the fitting trials that follow, in the chosen precision.
+    The epochs are fitted in the chosen precision whichever way it was chosen.
     """
-    if trial.device.type != "cpu":
+    cpu = trial.device.type == "cpu"
+    kind = "bfloat16 autocast on the CPU" if cpu else "float16 AMP on CUDA"
+    if amp == "on":
+        return [Choice("amp", True, f"--amp on: {kind}; weights, losses and metrics stay float32")], []
+    if amp == "off":
+        return [Choice("amp", False, "--amp off: float32 (--amp auto times mixed precision on a CPU)")], []
+    if not cpu:
         return [], []
     ladder = size_ladder(fingerprint)
     values = _ladder_values(ladder[_reference_index(ladder, dims)])
@@ -488,11 +520,7 @@ def _precision_choices(
         f"(size {list(float32.spatial_size)}, batch {float32.batch_size})"
     )
     if bfloat16.step_seconds * _AMP_MIN_SPEEDUP <= float32.step_seconds:
-        choice = Choice(
-            "amp",
-            True,
-            f"{measured}: convolutions in bfloat16 on the CPU; weights, losses and metrics stay float32",
-        )
+        choice = Choice("amp", True, f"{measured}: {kind}; weights, losses and metrics stay float32")
     else:
         choice = Choice("", None, f"float32: {measured}, not {_AMP_MIN_SPEEDUP:g}x faster")
     return [choice], [float32, bfloat16]

@@ -257,6 +257,19 @@ def test_the_cpu_plan_takes_bfloat16_autocast_only_when_a_trial_step_is_clearly_
     assert plan_module._precision_choices(cuda, fingerprint, counts, 8 << 30, 2) == ([], []) and not cuda.requests
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_plan_amp_on_or_off_is_written_as_given_without_timing(device: str, tmp_path: Path) -> None:
+    fingerprint, counts = _fingerprint("US", 2, (256, 214), (1, 1)), {"train": 627, "val": 0}
+    for mode, value in (("on", True), ("off", False)):
+        trial = _TimedTrial(device, {False: 0.2, True: 0.1})
+        (choice,), trials = plan_module._precision_choices(trial, fingerprint, counts, 8 << 30, 2, mode)
+        assert (choice.key, choice.value) == ("amp", value) and f"--amp {mode}" in choice.reason
+        assert not trial.requests and not trials
+    with pytest.raises(ValueError, match="--amp must be one of auto, on, off; got 'fast'"):
+        make_plan(DEMO_SPEC, tmp_path, out=tmp_path / "plan.yaml", amp="fast", progress=False)
+    assert not (tmp_path / "plan.yaml").exists()
+
+
 @pytest.fixture(scope="module")
 def demo_plan(demo_data: Path, tmp_path_factory) -> plan_module.PlanResult:
     out = tmp_path_factory.mktemp("plan_out") / "plan.yaml"
