@@ -6,10 +6,11 @@ the fingerprint into settings; the input size, batch size and epochs are then fi
 bundle's own training steps on the device (:mod:`medmtl.planning.trial`): the batch must fit the
 memory budget as measured, and the epochs the time budget as timed.
 
-On the CPU the precision comes first: one trial step at the reference size in float32 and one with
-bfloat16 autocast (the bundles' ``amp`` on a CPU, :class:`~medmtl.engines.CPUAutocastNetwork`); ``amp``
-is chosen when it is at least :data:`_AMP_MIN_SPEEDUP` faster, so a CPU without native bfloat16, where
-autocast is slower, keeps float32. On CUDA the bundle's own AMP default stands.
+The precision comes first (``--amp``, :data:`AMP_MODES`): ``on`` / ``off`` as given; with ``auto`` (the
+default) on the CPU one trial step at the reference size in float32 and one with bfloat16 autocast (the
+bundles' ``amp`` on a CPU, :class:`~medmtl.engines.CPUAutocastNetwork`), ``amp`` chosen when it is at least
+:data:`_AMP_MIN_SPEEDUP` faster, so a CPU without native bfloat16 keeps float32; on CUDA the bundle's own
+AMP default stands. Size, batch and epochs are then fitted in that precision.
 
 Order of the size/batch/epochs search:
 1. one trial at a moderate size of the ladder (finest first) gives seconds per voxel;
@@ -75,8 +76,6 @@ _REFERENCE_VOXELS = {2: 128 * 128, 3: 64 * 64 * 64}
 """Size of the first (reference) trial: cheap, and large enough that per-voxel time is representative."""
 AMP_MODES = ("auto", "on", "off")
 """``medmtl plan --amp``: ``auto`` times bfloat16 autocast on a CPU (CUDA: the bundle's AMP); ``on`` / ``off`` as given."""
-
-
 DEFAULT_AMP = "auto"
 """What ``medmtl plan`` does about mixed precision unless told (see benchmarks/README.md, bfloat16 on the CPU)."""
 _AMP_MIN_SPEEDUP = 1.1
@@ -305,13 +304,11 @@ def make_plan(
     ]
     trial.overrides = {c.key: c.value for c in fixed if c.key}
     try:
-        precision, precision_trials = _precision_choices(trial, fingerprint, counts, memory_budget, dims, amp)
-        fixed += precision
+        fixed += _precision_choices(trial, fingerprint, counts, memory_budget, dims, amp)
         trial.overrides = {c.key: c.value for c in fixed if c.key}
         fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
     finally:
         trial.close()
-    trials = precision_trials + trials
     result, estimate, candidate = fitted
     measured = [
         Choice(
@@ -492,24 +489,24 @@ def _precision_choices(
     counts: Mapping[str, int],
     memory_budget: int,
     dims: int,
-    amp: str = "auto",
-) -> tuple[list[Choice], list[TrialResult]]:
+    amp: str,
+) -> list[Choice]:
     """The planned runs' ``amp``: as given (``on`` / ``off``), or with ``auto`` on a CPU bfloat16 autocast when
     a trial step at the reference size is clearly faster with it (on CUDA the bundle's own AMP default).
 
     Timed rather than read from CPU flags: the trial runs the bundle's own step, so whatever the CPU and
     PyTorch build do (native bfloat16, emulation, oneDNN's choice of kernels) is what is compared. Time
-    only, in this process: the memory is measured by the fitting trials that follow, in the chosen precision.
-    The epochs are fitted in the chosen precision whichever way it was chosen.
+    only, in this process: the memory is measured by the fitting trials that follow, in the chosen precision
+    (so the timed steps are not among the plan's trials; their times are in the choice's reason).
     """
     cpu = trial.device.type == "cpu"
     kind = "bfloat16 autocast on the CPU" if cpu else "float16 AMP on CUDA"
     if amp == "on":
-        return [Choice("amp", True, f"--amp on: {kind}; weights, losses and metrics stay float32")], []
+        return [Choice("amp", True, f"--amp on: {kind}; weights, losses and metrics stay float32")]
     if amp == "off":
-        return [Choice("amp", False, "--amp off: float32 (--amp auto times mixed precision on a CPU)")], []
+        return [Choice("amp", False, "--amp off: float32 (--amp auto times mixed precision on a CPU)")]
     if not cpu:
-        return [], []
+        return []
     ladder = size_ladder(fingerprint)
     values = _ladder_values(ladder[_reference_index(ladder, dims)])
     batch = [preferred_batch_size(counts.get("train", 0), dims)]
@@ -523,7 +520,7 @@ def _precision_choices(
         choice = Choice("amp", True, f"{measured}: {kind}; weights, losses and metrics stay float32")
     else:
         choice = Choice("", None, f"float32: {measured}, not {_AMP_MIN_SPEEDUP:g}x faster")
-    return [choice], [float32, bfloat16]
+    return [choice]
 
 
 def _fit(
