@@ -21,8 +21,6 @@ import logging
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +39,7 @@ from medmtl.data.datasets import TrainingCacheDataset
 from medmtl.engines.guards import GuardExit
 from medmtl.engines.host_memory import tune_host_allocator
 from medmtl.planning.plan_cache import PlanCache
+from medmtl.planning.worker_pool import TrialWorkerPool
 
 __all__ = ["TrialResult", "BundleTrial", "peak_memory_supported"]
 
@@ -59,7 +58,8 @@ class TrialResult:
         batch_size: samples per step.
         peak_bytes: peak memory during the steps (see the module docstring for what is counted).
         step_seconds: median wall time of a training step (item fetch, collate, forward, loss, backward,
-            optimizer): the items' random transforms vary per step, so a run costs the typical step.
+            optimizer): the items' random transforms vary per step, so a run costs the typical step. A
+            batch size below the largest that fits is timed by one step only (:meth:`BundleTrial.measure`).
         forward_seconds: wall time of one no-grad forward pass of the same batch.
         checkpoint_seconds: wall time of saving the network and optimizer state (``last.pt`` after
             every epoch: it matters when an epoch is a few steps).
@@ -110,6 +110,8 @@ class BundleTrial:
         overrides: config overrides every trial uses (data spec, dataset folder, the plan's choices).
         device: where the steps run.
         sample_cases: how many training cases are read and preprocessed (batches repeat them).
+        workers: where CPU trials run (default: a new pool; ``medmtl plan`` passes the one it started
+            ahead); :meth:`close` stops its idle workers.
 
     Example::
 
@@ -123,11 +125,13 @@ class BundleTrial:
         overrides: Mapping[str, Any],
         device: torch.device,
         sample_cases: int = 4,
+        workers: TrialWorkerPool | None = None,
     ) -> None:
         self.bundle = bundle
         self.overrides = dict(overrides)
         self.device = device
         self.sample_cases = sample_cases
+        self.workers = workers if workers is not None else TrialWorkerPool()
         self._config = merged_config(bundle, "train")
         self._workdir = tempfile.TemporaryDirectory(prefix="medmtl_plan_")
         self.preprocess_seconds: float | None = None
@@ -140,12 +144,20 @@ class BundleTrial:
         """Time measured per batch size at least (up to ``4 * steps`` steps); 0: exactly ``steps``."""
         self.cache: PlanCache | None = None
         """Where earlier results on the same data are kept (``medmtl plan`` sets it)."""
+        self._case_tables: dict[str, Any] = {}
+        """The bundle's ``cases`` per data setting, built once: each trial parses the config again (one per
+        batch size), and building the table lists the dataset's files and searches it for duplicates."""
 
     def close(self) -> None:
+        self.workers.close()
         self._workdir.cleanup()
 
     def parser(self, overrides: Mapping[str, Any]) -> ConfigParser:
-        """The bundle's parsed config with the trial's overrides (output in a scratch folder)."""
+        """The bundle's parsed config with the trial's overrides (output in a scratch folder).
+
+        Its ``cases`` is the case table an earlier trial with the same data settings built (the trials
+        only read it).
+        """
         parser = ConfigParser(copy.deepcopy(self._config))  # update() writes into the dict it was given
         parser.update(
             {
@@ -157,11 +169,15 @@ class BundleTrial:
                 "resume": False,
             }
         )
+        table = self._case_tables.get(_data_key(parser))
+        if table is not None:
+            parser["cases"] = table
         return parser
 
     def _dataset(self, parser: ConfigParser) -> TrainingCacheDataset:
         """The sample cases in the bundles' training dataset: deterministic part cached, random per item."""
         cases = parser.get_parsed_content("train_cases")[0]
+        self._case_tables.setdefault(_data_key(parser), parser.get_parsed_content("cases"))
         if not cases:
             raise ValueError("the training split has no labelled case: nothing to run trial steps on")
         transform = parser.get_parsed_content("train::preprocessing")
@@ -212,6 +228,7 @@ class BundleTrial:
         elif self.device.type == "cpu" and not (self.in_process or time_only):
             answer = self._run_in_worker(overrides, batch_sizes, memory_budget, steps)
         else:
+            self.workers.wait_ready()  # no worker importing beside a timed step
             tune_host_allocator(self.device)  # as a bundle's CPU run (and the worker) steps
             results = self.measure(overrides, batch_sizes, memory_budget, steps, self.min_timed_seconds)
             answer = {
@@ -238,17 +255,7 @@ class BundleTrial:
             "min_seconds": self.min_timed_seconds,
             "sample_cases": self.sample_cases,
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "medmtl.planning.trial_worker"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            raise RuntimeError(f"trial steps of bundle {self.bundle} failed:\n{tail}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return self.workers.run(request)
 
     def measure(
         self,
@@ -260,61 +267,87 @@ class BundleTrial:
     ) -> list[TrialResult]:
         """Run the steps in this process (what the worker and CUDA trials call).
 
-        Each batch size gets two warm-up steps and at least ``steps`` timed steps (more, up to
-        ``4 * steps``, until one second is measured: short steps on the CPU vary by +-30 %). Larger batch sizes are
-        skipped once a measured peak exceeds the budget, or when the growth between the last two
-        would take the next one past it (so the CPU trial never reaches the machine's limit).
-        An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
+        The batch sizes are tried in ascending order for their peak memory, and only the largest that
+        fits is timed in full (the plan uses its time alone): two warm-up steps and at least ``steps``
+        timed steps (more, up to ``4 * steps``, until ``min_seconds`` are measured: short steps on the
+        CPU vary by +-30 %). A smaller batch size gets one timed step, so its ``step_seconds`` is one
+        step's. Larger batch sizes are skipped once a measured peak exceeds the budget, or when the
+        growth between the last two would take the next one past it (so the CPU trial never reaches
+        the machine's limit). An out-of-memory error on CUDA is a result (``fits=False``), not a failure.
         """
         min_seconds = self.min_timed_seconds if min_seconds is None else min_seconds
         dataset = self._dataset(self.parser(overrides))
+        ordered = sorted(batch_sizes)
         results: list[TrialResult] = []
-        for batch_size in sorted(batch_sizes):
+        for batch_size in ordered:
             if len(results) >= 1 and not _may_fit(results, batch_size, memory_budget):
                 break
-            parser = self._trainer_parser(overrides, dataset, batch_size, 2 + 4 * steps)
-            size = tuple(int(v) for v in parser.get_parsed_content("settings")["spatial_size"])
-            try:
-                if self.device.type == "cuda":
-                    _reset_peak(self.device)
-                trainer = parser.get_parsed_content("train::trainer")
-                times = _iteration_seconds(trainer, self.device, steps, min_seconds)
-                peak = _peak(self.device)
-                network, engine_network, prepare = (
-                    parser.get_parsed_content("network"),
-                    parser.get_parsed_content("engine_network"),  # as the evaluators call it (CPU autocast)
-                    parser.get_parsed_content("train::prepare_batch"),
-                )
-                batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
-                amp = bool(parser.get_parsed_content("engine_amp"))
-                network.eval()
-                start = time.perf_counter()
-                with torch.no_grad(), torch.autocast("cuda") if amp else contextlib.nullcontext():
-                    engine_network(prepare(batch, self.device)[0])
-                _sync(self.device)
-                forward_seconds = time.perf_counter() - start
-                optimizer = parser.get_parsed_content("optimizer")
-                checkpoint_seconds = _checkpoint_seconds_of(network, optimizer, self._workdir.name)
-            except (torch.OutOfMemoryError, GuardExit) as err:
-                logger.info("trial at %s, batch %d: out of memory on %s (%s)", size, batch_size, self.device, err)
-                results.append(TrialResult(size, batch_size, memory_budget + 1, math.inf, math.inf, fits=False))
-                break
-            finally:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-            result = TrialResult(
-                size,
-                batch_size,
-                peak,
-                statistics.median(times),
-                forward_seconds,
-                peak <= memory_budget,
-                checkpoint_seconds,
+            last = batch_size == ordered[-1]
+            result = self._measure_batch(
+                overrides, dataset, batch_size, memory_budget, steps if last else 1, min_seconds if last else 0.0
             )
             results.append(result)
             if not result.fits:
                 break
+        fitting = [i for i, r in enumerate(results) if r.fits]
+        if fitting and results[fitting[-1]].batch_size != ordered[-1]:  # the sweep stopped below the last size
+            index = fitting[-1]
+            timed = self._measure_batch(
+                overrides, dataset, results[index].batch_size, memory_budget, steps, min_seconds
+            )
+            results[index] = dataclasses.replace(
+                results[index], step_seconds=timed.step_seconds, forward_seconds=timed.forward_seconds
+            )
         return results
+
+    def _measure_batch(
+        self,
+        overrides: Mapping[str, Any],
+        dataset: TrainingCacheDataset,
+        batch_size: int,
+        memory_budget: int,
+        steps: int,
+        min_seconds: float,
+    ) -> TrialResult:
+        """Peak memory and times of one batch size: the bundle's trainer, a no-grad forward, a checkpoint."""
+        parser = self._trainer_parser(overrides, dataset, batch_size, 2 + 4 * steps)
+        size = tuple(int(v) for v in parser.get_parsed_content("settings")["spatial_size"])
+        try:
+            if self.device.type == "cuda":
+                _reset_peak(self.device)
+            trainer = parser.get_parsed_content("train::trainer")
+            times = _iteration_seconds(trainer, self.device, steps, min_seconds)
+            peak = _peak(self.device)
+            network, engine_network, prepare = (
+                parser.get_parsed_content("network"),
+                parser.get_parsed_content("engine_network"),  # as the evaluators call it (CPU autocast)
+                parser.get_parsed_content("train::prepare_batch"),
+            )
+            batch = list_data_collate([dataset[i % len(dataset)] for i in range(batch_size)])
+            amp = bool(parser.get_parsed_content("engine_amp"))
+            network.eval()
+            start = time.perf_counter()
+            with torch.no_grad(), torch.autocast("cuda") if amp else contextlib.nullcontext():
+                engine_network(prepare(batch, self.device)[0])
+            _sync(self.device)
+            forward_seconds = time.perf_counter() - start
+            optimizer = parser.get_parsed_content("optimizer")
+            checkpoint_seconds = _checkpoint_seconds_of(network, optimizer, self._workdir.name)
+        except (torch.OutOfMemoryError, GuardExit) as err:
+            logger.info("trial at %s, batch %d: out of memory on %s (%s)", size, batch_size, self.device, err)
+            return TrialResult(size, batch_size, memory_budget + 1, math.inf, math.inf, fits=False)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return TrialResult(
+            size,
+            batch_size,
+            peak,
+            statistics.median(times),
+            forward_seconds,
+            peak <= memory_budget,
+            checkpoint_seconds,
+        )
 
     def _trainer_parser(
         self, overrides: Mapping[str, Any], dataset: TrainingCacheDataset, batch_size: int, iterations: int
@@ -335,6 +368,11 @@ class BundleTrial:
         parser["train::trainer::epoch_length"] = iterations
         parser["validate::dataset::data"] = []
         return parser
+
+
+def _data_key(parser: ConfigParser) -> str:
+    """What the bundle's ``cases`` depend on: the spec, the data folder and the spec overrides."""
+    return json.dumps(parser.get_parsed_content("data_settings"), sort_keys=True, default=str)
 
 
 def _iteration_seconds(trainer: Engine, device: torch.device, steps: int, min_seconds: float) -> list[float]:

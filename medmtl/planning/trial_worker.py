@@ -2,12 +2,14 @@
 
 Why a process of its own: its peak resident memory (``VmHWM``) is then the peak a training process
 has (Python, PyTorch, MONAI, the network, the optimizer state and the step), with nothing left
-over from earlier trials. Reads a JSON request on stdin, writes one JSON line on stdout.
+over from earlier trials. Prints ``ready`` once imported, reads a JSON request on stdin (none: exits),
+writes one JSON line on stdout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -16,12 +18,17 @@ import torch
 
 from medmtl.engines.host_memory import tune_host_allocator
 from medmtl.planning.trial import BundleTrial
+from medmtl.planning.worker_pool import READY
 
 __all__ = ["main"]
 
 
 def main() -> int:
-    request = json.loads(sys.stdin.read())
+    print(READY, flush=True)  # imports done: the pool may time steps again (medmtl.planning.worker_pool)
+    text = sys.stdin.read()
+    if not text.strip():  # the plan needed no more trials
+        return 0
+    request = json.loads(text)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     device = torch.device("cpu")
     tune_host_allocator(device)  # as the bundles' training does
@@ -39,4 +46,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The pool waits for this process to end, and CPython's exit would spend about two seconds collecting the
+    # objects torch and MONAI made on import. Frozen, they are skipped; safe here: the answer is printed and
+    # flushed, the trial's files are written and removed, and nothing else is open.
+    gc.freeze()
+    sys.exit(status)

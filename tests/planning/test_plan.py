@@ -15,9 +15,10 @@ import yaml
 from sklearn.utils.class_weight import compute_class_weight
 
 from medmtl.data.demo import generate_demo_data
-from medmtl.data.spec import load_spec
+from medmtl.data.spec import DatasetSpec, load_spec
 from medmtl.data.validate.dataset import DatasetInvalidError
 from medmtl.planning import plan as plan_module
+from medmtl.planning import trial as trial_module
 from medmtl.planning.plan import make_plan, parse_duration
 from medmtl.planning.plan_file import Choice, PlanError, check_plan, read_plan, spec_digest, write_plan
 from medmtl.planning.rules import (
@@ -217,6 +218,59 @@ def test_batch_is_fitted_to_the_measured_memory(demo_data: Path) -> None:
             plan_module._fit(trial, tiny, counts, 3600.0, peaks[1] // 4, 2)
         with pytest.raises(PlanError, match="no time for one epoch.*larger --time-budget"):
             plan_module._fit(trial, tiny, {"train": 3200, "val": 0}, 20.0, 1 << 40, 2)
+    finally:
+        trial.close()
+
+
+def test_only_the_largest_fitting_batch_is_timed_in_full(demo_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smaller batch sizes are stepped once for their memory; when the sweep stops below the last size
+    (here batch 4 peaks over the budget), the largest that fitted is timed again with every step."""
+    peaks = iter([100, 200, 10**12, 300])  # batches 1, 2, 4, then the timing rerun of 2
+    timed: list[tuple[int, float]] = []
+    real_iteration_seconds = trial_module._iteration_seconds
+
+    def recorded(trainer, device, steps, min_seconds):
+        timed.append((steps, min_seconds))
+        return real_iteration_seconds(trainer, device, steps, min_seconds)
+
+    monkeypatch.setattr(trial_module, "_peak", lambda device: next(peaks))
+    monkeypatch.setattr(trial_module, "_iteration_seconds", recorded)
+    trial = BundleTrial("demo", {"data_spec": str(DEMO_SPEC), "dataset_dir": str(demo_data)}, torch.device("cpu"))
+    try:
+        results = trial.measure({"spatial_size": [32, 32]}, [1, 2, 4], memory_budget=1000, steps=3, min_seconds=0.0)
+        assert [(r.batch_size, r.peak_bytes, r.fits) for r in results] == [
+            (1, 100, True),
+            (2, 200, True),
+            (4, 10**12, False),
+        ]
+        assert timed == [(1, 0.0), (1, 0.0), (3, 0.0), (3, 0.0)]  # 1, 2 once; the last size, then 2, in full
+        assert all(math.isfinite(r.step_seconds) and r.step_seconds > 0 for r in results[:2])
+        timed.clear()
+        peaks = iter([100, 200])
+        monkeypatch.setattr(trial_module, "_peak", lambda device: next(peaks))
+        results = trial.measure({"spatial_size": [32, 32]}, [1, 2], memory_budget=1000, steps=3, min_seconds=0.0)
+        assert [r.fits for r in results] == [True, True] and timed == [(1, 0.0), (3, 0.0)]  # the last size: no rerun
+    finally:
+        trial.close()
+
+
+def test_the_trials_parses_share_one_case_table_per_data_setting(
+    demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the cases lists the files and searches for duplicates: once per data setting, not once per
+    batch size (each batch size parses the bundle's config again)."""
+    built = []
+    real_build = DatasetSpec.build_cases
+    monkeypatch.setattr(
+        DatasetSpec, "build_cases", lambda spec, **kw: built.append(spec.name) or real_build(spec, **kw)
+    )
+    trial = BundleTrial("demo", {"data_spec": str(DEMO_SPEC), "dataset_dir": str(demo_data)}, torch.device("cpu"))
+    try:
+        assert len(trial.measure({"spatial_size": [32, 32]}, [1, 2, 4], 1 << 40, steps=1, min_seconds=0.0)) == 3
+        assert len(trial.measure({"spatial_size": [48, 48]}, [1], 1 << 40, steps=1, min_seconds=0.0)) == 1
+        assert built == ["demo2d"]
+        trial.measure({"spec_overrides": {"name": "renamed"}, "spatial_size": [32, 32]}, [1], 1 << 40, 1, 0.0)
+        assert built == ["demo2d", "renamed"]
     finally:
         trial.close()
 
