@@ -260,10 +260,9 @@ def make_plan(
     loaded = load_spec(spec_path, **overrides)
     data_root = loaded.resolved_root(root)
     cache = PlanCache(out_path.with_name("plan_cache.json"), data_digest(data_root, spec_path, overrides))
-    trial_workers = TrialWorkerPool()
-    if run_device.type == "cpu" and not cache.validated():  # a first plan: trials will run
-        trial_workers.start(_WORKERS_AHEAD)
-    try:
+    with TrialWorkerPool() as trial_workers:  # idle workers stop on any way out
+        if run_device.type == "cpu" and not cache.validated():  # a first plan: trials will run
+            trial_workers.start(_WORKERS_AHEAD)
         if not cache.validated():  # the same bytes passed before: not opened again
             _validate(spec_path, root, overrides, workers)
             cache.mark_validated()
@@ -291,38 +290,37 @@ def make_plan(
             data_choices.append(
                 Choice("spec_overrides", overrides, "spec keys replaced for this plan (--spec-overrides)")
             )
-    except BaseException:
-        trial_workers.close()
-        raise
-    trial = BundleTrial(bundle_name, {}, run_device, workers=trial_workers)
-    trial.cache = cache
-    trial_parser = trial.parser({})
-    trial_config = trial_parser.get() or {}
-    given_rotation = trial_parser.get("train::preprocessing::rotate_degrees")
-    presets = trial_config.get("backbone_presets") or {}
-    given_overlap = trial_config.get("sw_overlap")
-    overlap = float(given_overlap) if isinstance(given_overlap, int | float) else 0.25
-    spec_weights = {t.name: {"class_weights": t.class_weights, "pos_weight": t.pos_weight} for t in loaded.tasks}
-    network = (
-        network_choices(fingerprint, run_device.type, presets)
-        if pretrained_weights is None
-        else _pretrained_choices(Path(pretrained_weights), fingerprint, presets)
-    )
-    fixed = [
-        *data_choices,
-        Choice("", None, duplicates_note),
-        *intensity_choices(fingerprint),
-        *network,
-        *task_choices(fingerprint, spec_weights),
-        *augmentation_choices(fingerprint, given_rotation if isinstance(given_rotation, int | float) else None),
-    ]
-    trial.overrides = {c.key: c.value for c in fixed if c.key}
-    try:
-        fixed += _precision_choices(trial, fingerprint, counts, memory_budget, dims, amp)
-        trial.overrides = {c.key: c.value for c in fixed if c.key}
-        fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
-    finally:
-        trial.close()
+        trial = BundleTrial(bundle_name, {}, run_device, workers=trial_workers)
+        try:
+            trial.cache = cache
+            trial_parser = trial.parser({})
+            trial_config = trial_parser.get() or {}
+            given_rotation = trial_parser.get("train::preprocessing::rotate_degrees")
+            presets = trial_config.get("backbone_presets") or {}
+            given_overlap = trial_config.get("sw_overlap")
+            overlap = float(given_overlap) if isinstance(given_overlap, int | float) else 0.25
+            spec_weights = {
+                t.name: {"class_weights": t.class_weights, "pos_weight": t.pos_weight} for t in loaded.tasks
+            }
+            network = (
+                network_choices(fingerprint, run_device.type, presets)
+                if pretrained_weights is None
+                else _pretrained_choices(Path(pretrained_weights), fingerprint, presets)
+            )
+            fixed = [
+                *data_choices,
+                Choice("", None, duplicates_note),
+                *intensity_choices(fingerprint),
+                *network,
+                *task_choices(fingerprint, spec_weights),
+                *augmentation_choices(fingerprint, given_rotation if isinstance(given_rotation, int | float) else None),
+            ]
+            trial.overrides = {c.key: c.value for c in fixed if c.key}
+            fixed += _precision_choices(trial, fingerprint, counts, memory_budget, dims, amp)
+            trial.overrides = {c.key: c.value for c in fixed if c.key}
+            fitted, trials = _fit(trial, fingerprint, counts, budget_s, memory_budget, dims, overlap)
+        finally:
+            trial.close()
     result, estimate, candidate = fitted
     measured = [
         Choice(

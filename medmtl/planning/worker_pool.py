@@ -65,12 +65,11 @@ class TrialWorkerPool:
 
     Example::
 
-        pool = TrialWorkerPool()
-        pool.start(2)  # importing in the background
-        ...            # read the data
-        pool.wait_ready()  # before anything is timed
-        answer = pool.run({"bundle": "ultrasound_mtl", ...})
-        pool.close()
+        with TrialWorkerPool() as pool:  # idle workers are stopped on the way out
+            pool.start(2)  # importing in the background
+            ...  # read the data
+            pool.wait_ready()  # before anything is timed
+            answer = pool.run({"bundle": "ultrasound_mtl", ...})
     """
 
     def __init__(self) -> None:
@@ -102,6 +101,12 @@ class TrialWorkerPool:
             worker.close()
 
     def close(self) -> None:
-        """Stop the workers no request took."""
+        """Stop the workers no request took (again: nothing to do)."""
         while self._idle:
             self._idle.pop().close()
+
+    def __enter__(self) -> TrialWorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -34,6 +34,8 @@ from medmtl.planning.rules import (
 from medmtl.planning.trial import BundleTrial, TrialResult
 from medmtl.transforms import build_transforms
 
+from .conftest import worker_children
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO / "data_specs" / "demo.yaml"
 
@@ -361,6 +363,7 @@ def test_plan_on_invalid_data_reports_every_problem(demo_data: Path, tmp_path: P
         make_plan(DEMO_SPEC, broken, out=tmp_path / "plan.yaml", bundle="demo", workers=1, progress=False)
     assert all(image.name in str(err.value) for image in images)
     assert not (tmp_path / "plan.yaml").exists()
+    assert worker_children() == []  # the trial workers started while validating are stopped
 
 
 def test_bundle_trains_from_the_plan_and_explicit_overrides_win(
