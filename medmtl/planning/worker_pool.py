@@ -87,9 +87,13 @@ class TrialWorkerPool:
     def run(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """One trial request in an idle worker (a new one when none is idle); the worker's JSON answer.
 
+        Every idle worker has finished importing before the request is sent: the trial times its steps,
+        and a worker still importing beside it would take CPU from them.
+
         Raises:
             RuntimeError: the worker failed; the message ends with its last lines of stderr.
         """
+        self.wait_ready()
         worker = self._idle.pop(0) if self._idle else _Worker()
         try:
             worker.wait_ready()
